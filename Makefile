@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast assets clean
+
+setup: $(STAMP)
+
+# torch first, pinned: here it is the local CPU wheel; any looser spec pulls CUDA builds.
+# open_clip_torch only supplies the CLIP BPE vocabulary; --no-deps keeps torchvision out
+# (a CUDA torchvision breaks `import transformers` on a CPU torch).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps open_clip_torch
+	$(PY) -m pip install -q -e ".[test,lora]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/diffmine demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Retrains the shipped tiny model from scratch on the embedded dataset (see README).
+assets: $(STAMP)
+	$(VENV)/bin/diffmine assets --out assets
+
+clean:
+	rm -rf $(VENV) runs
