@@ -1,0 +1,45 @@
+"""Shared fixtures: a real tiny SD-architecture model saved as a diffusers folder, and real image files."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    from finetune.tiny import build_tiny_bundle
+
+    return build_tiny_bundle(resolution=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_bundle):
+    """A diffusers SD folder with random tiny weights (32 px images, 8x8 latents)."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    tiny_bundle.save_pretrained(out)
+    return out
+
+
+def make_color_dataset(root, n_per_label=6, size=32, labels=("red", "blue"), seed=0):
+    """Folder-per-label dataset: each label's images carry a square of its colour on noise."""
+    rng = np.random.default_rng(seed)
+    colors = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    for label in labels:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_label):
+            img = rng.integers(90, 160, (size, size, 3), dtype=np.uint8)
+            x, y = rng.integers(0, size // 2, 2)
+            img[y:y + size // 2, x:x + size // 2] = colors[label]
+            Image.fromarray(img).save(root / label / f"img_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def color_dataset(tmp_path):
+    return make_color_dataset(tmp_path / "data")
