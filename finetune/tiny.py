@@ -53,5 +53,6 @@ def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64
     )
     # SD v1.5's training schedule (METHOD.md §1): scaled-linear betas, 1000 steps, epsilon target.
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
+                              beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                              steps_offset=1)
     return SDBundle(tiny_tokenizer(), text_encoder.eval(), vae, unet, scheduler)
