@@ -189,6 +189,8 @@ def train(cfg: TrainConfig) -> Path:
     if found:
         acc.load_state(str(found[0]))
         step = found[1]
+        if ema is not None:  # load_state restores the EMA's shadow weights on the CPU
+            ema.to(acc.device)
     total = _total_steps(cfg, n, acc.num_processes)
     log_path = out / "train_log.jsonl"
     if acc.is_main_process:  # drop log lines written after the checkpoint we resume from

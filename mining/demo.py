@@ -14,8 +14,8 @@ MODEL_NAME = "tiny-towns-model"
 TOWNS = dict(n_train=500, n_test=40, size=64, seed=0)
 # The shipped model's recipe. From scratch, so a higher constant lr than METHOD.md's finetuning 1e-4,
 # EMA, and 10 % null prompts (the faces preset's rate) so the unconditional branch learns well too.
-RECIPE = dict(resolution=64, batch_size=64, lr=3e-4, vae_steps=3000, max_steps=12000, ema=True,
-              checkpoint_every=2000)
+RECIPE = dict(resolution=64, batch_size=256, lr=3e-4, vae_steps=3000, max_steps=4116, ema=True,
+              checkpoint_every=1000)
 PROMPT = ("A facade in {label}.", "A facade.", 0.10)
 MODEL_FILES = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
                "diffmine_prompts.json", "diffmine_train.json", "samples.png", "train_log.jsonl")
