@@ -8,6 +8,8 @@ k is clamped to the number of samples (`n_clusters_` says what was used).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -37,24 +39,44 @@ class FaissKMeans:
     spherical : centroids re-normalised to unit length after each step (for L2-normalised
         features: cosine k-means).
     seed : seeds FAISS's random choice of the initial centroids.
+    n_threads : OpenMP threads for this fit/predict (None: FAISS's default, all cores). On a
+        small machine shared with other work, 1 can be several times faster than all cores:
+        FAISS's threads spin-wait.
 
     Attributes after `fit`: cluster_centers_ (k, d) float32, labels_ (n,), inertia_ (sum of
     squared distances of the samples to their centroid), n_clusters_ (k actually used).
     """
 
     def __init__(self, n_clusters: int = 32, n_iter: int = 20, spherical: bool = True, seed: int = 0,
-                 verbose: bool = False):
+                 n_threads: int | None = None, verbose: bool = False):
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.spherical = spherical
         self.seed = seed
+        self.n_threads = n_threads
         self.verbose = verbose
+
+    @contextmanager
+    def _threads(self):
+        import faiss
+
+        if self.n_threads is None:
+            yield
+            return
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(int(self.n_threads))
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
     def _validate_params(self):
         if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
             raise ValueError(f"n_clusters must be a positive integer, got {self.n_clusters!r}")
         if not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 1:
             raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
+        if self.n_threads is not None and (not isinstance(self.n_threads, (int, np.integer)) or self.n_threads < 1):
+            raise ValueError(f"n_threads must be None or a positive integer, got {self.n_threads!r}")
 
     def fit(self, X, y=None, init_centroids=None) -> "FaissKMeans":
         """Fit on X (n, d). `init_centroids` (k, d) optionally fixes the starting centroids."""
@@ -67,18 +89,18 @@ class FaissKMeans:
         km = faiss.Kmeans(d, k, niter=int(self.n_iter), seed=int(self.seed), spherical=bool(self.spherical),
                           verbose=self.verbose, min_points_per_centroid=1,
                           max_points_per_centroid=max(1, -(-n // k)))  # never subsample the data
+        init = None
         if init_centroids is not None:
             init = _check_array(init_centroids, "init_centroids", d)
             if init.shape[0] != k:
                 raise ValueError(f"init_centroids has {init.shape[0]} rows, expected {k}")
+        with self._threads():
             km.train(X, init_centroids=init)
-        else:
-            km.train(X)
-        self.n_clusters_ = k
-        self.n_features_in_ = d
-        self.cluster_centers_ = np.array(km.centroids, dtype=np.float32).reshape(k, d)
-        self._index = None
-        dist, labels = self._search(X)
+            self.n_clusters_ = k
+            self.n_features_in_ = d
+            self.cluster_centers_ = np.array(km.centroids, dtype=np.float32).reshape(k, d)
+            self._index = None
+            dist, labels = self._search(X)
         self.labels_ = labels
         self.inertia_ = float(dist.astype(np.float64).sum())
         return self
@@ -99,7 +121,9 @@ class FaissKMeans:
     def predict(self, X) -> np.ndarray:
         """Index of the nearest centroid for each row of X."""
         self._check_fitted()
-        return self._search(_check_array(X, d=self.n_features_in_))[1]
+        X = _check_array(X, d=self.n_features_in_)
+        with self._threads():
+            return self._search(X)[1]
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_
@@ -119,4 +143,4 @@ class FaissKMeans:
 
     def __repr__(self) -> str:
         return (f"FaissKMeans(n_clusters={self.n_clusters}, n_iter={self.n_iter}, "
-                f"spherical={self.spherical}, seed={self.seed})")
+                f"spherical={self.spherical}, seed={self.seed}, n_threads={self.n_threads})")

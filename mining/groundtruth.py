@@ -15,7 +15,6 @@ finetune.images.resize_crop does), so boxes and masks go through the same geomet
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

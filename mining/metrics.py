@@ -13,6 +13,9 @@ maps label by label so no stage has to hold every map at once. Definitions:
 * cluster purity: the share of members whose kind is the cluster's majority kind.
 * elements recovered: the fraction of (label, characteristic kind) pairs that are the
   majority kind of one of the label's top-3 clusters with purity >= 0.8.
+* characteristic hit rate: the share of patches whose kind is characteristic of their label,
+  for the mined patches ("top": the per-label selection) and the baselines ("random",
+  "least_typical": every per-image baseline patch).
 * shared over characteristic: mean typicality inside shared elements / mean typicality inside
   characteristic elements (pixels pooled over all pairs); well below 1 when typicality singles
   out what is specific to a label.
@@ -130,6 +133,13 @@ def elements_recovered(characteristic: dict[str, set[str]], clusters: dict[str, 
     return (found / total if total else float("nan")), per_label
 
 
+def hit_rate(kinds: Sequence[str | None], characteristic: set[str]) -> float:
+    """Share of patches whose kind is one of `characteristic`; NaN without patches."""
+    if len(kinds) == 0:
+        return float("nan")
+    return sum(k in characteristic for k in kinds) / len(kinds)
+
+
 def _nan_to_none(x):
     if isinstance(x, float) and np.isnan(x):
         return None
@@ -152,6 +162,7 @@ class MetricsAccumulator:
         self.characteristic: dict[str, set[str]] = {}
         self.sums = {"shared": [0.0, 0], "characteristic": [0.0, 0]}
         self.clusters: dict[str, list[dict]] = {}
+        self.patch_kinds: dict[str, dict[str, list]] = {}
 
     def add_map(self, label: str, typ_map: np.ndarray, characteristic_mask: np.ndarray,
                 shared_mask: np.ndarray | None = None, characteristic_kinds: Sequence[str] = ()) -> None:
@@ -172,6 +183,11 @@ class MetricsAccumulator:
         self.clusters[label] = [{"rank": r, "majority_kind": k, "purity": p, "members": n}
                                 for r, (k, p, n) in enumerate(clusters)]
 
+    def add_patch_kinds(self, label: str, kinds: dict[str, Sequence[str | None]]) -> None:
+        """Element kinds of the patches of one label, per selection ("top", "random", "least_typical")."""
+        for name, kk in kinds.items():
+            self.patch_kinds.setdefault(name, {}).setdefault(label, []).extend(kk)
+
     def result(self) -> dict:
         def mean(d: dict[str, list]) -> tuple[float, dict[str, float]]:
             per = {lab: float(np.mean(v)) for lab, v in sorted(d.items()) if v}
@@ -187,6 +203,10 @@ class MetricsAccumulator:
         shared_mean = ss / sn if sn else float("nan")
         char_mean = cs / cn if cn else float("nan")
         ratio = shared_mean / char_mean if sn and cn and char_mean != 0 else float("nan")
+        rates = {}
+        for name, per in self.patch_kinds.items():
+            hits = [k in self.characteristic.get(lab, set()) for lab, kk in per.items() for k in kk]
+            rates[name] = float(np.mean(hits)) if hits else float("nan")
         out = {
             "pointing_game": pg,
             "pointing_game_pairs": sum(len(v) for v in self.hits.values()),
@@ -196,6 +216,7 @@ class MetricsAccumulator:
             "shared_over_characteristic": ratio,
             "mean_typicality_shared": shared_mean,
             "mean_typicality_characteristic": char_mean,
+            "characteristic_hit_rate": rates,
             "recovery_rule": {"top_clusters": self.top, "min_purity": self.min_purity},
             "per_label": {
                 lab: {
@@ -203,6 +224,9 @@ class MetricsAccumulator:
                     "pixel_auroc": au_label.get(lab, float("nan")),
                     "characteristic_kinds": sorted(self.characteristic.get(lab, ())),
                     "recovered_kinds": rec_label.get(lab, []),
+                    "characteristic_hit_rate": {
+                        name: hit_rate(per.get(lab, []), self.characteristic.get(lab, set()))
+                        for name, per in self.patch_kinds.items()},
                 }
                 for lab in sorted(set(self.characteristic) | set(self.clusters))
             },

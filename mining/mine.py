@@ -34,7 +34,7 @@ from .cluster import FaissKMeans
 from .features import DIFT_DRAWS, ClipPatchFeatures, DiftExtractor, pool_boxes
 from .groundtruth import has_ground_truth, record_elements
 from .metrics import MetricsAccumulator, cluster_purity, patch_kinds
-from .patches import Patches, default_patch_size, top_patches, top_per_label
+from .patches import Patches, default_patch_size, patch_scores, select_patches, top_per_label_index
 from .report import safe_name, save_grid, save_heatmap_pair, save_patch, write_html
 
 CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "cluster_size", "cluster_images",
@@ -133,6 +133,7 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
     pair_lab = [lab for _, lab in pairs]
     labels = sorted(set(pair_lab))
     with_gt = has_ground_truth(dataset.records)
+    extractor = _make_extractor(cfg, model, res)  # fail fast on a bad model or CLIP setting
 
     # -- 1. maps pass -----------------------------------------------------------------------
     acc = MetricsAccumulator() if with_gt else None
@@ -145,9 +146,10 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
                          for j in idx])
         if maps.shape[1:] != (res, res):
             raise DataError(f"{typicality}: maps are {maps.shape[1]}x{maps.shape[2]}, expected {res}x{res}")
-        t = top_patches(maps, k, cfg.per_image, "top", offset=start)
-        b = top_patches(maps, k, cfg.per_image, "bottom", offset=start)
-        r = top_patches(maps, k, cfg.per_image, "random", generator=gen, offset=start)
+        scores = patch_scores(maps, k)
+        t = select_patches(scores, k, cfg.per_image, "top", offset=start)
+        b = select_patches(scores, k, cfg.per_image, "bottom", offset=start)
+        r = select_patches(scores, k, cfg.per_image, "random", generator=gen, offset=start)
         tops.append(t), lows.append(b), rands.append(r)
         if with_gt:
             kt, kb, kr = ([None] * len(t), [None] * len(b), [None] * len(r))
@@ -171,6 +173,8 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
             kinds_rand += kr
     tops, lows, rands = Patches.concat(tops), Patches.concat(lows), Patches.concat(rands)
     kinds_top = np.array(kinds_top if with_gt else [None] * len(tops), dtype=object)
+    kinds_low = np.array(kinds_low if with_gt else [None] * len(lows), dtype=object)
+    kinds_rand = np.array(kinds_rand if with_gt else [None] * len(rands), dtype=object)
 
     # -- 2. per label: the most typical patches; baselines ------------------------------------
     label_rows: dict[str, np.ndarray] = {}  # rows of `tops`
@@ -179,11 +183,7 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
     pair_lab_arr = np.array(pair_lab, dtype=object)
     for lab in labels:
         rows = np.flatnonzero(pair_lab_arr[tops.image] == lab)
-        best = top_per_label(tops.take(rows), cfg.per_label)
-        order = np.lexsort((tops.box[rows, 0], tops.box[rows, 1], tops.image[rows],
-                            -tops.score[rows].astype(np.float64)))[:cfg.per_label]
-        label_rows[lab] = rows[order]
-        assert np.array_equal(best.image, tops.image[label_rows[lab]])
+        label_rows[lab] = rows[top_per_label_index(tops.take(rows), cfg.per_label)]
         low_rows = np.flatnonzero(pair_lab_arr[lows.image] == lab)
         low_rows = low_rows[np.argsort(lows.score[low_rows], kind="stable")[:cfg.baselines]]
         rand_rows = np.flatnonzero(pair_lab_arr[rands.image] == lab)
@@ -201,10 +201,10 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
     pixels = np.lib.format.open_memmap(cache_dir / "images.npy", mode="w+", dtype=np.uint8,
                                        shape=(len(needed), res, res, 3))
     slot = {int(i): n for n, i in enumerate(needed)}
-    features = _images_pass(cfg, model, dataset, res, needed, feat_images, pixels, tops, all_rows, pair_img,
-                            pair_lab, progress)
     feat_of_row = {int(row): n for n, row in enumerate(all_rows)}
     try:
+        features = _images_pass(cfg, extractor, dataset, res, needed, feat_images, pixels, tops, all_rows, pair_img,
+                                progress)
         doc_labels, table, metric_clusters = _cluster_and_write(
             cfg, out, store, dataset, labels, label_rows, baseline_rows, tops, kinds_top, features, feat_of_row,
             pixels, slot, pair_img, pair_lab, res, progress, with_gt)
@@ -216,7 +216,8 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
     with open(out / "clusters.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
-        for row in table:
+        for meta, entry in table:  # entries are final only now (heatmap files are written last)
+            row = {**entry, **meta}
             w.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in CSV_COLUMNS})
     summary = {"images": len(dataset), "maps": len(pairs), "labels": len(labels), "resolution": res,
                "patch": k, "per_image": cfg.per_image, "per_label": cfg.per_label, "clusters": cfg.clusters,
@@ -227,6 +228,11 @@ def run_mining(model, data, typicality, out, config: MineConfig | None = None, l
     if with_gt:
         for lab, cls in metric_clusters.items():
             acc.add_clusters(lab, cls)
+        for lab in labels:  # do the selected patches land on characteristic elements more than baselines?
+            acc.add_patch_kinds(lab, {
+                "top": list(kinds_top[label_rows[lab]]),
+                "random": list(kinds_rand[pair_lab_arr[rands.image] == lab]),
+                "least_typical": list(kinds_low[pair_lab_arr[lows.image] == lab])})
         metrics = acc.result()
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (out / "clusters.json").write_text(json.dumps({
@@ -253,21 +259,24 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _images_pass(cfg, model, dataset, res, needed, feat_images, pixels, tops, all_rows, pair_img, pair_lab,
+def _make_extractor(cfg: MineConfig, model, res: int):
+    """(DIFT extractor, prompt template) or (CLIP patch encoder, None)."""
+    if cfg.feature == "clip":
+        return ClipPatchFeatures(cfg.clip_model), None
+    bundle, prompts = _load_bundle(model)
+    if bundle.resolution != res:
+        warnings.warn(f"the model was built for {bundle.resolution} px, the maps are {res} px", stacklevel=3)
+    return DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed,
+                         batch_size=cfg.batch_size), prompts
+
+
+def _images_pass(cfg, extractor, dataset, res, needed, feat_images, pixels, tops, all_rows, pair_img,
                  progress) -> np.ndarray:
     """Decode every needed image once into `pixels`; features of all patches in `all_rows` (rows of tops)."""
-    slot = {int(i): n for n, i in enumerate(needed)}
+    extractor, prompts = extractor
     is_feat = np.isin(needed, feat_images)
     row_img = pair_img[tops.image[all_rows]]  # record index of each patch row
     features = None
-    if cfg.feature == "dift":
-        bundle, prompts = _load_bundle(model)
-        if bundle.resolution != res:
-            warnings.warn(f"the model was built for {bundle.resolution} px, the maps are {res} px", stacklevel=3)
-        extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed,
-                                  batch_size=cfg.batch_size)
-    else:
-        extractor = ClipPatchFeatures(cfg.clip_model)
     bs = max(1, cfg.batch_size)
     for s in tqdm(range(0, len(needed), bs), desc=f"images + {cfg.feature} features", unit="batch",
                   disable=not progress):
@@ -291,7 +300,6 @@ def _images_pass(cfg, model, dataset, res, needed, feat_images, pixels, tops, al
         if features is None:
             features = np.zeros((len(all_rows), f.shape[1]), dtype=np.float32)
         features[rows] = f
-    del slot
     return features
 
 
@@ -337,14 +345,14 @@ def _cluster_and_write(cfg, out, store, dataset, labels, label_rows, baseline_ro
                          "typicality": float(scores[mi]), "distance": float(dist[mi]),
                          "element_kind": kinds[j], "patch_file": _rel(patch, out), "heatmap_file": None}
                 if j < cfg.show:
-                    heat_boxes.setdefault((rec, lab), []).append(box)
+                    heat_boxes.setdefault((rec, lab), []).append((box, "cluster"))
                     pending_heat.append((entry, rec, lab))
                     members_html.append(entry)
                 members_json.append(entry)
-                table.append({"label": lab, "cluster_rank": rank, "cluster_id": cl["id"],
-                              "median_typicality": cl["median"], "cluster_size": len(m),
-                              "cluster_images": cl["n_images"], "member_rank": j, **entry,
-                              "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+                table.append(({"label": lab, "cluster_rank": rank, "cluster_id": cl["id"],
+                               "median_typicality": cl["median"], "cluster_size": len(m),
+                               "cluster_images": cl["n_images"], "member_rank": j,
+                               "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}, entry))
             if rank < cfg.grid_rows:
                 grid_rows.append([pixels[slot[int(recs[mi])]][tops.box[rows[mi], 1]:tops.box[rows[mi], 3],
                                                              tops.box[rows[mi], 0]:tops.box[rows[mi], 2]]
@@ -364,7 +372,7 @@ def _cluster_and_write(cfg, out, store, dataset, labels, label_rows, baseline_ro
                 save_patch(pixels[slot[rec]], box, patch)
                 entry = {"image_id": dataset.records[rec].image_id, "box": box, "typicality": float(p.score[row]),
                          "patch_file": _rel(patch, out), "heatmap_file": None}
-                heat_boxes.setdefault((rec, lab), []).append(box)
+                heat_boxes.setdefault((rec, lab), []).append((box, name))
                 pending_heat.append((entry, rec, lab))
                 entries.append(entry)
             baselines_html[name] = entries

@@ -140,7 +140,12 @@ def top_patches(maps, k: int, per_image: int = 5, mode: str = "top",
     typicality. `offset` is added to image indices (for maps processed in chunks).
     Rows come image by image, best first within an image.
     """
-    scores = patch_scores(maps, k)
+    return select_patches(patch_scores(maps, k), k, per_image, mode, generator, offset)
+
+
+def select_patches(scores: torch.Tensor, k: int, per_image: int = 5, mode: str = "top",
+                   generator: torch.Generator | None = None, offset: int = 0) -> Patches:
+    """`top_patches` on window scores already computed by `patch_scores` (score once, select thrice)."""
     if mode == "top":
         key = scores
     elif mode == "bottom":
@@ -155,7 +160,7 @@ def top_patches(maps, k: int, per_image: int = 5, mode: str = "top",
         return _to_patches(ys, xs, vals, k, offset)
     n = scores.shape[0]
     true = torch.where(torch.isnan(vals), vals,
-                       scores.view(n, -1).gather(1, (ys.clamp(min=0) * scores.shape[2] + xs.clamp(min=0))))
+                       scores.reshape(n, -1).gather(1, (ys.clamp(min=0) * scores.shape[2] + xs.clamp(min=0))))
     return _to_patches(ys, xs, vals, k, offset, true_vals=true)
 
 
@@ -164,10 +169,15 @@ def top_per_label(patches: Patches, per_label: int = 1000) -> Patches:
 
     Ties are broken by image index then position, so the order is deterministic.
     """
+    return patches.take(top_per_label_index(patches, per_label))
+
+
+def top_per_label_index(patches: Patches, per_label: int = 1000) -> np.ndarray:
+    """Row indices of `top_per_label`, best first."""
     if per_label < 1:
         raise ValueError(f"per_label must be >= 1, got {per_label}")
     order = np.lexsort((patches.box[:, 0], patches.box[:, 1], patches.image, -patches.score.astype(np.float64)))
-    return patches.take(order[:per_label])
+    return order[:per_label]
 
 
 def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -86,9 +86,15 @@ def _upscale(img: Image.Image, min_side: int) -> Image.Image:
     return img.resize((img.size[0] * f, img.size[1] * f), Image.NEAREST)
 
 
-def save_heatmap_pair(image: np.ndarray, typ_map: np.ndarray, path: Path, boxes: Sequence[Sequence[int]] = (),
+BOX_COLORS = {"cluster": (0, 255, 0), "random": (255, 230, 0), "least typical": (0, 160, 255)}
+
+
+def save_heatmap_pair(image: np.ndarray, typ_map: np.ndarray, path: Path, boxes: Sequence = (),
                       min_side: int = 256) -> Path:
-    """The image and its heatmap overlay side by side, with `boxes` outlined on both."""
+    """The image and its heatmap overlay side by side, with `boxes` outlined on both.
+
+    boxes: (x0, y0, x1, y1) or ((x0, y0, x1, y1), kind) with kind a key of BOX_COLORS.
+    """
     res = image.shape[0]
     heat = display_heatmap(typ_map, res)
     left, right = Image.fromarray(image), Image.fromarray(overlay(image, heat))
@@ -98,9 +104,10 @@ def save_heatmap_pair(image: np.ndarray, typ_map: np.ndarray, path: Path, boxes:
     pair = _upscale(pair, min_side)
     f = pair.size[1] / res
     draw = ImageDraw.Draw(pair)
-    for x0, y0, x1, y1 in boxes:
+    for b in boxes:
+        (x0, y0, x1, y1), kind = (b, "cluster") if len(b) == 4 else b
         for dx in (0, res + 4):
-            draw.rectangle([(x0 + dx) * f, y0 * f, (x1 + dx) * f - 1, y1 * f - 1], outline=(0, 255, 0),
+            draw.rectangle([(x0 + dx) * f, y0 * f, (x1 + dx) * f - 1, y1 * f - 1], outline=BOX_COLORS[kind],
                            width=max(1, int(f)))
     path.parent.mkdir(parents=True, exist_ok=True)
     pair.save(path)
@@ -169,7 +176,8 @@ def render_html(doc: dict) -> str:
         parts.append(f"<h2>Evaluation</h2>{_kv(doc['metrics'])}")
     parts.append("<p class='meta'>Clusters are ranked by the median typicality of their members; members are "
                  "ordered nearest-to-centroid first. Click a patch for its image and typicality heatmap "
-                 "(blurred and max-normalised for display only).</p>")
+                 "(blurred and max-normalised for display only); outlines: green = shown cluster members, "
+                 "yellow = random baseline, blue = least-typical baseline.</p>")
     for lab in doc["labels"]:
         parts.append(f"<h2 id='{html.escape(lab['anchor'], quote=True)}'>{html.escape(lab['name'])}</h2>"
                      f"<div class='meta'>{_kv(lab['summary'])}</div><div class='cols'><div class='main'>")
