@@ -21,21 +21,21 @@ MODEL_FILES = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "un
                "diffmine_prompts.json", "diffmine_train.json", "samples.png", "train_log.jsonl")
 
 
-def towns_data(root: str | Path) -> Path:
+def towns_data(root: str | Path, **params) -> Path:
     """Generate (or reuse) the embedded dataset under `root`; returns the folder with train/ and test/."""
     from finetune.towns import generate_towns
 
-    return generate_towns(Path(root), progress=True, **TOWNS)
+    return generate_towns(Path(root), progress=True, **{**TOWNS, **params})
 
 
 def build_assets(out: str | Path = ASSETS, minutes: float | None = None, work: str | Path = "runs/assets-train",
-                 **overrides) -> Path:
+                 towns: dict | None = None, **overrides) -> Path:
     """Retrain the shipped model from scratch with the finetuner; copy the diffusers folder into `out`."""
     from finetune.prompts import PromptTemplate
     from finetune.train import TrainConfig, train
 
     out, work = Path(out), Path(work)
-    data = towns_data(out / "towns")
+    data = towns_data(out / "towns", **(towns or {}))
     recipe = {**RECIPE, **overrides}
     start = time.time()
     train(TrainConfig(data=str(data / "train"), out=str(work), base="tiny", prompts=PromptTemplate(*PROMPT),
