@@ -475,6 +475,7 @@ def run_train(ctx: Ctx, mode: str, batch: int, ckpt: bool, deadline: float):
         ab = torch.cumprod(1 - ab, 0)[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if mode == "bf16amp" else nullcontext())
+        set_tf32(mode == "tf32")  # 'fp32' = PyTorch defaults (strict fp32 matmul, cuDNN conv TF32)
 
         def step():
             with amp:
@@ -502,6 +503,7 @@ def run_train(ctx: Ctx, mode: str, batch: int, ckpt: bool, deadline: float):
             ctx.res.sub("train_peak_mem_gb", name, "OOM")
         return None
     finally:
+        set_tf32(False)
         del opt
         for p in unet.parameters():
             p.grad = None
@@ -517,7 +519,7 @@ def section_train(ctx: Ctx, budget_s: float):
     batches = [2, 4] if ctx.smoke else [8, 16, 32]
     log(f"\n== 2. finetuning step (epsilon MSE, fused AdamW, lat {ctx.lat[0]}; budget {budget_s:.0f} s)")
     # priority order: the likely default first, fp32 last
-    for mode in ("bf16amp", "fp32"):
+    for mode in ctx.args.train_modes.split(","):
         for ckpt in (False, True):
             for b in batches:
                 run_train(ctx, mode, b, ckpt, deadline)
@@ -739,11 +741,15 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="force CPU even when CUDA is there")
     ap.add_argument("--json-out", default=None, help="JSON file rewritten after every measurement")
     ap.add_argument("--tmpdir", default=None)
-    ap.add_argument("--sections", default="ceiling,typicality,train,dift,compile")
-    ap.add_argument("--budget-typicality", type=float, default=170)
-    ap.add_argument("--budget-train", type=float, default=110)
-    ap.add_argument("--budget-dift", type=float, default=35)
+    ap.add_argument("--sections", default=None,
+                    help="comma list of ceiling,typicality,train,dift,compile (default: all; --smoke: all but compile)")
+    ap.add_argument("--total-budget", type=float, default=480,
+                    help="seconds for all sections together; each section gets min(its budget, what is left)")
+    ap.add_argument("--budget-typicality", type=float, default=150)
+    ap.add_argument("--budget-train", type=float, default=100)
+    ap.add_argument("--budget-dift", type=float, default=30)
     ap.add_argument("--budget-compile", type=float, default=200)
+    ap.add_argument("--train-modes", default="bf16amp,fp32", help="comma list of bf16amp, fp32, tf32")
     ap.add_argument("--compile-modes", default="default,max-autotune-no-cudagraphs")
     # child-process arguments (compile worker)
     ap.add_argument("--compile-worker", action="store_true", help=argparse.SUPPRESS)
@@ -778,10 +784,15 @@ def main():
         f"diffusers={diffusers.__version__} smoke={args.smoke}")
     budgets = {"typicality": args.budget_typicality, "train": args.budget_train, "dift": args.budget_dift,
                "compile": args.budget_compile}
+    if args.sections is None:
+        args.sections = "ceiling,typicality,train,dift" + ("" if args.smoke else ",compile")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     t_all = time.monotonic()
+    end_all = t_all + args.total_budget
     for s in sections:
         t0 = time.monotonic()
+        if s in budgets:
+            budgets[s] = max(0.0, min(budgets[s], end_all - t0))
         try:
             if s == "ceiling":
                 section_ceiling(ctx)
