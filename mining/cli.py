@@ -28,7 +28,8 @@ def _typicality(a: argparse.Namespace) -> None:
 
     out = run_typicality(model=a.model, data=a.data, out=a.out, draws=a.draws, t_range=tuple(a.t_range),
                          labels=a.labels, batch_size=a.batch_size, seed=a.seed, schedule=a.schedule,
-                         label_column=a.label_column, skip_bad=a.skip_bad, sample_latents=a.sample_latents)
+                         label_column=a.label_column, skip_bad=a.skip_bad, sample_latents=a.sample_latents,
+                         antithetic=a.antithetic, dtype=a.dtype)
     print(f"typicality written to {out}")
 
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["stratified", "uniform"], default="stratified")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--sample-latents", action="store_true", help="seeded VAE posterior sample instead of its mean")
+    t.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw noise in (eps, -eps) pairs (default: the engine's)")
+    t.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="UNet/VAE precision (default fp32)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_typicality)
 

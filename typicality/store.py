@@ -203,7 +203,7 @@ def merge_manifests(root: str | Path) -> Path:
         raise DataError(f"{root}: no typicality shards to merge")
     meta, labels, entries = found
     kept, seen = [], set()
-    for e in entries:  # drop entries whose file was deleted, and any image stored twice
+    for e in entries:  # entries whose file was deleted go (their images were recomputed or are due)
         if not (root / e["file"]).exists():
             continue
         if seen.intersection(e["images"]):

@@ -1,0 +1,87 @@
+"""The typicality engine against the published code's way of computing the same maps.
+
+1. Equal work: the engine is handed exactly the reference's draws (N = 100, t uniform, in
+   mini-batches of 10, same draws for every image); the maps must agree to float tolerance.
+   Reported: images/s of both (target: engine >= 1.5x).
+2. Time to equal quality: against a precise map per image (N = 1000 stratified draws, another
+   seed), the mean per-image correlation of the reference's maps and of the engine with its
+   default settings, and their speeds (target: correlation >= the reference's at >= 5x images/s).
+
+Last line, one JSON object: {"equal_work_ratio", "max_abs_diff", "reference_corr", "engine_corr",
+"time_to_quality_ratio"}.
+
+    python benchmarks/typicality_speed.py [--model DIR --data DIR] [--images 32] [--device cpu] [--bf16]
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import typicality_common as tc  # noqa: E402
+
+from typicality import engine  # noqa: E402
+
+
+def interleaved(runs: dict, n: int, group: int = 4) -> tuple[dict, dict]:
+    """Run each contender on the same groups of images, alternating their order group by group,
+    so that load from other processes on a shared machine falls on all of them alike.
+    Returns (maps per contender, images/s per contender)."""
+    maps, secs = {k: [] for k in runs}, dict.fromkeys(runs, 0.0)
+    for gi, lo in enumerate(range(0, n, group)):
+        g = slice(lo, min(n, lo + group))
+        for k in (list(runs) if gi % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            maps[k].append(runs[k](g))
+            secs[k] += time.perf_counter() - t0
+    return {k: np.concatenate(v) for k, v in maps.items()}, {k: n / secs[k] for k in runs}
+
+
+def main() -> None:
+    args = tc.parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
+        "--bf16", action="store_true", help="also time the engine's defaults in bfloat16 (not in the JSON)"))
+    start = time.perf_counter()
+    bundle, prompts, ids, images, labels, what = tc.load_setup(args)
+    print(f"setup: {what}")
+    tc.warm_up(bundle, prompts, ids, images, labels)
+    low = copy.deepcopy(bundle).to(dtype=torch.bfloat16) if args.bf16 else None
+
+    def engine_run(b=bundle, **kw):
+        return lambda g: tc.engine_maps(b, prompts, ids[g], images[g], labels[g], **kw)[0]
+
+    runs = {
+        "reference": lambda g: tc.reference_maps(bundle, prompts, ids[g], images[g], labels[g])[0],
+        "equal": engine_run(draw_fn=lambda image_id, shape: tc.reference_draws(shape)),  # the reference's draws
+        "default": engine_run(),  # the engine's default settings
+        **({"bf16": engine_run(low)} if low is not None else {}),
+    }
+    maps, ips = interleaved(runs, len(ids))
+    ref_ips = ips["reference"]
+    max_abs = float(np.abs(maps["reference"] - maps["equal"]).max())
+    scale = float(np.abs(maps["reference"]).max())
+    print(f"1. equal work (N=100 reference draws): reference {ref_ips:.2f} img/s, engine {ips['equal']:.2f} img/s "
+          f"({ips['equal'] / ref_ips:.2f}x); max |diff| {max_abs:.2e} (maps up to {scale:.2e})")
+
+    truth = tc.precise_maps(bundle, prompts, ids, images, labels)
+    corr = {k: tc.mean_correlation(m, truth) for k, m in maps.items()}
+    print(f"2. time to quality: reference N=100 uniform: correlation {corr['reference']:.4f} at {ref_ips:.2f} img/s; "
+          f"engine defaults (N={engine.DEFAULT_DRAWS}, {engine.DEFAULT_SCHEDULE}, "
+          f"antithetic={engine.DEFAULT_ANTITHETIC}): correlation {corr['default']:.4f} at {ips['default']:.2f} img/s "
+          f"({ips['default'] / ref_ips:.2f}x)")
+    if low is not None:  # informational: the same defaults in bfloat16 (`diffmine typicality --dtype bf16`)
+        print(f"   engine defaults in bf16: correlation {corr['bf16']:.4f} at {ips['bf16']:.2f} img/s "
+              f"({ips['bf16'] / ref_ips:.2f}x)")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    print(json.dumps({"equal_work_ratio": round(ips["equal"] / ref_ips, 3), "max_abs_diff": max_abs,
+                      "reference_corr": round(corr["reference"], 4), "engine_corr": round(corr["default"], 4),
+                      "time_to_quality_ratio": round(ips["default"] / ref_ips, 3)}))
+
+
+if __name__ == "__main__":
+    main()
