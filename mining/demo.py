@@ -58,7 +58,6 @@ def build_assets(out: str | Path = ASSETS, minutes: float | None = None, work: s
 # shift of noise schedules, Hoogeboom et al. 2023), so its maps localise best higher up. Chosen on
 # 20 *training* images (pixel AUROC 0.89 at [0.1, 0.7), 0.93 at [0.6, 0.9)); the test split is untouched.
 DEMO_T_RANGE = (0.6, 0.9)
-DEMO_DRAWS = 32  # maps at 32 stratified draws correlate 0.97 with 256-draw maps on this model
 # Mining: a facade carries about two characteristic elements and a town two kinds; on 160 training
 # images (clusters, per-image) = (4, 2) recovered every kind (8 clusters x 3 patches: 0.62).
 DEMO_MINE = dict(clusters=4, per_image=2, per_label=1000)
@@ -72,7 +71,7 @@ def run_demo(out: str | Path = "runs/demo", model: str | Path | None = None, fas
     """Embedded dataset -> typicality on the held-out split -> mining -> report.html + metrics.json."""
     import json
 
-    from typicality.engine import run_typicality
+    from typicality.engine import DEFAULT_DRAWS, run_typicality
 
     from .mine import MineConfig, run_mining
 
@@ -83,7 +82,7 @@ def run_demo(out: str | Path = "runs/demo", model: str | Path | None = None, fas
         from finetune.errors import DataError
         raise DataError(f"{model}: no shipped model here (run `make assets` to rebuild it)")
     test = towns_data(out / "data") / "test"
-    draws, mine = DEMO_DRAWS, dict(DEMO_MINE)
+    draws, mine = DEFAULT_DRAWS, dict(DEMO_MINE)
     if fast:  # tests: the same pipeline on fewer draws, features and clusters
         draws, mine = 4, dict(DEMO_MINE, clusters=4)
     typ = run_typicality(str(model), str(test), out / "typicality", draws=draws, t_range=DEMO_T_RANGE,
