@@ -67,7 +67,7 @@ def _seed(*parts) -> int:
 
 
 # -- model ---------------------------------------------------------------------------------
-def _base_bundle(cfg: TrainConfig, data: LabeledImages, acc: Accelerator) -> SDBundle:
+def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator) -> SDBundle:
     """The frozen parts and the UNet to train. `--base tiny` trains its VAE first, once, cached."""
     if cfg.base != "tiny":
         return SDBundle.from_pretrained(cfg.base, text_encoder=cfg.text_encoder)
@@ -78,7 +78,7 @@ def _base_bundle(cfg: TrainConfig, data: LabeledImages, acc: Accelerator) -> SDB
             from .vae_train import train_vae
 
             bundle = build_tiny_bundle(resolution=cfg.resolution or 64, seed=cfg.seed)
-            _, images = data.load_arrays(bundle.resolution, progress=cfg.progress)
+            _, images = decoded(bundle.resolution)
             steps = cfg.vae_steps if cfg.vae_steps is not None else 1000
             bundle.vae.to(acc.device)
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=cfg.progress)
@@ -91,14 +91,14 @@ def _base_bundle(cfg: TrainConfig, data: LabeledImages, acc: Accelerator) -> SDB
 
 
 # -- cached inputs -------------------------------------------------------------------------
-def _cache(cfg: TrainConfig, data: LabeledImages, bundle: SDBundle, acc: Accelerator) -> dict:
+def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc: Accelerator) -> dict:
     """Latents (posterior means) of every image and embeddings of every distinct prompt, once."""
     path = Path(cfg.out, "cache", "inputs.pt")
     resolution = bundle.resolution
     key = _seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base,
                 cfg.prompts.template, cfg.prompts.null_prompt)
     if acc.is_main_process and not (path.exists() and torch.load(path)["key"] == key):
-        records, images = data.load_arrays(resolution, progress=cfg.progress)
+        records, images = decoded(resolution)
         bundle.vae.to(acc.device)
         bundle.text_encoder.to(acc.device)
         latents = torch.cat([bundle.encode_images(torch.from_numpy(images[i:i + 32])).float().cpu()
@@ -160,8 +160,16 @@ def train(cfg: TrainConfig) -> Path:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    bundle = _base_bundle(cfg, data, acc)
-    inputs = _cache(cfg, data, bundle, acc)
+    memo: dict[int, tuple] = {}
+
+    def decoded(resolution: int):  # images are decoded at most once, shared by VAE training and caching
+        if resolution not in memo:
+            memo[resolution] = data.load_arrays(resolution, progress=cfg.progress)
+        return memo[resolution]
+
+    bundle = _base_bundle(cfg, decoded, acc)
+    inputs = _cache(cfg, data, decoded, bundle, acc)
+    memo.clear()
     latents, emb, prompt_index = inputs["latents"], inputs["embeddings"], inputs["prompt_index"]
     n = len(latents)
 

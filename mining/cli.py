@@ -38,7 +38,8 @@ def _mine(a: argparse.Namespace) -> None:
 
     cfg = MineConfig(patch=a.patch, per_image=a.per_image, per_label=a.per_label, clusters=a.clusters,
                      feature=a.feature, dift_t=a.dift_t, dift_block=a.dift_block, clip_model=a.clip_model,
-                     min_members=a.min_members, min_images=a.min_images, seed=a.seed)
+                     min_members=a.min_members, min_images=a.min_images, seed=a.seed, n_iter=a.kmeans_iter,
+                     spherical=a.spherical)
     out = run_mining(model=a.model, data=a.data, typicality=a.typicality, out=a.out, config=cfg,
                      label_column=a.label_column)
     print(f"report: {Path(out) / 'report.html'}")
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--clip-model", default=None, help="local open_clip weights for --feature clip")
     m.add_argument("--dift-t", type=int, default=161)
     m.add_argument("--dift-block", type=int, default=1)
+    m.add_argument("--kmeans-iter", type=int, default=20, help="FAISS k-means iterations")
+    m.add_argument("--spherical", action=argparse.BooleanOptionalAction, default=True,
+                   help="spherical k-means (unit-norm centroids, cosine distance)")
     m.add_argument("--min-members", type=int, default=3)
     m.add_argument("--min-images", type=int, default=2)
     m.add_argument("--seed", type=int, default=0)
