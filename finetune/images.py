@@ -57,14 +57,18 @@ def check_header(path: str | Path) -> None:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
+def crop_geometry(width: int, height: int, resolution: int,
+                  offset: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of `resize_crop` for an image of this size."""
+    scale = resolution / min(width, height)
+    nw, nh = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    return nw, nh, round((nw - resolution) * offset[0]), round((nh - resolution) * offset[1])
+
+
 def resize_crop(img: Image.Image, resolution: int, offset: tuple[float, float] = (0.5, 0.5)) -> Image.Image:
     """Resize the short side to `resolution`, then crop a square; offset (0..1, 0..1) picks where (0.5 = centre)."""
-    w, h = img.size
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    nw, nh, left, top = crop_geometry(*img.size, resolution, offset)
     img = img.resize((nw, nh), Image.BICUBIC)
-    left = round((nw - resolution) * offset[0])
-    top = round((nh - resolution) * offset[1])
     return img.crop((left, top, left + resolution, top + resolution))
 
 

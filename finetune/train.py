@@ -97,7 +97,8 @@ def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc
     resolution = bundle.resolution
     key = _seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base,
                 cfg.prompts.template, cfg.prompts.null_prompt)
-    if acc.is_main_process and not (path.exists() and torch.load(path)["key"] == key):
+    blob = torch.load(path) if acc.is_main_process and path.exists() else None
+    if acc.is_main_process and (blob is None or blob["key"] != key):
         records, images = decoded(resolution)
         bundle.vae.to(acc.device)
         bundle.text_encoder.to(acc.device)
@@ -118,7 +119,7 @@ def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc
         bundle.vae.to("cpu")
         bundle.text_encoder.to("cpu")
     acc.wait_for_everyone()
-    return torch.load(path)
+    return blob if acc.is_main_process else torch.load(path)
 
 
 # -- LoRA ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def towns_data(root: str | Path, **params) -> Path:
 def build_assets(out: str | Path = ASSETS, minutes: float | None = None, work: str | Path = "runs/assets-train",
                  towns: dict | None = None, **overrides) -> Path:
     """Retrain the shipped model from scratch with the finetuner; copy the diffusers folder into `out`."""
+    from finetune.atomic import replace_dir
     from finetune.prompts import PromptTemplate
     from finetune.train import TrainConfig, train
 
@@ -47,8 +48,7 @@ def build_assets(out: str | Path = ASSETS, minutes: float | None = None, work: s
     for name in MODEL_FILES:
         src = work / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
-    shutil.rmtree(model, ignore_errors=True)
-    tmp.rename(model)
+    replace_dir(tmp, model)
     print(f"shipped model written to {model} ({(time.time() - start) / 60:.1f} min)")
     return model
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.errors import DataError
+from finetune.images import crop_geometry
 
 ELEMENTS_COLUMN = "elements"
 MASK_COLUMN = "mask_file"
@@ -91,13 +92,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
         except Exception:  # malformed EXIF: keep the stored size
             pass
     return w, h
-
-
-def crop_geometry(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
-    """(resized width, resized height, left, top) of finetune.images.resize_crop, centre crop."""
-    scale = resolution / min(width, height)
-    nw, nh = max(resolution, round(width * scale)), max(resolution, round(height * scale))
-    return nw, nh, round((nw - resolution) * 0.5), round((nh - resolution) * 0.5)
 
 
 def transform_boxes(boxes, width: int, height: int, resolution: int) -> np.ndarray:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from typicality.formula import upsample
+
 DISPLAY_SIGMA_AT_256 = 10.0  # METHOD.md §2: Gaussian blur sigma 10 px, visualisation only
 
 # a perceptually ordered dark-to-bright colour ramp (inferno-like anchors)
@@ -73,8 +75,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndar
     """Blend a [0, 1] heatmap (resized to the image) over an HxWx3 uint8 image."""
     h, w = image.shape[:2]
     if heat.shape != (h, w):
-        heat = F.interpolate(torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None], size=(h, w),
-                             mode="bilinear", align_corners=False)[0, 0].numpy()
+        heat = upsample(torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)), (h, w)).numpy()
     col = colorize(heat).astype(np.float32)
     return np.round(image.astype(np.float32) * (1 - alpha) + col * alpha).astype(np.uint8)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from finetune.atomic import write_bytes, write_json
 from finetune.errors import DataError
 
 from .formula import upsample
@@ -50,19 +50,6 @@ class ImageResult:
     diff: np.ndarray      # (L, h, w) mean of err_null - err_cond
     err_null: np.ndarray  # (h, w)    mean error with the null prompt (reconstruction error)
     err_cond: np.ndarray  # (L, h, w) mean error with each label's prompt
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1).encode("utf-8"))
 
 
 def _read_json(path: Path) -> dict:
@@ -184,12 +171,12 @@ class ShardWriter:
         data = st_save(arrays, metadata={"format": FORMAT, "images": json.dumps(images), "labels": json.dumps(labels)})
         name = f"{self.prefix}{self.seq:05d}.safetensors"
         self.seq += 1
-        _atomic_write(self.root / name, data)  # the file first, then the entry that lists it
+        write_bytes(self.root / name, data)  # the file first, then the entry that lists it
         compact = ALL if self.meta.get("labels_mode") == "all" and all(l == self.labels for l in labels) else labels
         self.entries.append({"file": name, "sha256": hashlib.sha256(data).hexdigest(), "images": images,
                              "labels": compact})
-        _write_json(self.part, {"format": FORMAT, "version": VERSION, "meta": self.meta, "labels": self.labels,
-                                "shards": self.entries})
+        write_json(self.part, {"format": FORMAT, "version": VERSION, "meta": self.meta, "labels": self.labels,
+                               "shards": self.entries}, indent=1)
 
     def close(self) -> None:
         self.flush()
@@ -210,8 +197,8 @@ def merge_manifests(root: str | Path) -> Path:
             raise DataError(f"{root / e['file']}: holds images already stored in another shard")
         seen.update(e["images"])
         kept.append(e)
-    _write_json(root / MANIFEST, {"format": FORMAT, "version": VERSION, "meta": meta, "labels": labels,
-                                  "shards": kept})
+    write_json(root / MANIFEST, {"format": FORMAT, "version": VERSION, "meta": meta, "labels": labels,
+                                 "shards": kept}, indent=1)
     listed = {e["file"] for e in kept}
     for p in root.iterdir():  # parts are merged; orphans are shards a kill left unlisted
         if _PART_RE.match(p.name) or (p.suffix == ".safetensors" and p.name.startswith("shard-")
