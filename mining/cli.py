@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-latents", action="store_true", help="seeded VAE posterior sample instead of its mean")
     t.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
                    help="draw noise in (eps, -eps) pairs (default: the engine's)")
-    t.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="UNet/VAE precision (default fp32)")
+    t.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="UNet/VAE precision (auto: bf16 on a GPU that has it, else fp32)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_typicality)
 

@@ -218,6 +218,41 @@ def test_maps_do_not_depend_on_batch_size_or_order(tiny_bundle):
     assert a[3].labels == ["red|blue"] and a[2].labels == ["red", "blue"]
 
 
+def test_prompt_shared_attention_equals_stock_attention(tiny_bundle):
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from typicality.attention import SharedPromptAttention
+
+    stock = copy.deepcopy(tiny_bundle)  # a private copy: other tests' estimators wrap the fixture's processors
+    stock.unet.set_attn_processor(AttnProcessor2_0())
+    images, ids = _images(4), [f"im{i}" for i in range(4)]
+    conds = [["red"], ["blue", "red"], [("red", "blue")], ["blue"]]  # 4 distinct prompts, mixed per batch
+    plain = TypicalityEstimator(stock, draws=DRAWS, batch_size=7, share_prompts=False)
+    assert not any(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values())
+    want = plain.estimate(images, ids, conds)
+    snapshot = copy.deepcopy(stock)
+    shared = TypicalityEstimator(stock, draws=DRAWS, batch_size=7)
+    assert all(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values())
+    for x, y in zip(want, shared.estimate(images, ids, conds)):
+        for u, v in [(x.diff, y.diff), (x.err_null, y.err_null), (x.err_cond, y.err_cond)]:
+            np.testing.assert_allclose(u, v, rtol=0, atol=1e-6)
+    # Other users of the UNet (DIFT features, sampling) call it without the keyword: unchanged.
+    z, t, emb = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900]), torch.randn(3, 77, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(stock.unet(z, t, emb).sample, snapshot.unet(z, t, emb).sample, rtol=0, atol=0)
+
+
+def test_dtype_auto_is_fp32_on_cpu():
+    from typicality.engine import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) is None
+    assert resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
 def test_sampled_latents_are_seeded_per_image(tiny_bundle):
     images, ids = _images(3), ["a", "b", "c"]
     mean = TypicalityEstimator(tiny_bundle, draws=4).estimate(images, ids, [["red"]] * 3)

@@ -22,6 +22,7 @@ import torch
 from finetune.errors import DataError
 from finetune.prompts import PromptTemplate
 
+from .attention import share_prompt_projections
 from .draws import Draws, image_generator, make_draws
 from .formula import error_map, noisy_latents, to_epsilon
 from .store import (ImageResult, ShardWriter, check_resumable, finished_images, merge_manifests,
@@ -77,15 +78,19 @@ class TypicalityEstimator:
     batch_size counts UNet rows (an (image, draw) unit takes 1 + its number of labels); a unit
     is never split, so null and label rows of a draw always share one forward.
     draw_fn(image_id, latent_shape) -> Draws replaces the seeded schedule (benchmarks feed it
-    another implementation's draws).
+    another implementation's draws). share_prompts=False runs the stock attention (benchmarks).
     """
 
     def __init__(self, bundle, prompts: PromptTemplate | None = None, draws: int = DEFAULT_DRAWS,
                  t_range: tuple[float, float] = (0.1, 0.7), schedule: str = DEFAULT_SCHEDULE,
                  antithetic: bool = DEFAULT_ANTITHETIC, seed: int = 0, batch_size: int = 64,
                  sample_latents: bool = False, vae_batch: int = 8, workers: int | None = None,
-                 draw_fn: Callable[[str, tuple[int, ...]], Draws] | None = None):
+                 draw_fn: Callable[[str, tuple[int, ...]], Draws] | None = None, share_prompts: bool = True):
         self.bundle = bundle
+        # Cross-attention keys/values once per distinct prompt, on the UNet wrapped here only.
+        self._shared_unet = bundle.unet if share_prompts else None
+        if share_prompts:
+            share_prompt_projections(bundle.unet)
         self.prompts = prompts or PromptTemplate()
         self.draws, self.t_range, self.schedule, self.antithetic = int(draws), tuple(t_range), schedule, antithetic
         self.seed, self.batch_size = seed, int(batch_size)
@@ -211,8 +216,12 @@ class TypicalityEstimator:
         per_unit = torch.tensor([len(r.prompt_rows) for r, _ in batch])
         rep = torch.repeat_interleave(torch.arange(len(batch)), per_unit).to(dev)  # row -> unit
         prompt_rows = torch.cat([r.prompt_rows for r, _ in batch]).to(dev)
+        kwargs = {}
+        if unet is self._shared_unet:
+            distinct, index = torch.unique(prompt_rows, return_inverse=True)
+            kwargs["cross_attention_kwargs"] = {"prompt_rows": (emb[distinct], index)}
         pred = unet(z_t[rep].to(unet.dtype), t.to(dev)[rep], encoder_hidden_states=emb[prompt_rows],
-                    return_dict=False)[0]
+                    return_dict=False, **kwargs)[0]
         pred = to_epsilon(pred.float(), z_t[rep], alpha_bar[rep], self.prediction_type)
         return error_map(eps[rep], pred).double().cpu()
 
@@ -229,18 +238,28 @@ class TypicalityEstimator:
                 yield r.result()
 
 
-def _resolve_dtype(dtype) -> torch.dtype | None:
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
+    """"auto" (the default): bfloat16 on a GPU that has it, float32 elsewhere.
+
+    On a GPU, bf16 runs the UNet ~4.7x faster than fp32 at batch 256 (benchmarks/results/GPU.md)
+    and its rounding is far below the Monte-Carlo noise of the draws: the maps' correlation with
+    precise fp32 maps does not change (benchmarks/typicality_speed.py --bf16). Error maps are
+    always computed and summed in float32/float64. CPUs keep fp32: their bf16 gain is small.
+    """
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if fast_bf16 else None
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or 'auto'")
     return DTYPES[dtype]
 
 
 def run_typicality(model, data, out, draws: int | None = None, t_range: tuple[float, float] = (0.1, 0.7),
                    labels: str = "own", batch_size: int = 64, seed: int = 0, schedule: str = DEFAULT_SCHEDULE,
                    label_column: str = "label", skip_bad: bool = False, sample_latents: bool = False,
-                   progress: bool = True, *, antithetic: bool | None = None, dtype=None,
+                   progress: bool = True, *, antithetic: bool | None = None, dtype="auto",
                    resolution: int | None = None, shard_size: int | None = None, load_chunk: int = 16,
                    process_index: int | None = None, num_processes: int | None = None,
                    on_image: Callable[[str], None] | None = None) -> Path:
@@ -270,7 +289,7 @@ def run_typicality(model, data, out, draws: int | None = None, t_range: tuple[fl
     else:
         rank, world = int(process_index), int(num_processes or 1)
         device = torch.device("cpu")
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, torch.device(device))
     out = Path(out)
     dataset = LabeledImages(data, label_column, skip_bad)
     bundle = SDBundle.from_pretrained(model).eval().to(device, torch_dtype)

@@ -1,0 +1,53 @@
+"""Cross-attention keys and values computed once per distinct prompt, not once per UNet row.
+
+A typicality batch has many rows but only a few distinct prompts (the null prompt and the
+labels'). Stock diffusers processors project all 77 text tokens to keys and values for every
+row; at the tiny model's 8x8 and 4x4 levels that is more work than the queries themselves.
+`SharedPromptAttention` wraps whatever processor an attention layer has: given the keyword
+`prompt_rows = (distinct embeddings (P, 77, d), row -> prompt index (B,))` it projects the P
+prompts and gathers per row; for anything else (self-attention, no keyword, a layer with
+masks, norms or residuals) it calls the wrapped processor unchanged. The result equals the
+stock computation to float rounding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class SharedPromptAttention:
+    def __init__(self, base):
+        self.base = base
+
+    @staticmethod
+    def _plain(attn) -> bool:
+        """The SD v1.x cross-attention layout this shortcut reproduces exactly."""
+        return (attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross
+                and not attn.residual_connection and attn.rescale_output_factor == 1.0
+                and attn.norm_q is None and attn.norm_k is None)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 prompt_rows: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
+        if (prompt_rows is None or encoder_hidden_states is None or attention_mask is not None
+                or hidden_states.ndim != 3 or not self._plain(attn)):
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        prompts, index = prompt_rows
+        batch, heads = hidden_states.shape[0], attn.heads
+        query = attn.to_q(hidden_states)
+        head_dim = query.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        key = attn.to_k(prompts).view(len(prompts), -1, heads, head_dim).transpose(1, 2)[index]
+        value = attn.to_v(prompts).view(len(prompts), -1, heads, head_dim).transpose(1, 2)[index]
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def share_prompt_projections(unet) -> None:
+    """Wrap every attention processor of `unet` once (idempotent; other callers see no change)."""
+    procs = unet.attn_processors
+    if all(isinstance(p, SharedPromptAttention) for p in procs.values()):
+        return
+    unet.set_attn_processor({name: p if isinstance(p, SharedPromptAttention) else SharedPromptAttention(p)
+                             for name, p in procs.items()})
