@@ -1,9 +1,10 @@
 """Shared set-up of the typicality benchmarks: model and images, the published-code baseline,
 precise maps, and the accuracy measure.
 
-Model: --model, else the shipped tiny model assets/tiny-towns-model with assets/towns/test
-(regenerated in a temporary folder when absent), else a tiny random-weight SD bundle (32 px,
-8x8 latents) and generated colour images.
+Model: --model, else --random-sd15 RES (SD v1.5's architecture at full size with random weights,
+for timing on a GPU: nothing to download), else the shipped tiny model assets/tiny-towns-model
+with assets/towns/test (regenerated in a temporary folder when absent), else a tiny random-weight
+SD bundle (32 px, 8x8 latents) and generated colour images.
 """
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=None, help="diffusers SD folder (default: shipped tiny model, else random tiny)")
     p.add_argument("--data", default=None, help="image folder for --model (default: its test split, else generated)")
+    p.add_argument("--random-sd15", type=int, default=None, metavar="RES",
+                   help="SD v1.5 architecture with random weights at RES px (GPU timing; no download)")
     p.add_argument("--images", type=int, default=32)
+    p.add_argument("--precise-draws", type=int, default=PRECISE_DRAWS,
+                   help="stratified draws of the precise maps (the issue's 1000; fewer to fit a time limit)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     if extra:
         extra(p)
@@ -56,11 +61,39 @@ def _generated_images(n: int, size: int, seed: int = 0) -> tuple[list[str], torc
     return ids, torch.from_numpy(np.stack(arrays)), labels
 
 
+def random_sd15_bundle(resolution: int, device):
+    """SD v1.5's UNet (its config verbatim), VAE and CLIP text encoder sizes, random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from finetune.bundle import SDBundle
+    from finetune.tiny import sd15_scheduler, tiny_tokenizer
+    from gpu_unet import SD15_UNET_CONFIG
+
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device: fast for 860 M parameters
+        unet = UNet2DConditionModel(**dict(SD15_UNET_CONFIG, sample_size=resolution // 8))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                            sample_size=resolution, scaling_factor=0.18215)
+        text = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407, projection_dim=768))
+    return SDBundle(tiny_tokenizer(), text.eval(), vae, unet, sd15_scheduler())
+
+
 def load_setup(args) -> tuple:
     """(bundle, prompts, image ids, images (n, 3, H, W), labels, description)."""
     from finetune.bundle import SDBundle
 
     model = args.model
+    if model is None and args.random_sd15:
+        bundle = random_sd15_bundle(args.random_sd15, args.device).eval()
+        ids, images, labels = _generated_images(args.images, args.random_sd15)
+        return (bundle, PromptTemplate(), ids, images, labels,
+                f"SD v1.5 architecture, random weights, {args.random_sd15} px; {len(ids)} images; device {args.device}")
     shipped = ROOT / "assets" / "tiny-towns-model"
     if model is None and shipped.is_dir():
         model, args.data = shipped, args.data or ROOT / "assets" / "towns" / "test"
@@ -144,8 +177,8 @@ def engine_maps(bundle, prompts, ids, images, labels, **kw) -> tuple[np.ndarray,
     return np.stack([r.diff[0] for r in results]), len(ids) / elapsed
 
 
-def precise_maps(bundle, prompts, ids, images, labels) -> np.ndarray:
-    return engine_maps(bundle, prompts, ids, images, labels, draws=PRECISE_DRAWS, schedule="stratified",
+def precise_maps(bundle, prompts, ids, images, labels, draws: int = PRECISE_DRAWS) -> np.ndarray:
+    return engine_maps(bundle, prompts, ids, images, labels, draws=draws, schedule="stratified",
                        antithetic=False, seed=PRECISE_SEED)[0]
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     start = time.perf_counter()
     bundle, prompts, ids, images, labels, what = tc.load_setup(args)
     print(f"setup: {what}")
-    truth = tc.precise_maps(bundle, prompts, ids, images, labels)
+    truth = tc.precise_maps(bundle, prompts, ids, images, labels, args.precise_draws)
     ref_maps, _ = tc.engine_maps(bundle, prompts, ids, images, labels,
                                  draw_fn=lambda image_id, shape: tc.reference_draws(shape))
     ref = tc.mean_correlation(ref_maps, truth)

@@ -11,6 +11,7 @@ Last line, one JSON object: {"equal_work_ratio", "max_abs_diff", "reference_corr
 "time_to_quality_ratio"}.
 
     python benchmarks/typicality_speed.py [--model DIR --data DIR] [--images 32] [--device cpu] [--bf16]
+    python benchmarks/typicality_speed.py --random-sd15 512 --images 8 --precise-draws 400   # on a GPU
 """
 from __future__ import annotations
 
@@ -51,10 +52,16 @@ def main() -> None:
     bundle, prompts, ids, images, labels, what = tc.load_setup(args)
     print(f"setup: {what}")
     tc.warm_up(bundle, prompts, ids, images, labels)
-    low = copy.deepcopy(bundle).to(dtype=torch.bfloat16) if args.bf16 else None
-
+    # "Defaults" include the precision `diffmine typicality` picks here (--dtype auto): fp32 on a CPU,
+    # bf16 on a GPU that has it. Equal work stays in the reference's fp32.
+    auto = engine.resolve_dtype("auto", torch.device(args.device))
     plain = copy.deepcopy(bundle)  # diffusers' own attention processors, for the reference
     plain.unet.set_attn_processor(AttnProcessor2_0())
+    tuned, plain_tuned = bundle, plain
+    if auto is not None:
+        tuned, plain_tuned = copy.deepcopy(bundle).to(dtype=auto), copy.deepcopy(plain).to(dtype=auto)
+        tc.warm_up(tuned, prompts, ids, images, labels)
+    low = copy.deepcopy(bundle).to(dtype=torch.bfloat16) if args.bf16 and auto != torch.bfloat16 else None
 
     def engine_run(b=bundle, **kw):
         return lambda g: tc.engine_maps(b, prompts, ids[g], images[g], labels[g], **kw)[0]
@@ -62,8 +69,8 @@ def main() -> None:
     runs = {
         "reference": lambda g: tc.reference_maps(plain, prompts, ids[g], images[g], labels[g])[0],
         "equal": engine_run(draw_fn=lambda image_id, shape: tc.reference_draws(shape)),  # the reference's draws
-        "default": engine_run(),  # the engine's default settings
-        "stock_attention": engine_run(plain, share_prompts=False),  # informational: without per-prompt keys/values
+        "default": engine_run(tuned),  # the engine's default settings
+        "stock_attention": engine_run(plain_tuned, share_prompts=False),  # informational: without per-prompt keys/values
         **({"bf16": engine_run(low)} if low is not None else {}),
     }
     maps, ips = interleaved(runs, len(ids))
@@ -75,11 +82,11 @@ def main() -> None:
     print(f"   engine defaults with stock attention (keys/values per row): {ips['stock_attention']:.2f} img/s; "
           f"with keys/values per prompt {ips['default']:.2f} img/s ({ips['default'] / ips['stock_attention']:.2f}x)")
 
-    truth = tc.precise_maps(bundle, prompts, ids, images, labels)
+    truth = tc.precise_maps(bundle, prompts, ids, images, labels, args.precise_draws)
     corr = {k: tc.mean_correlation(m, truth) for k, m in maps.items()}
     print(f"2. time to quality: reference N=100 uniform: correlation {corr['reference']:.4f} at {ref_ips:.2f} img/s; "
           f"engine defaults (N={engine.DEFAULT_DRAWS}, {engine.DEFAULT_SCHEDULE}, "
-          f"antithetic={engine.DEFAULT_ANTITHETIC}): correlation {corr['default']:.4f} at {ips['default']:.2f} img/s "
+          f"antithetic={engine.DEFAULT_ANTITHETIC}, {str(tuned.unet.dtype)[6:]}): correlation {corr['default']:.4f} at {ips['default']:.2f} img/s "
           f"({ips['default'] / ref_ips:.2f}x)")
     if low is not None:  # informational: the same defaults in bfloat16 (`diffmine typicality --dtype bf16`)
         print(f"   engine defaults in bf16: correlation {corr['bf16']:.4f} at {ips['bf16']:.2f} img/s "

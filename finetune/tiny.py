@@ -51,8 +51,11 @@ def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64
         block_out_channels=unet_channels, layers_per_block=1, cross_attention_dim=width,
         attention_head_dim=8, norm_num_groups=32,
     )
-    # SD v1.5's training schedule (METHOD.md §1): scaled-linear betas, 1000 steps, epsilon target.
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
-                              steps_offset=1)
-    return SDBundle(tiny_tokenizer(), text_encoder.eval(), vae, unet, scheduler)
+    return SDBundle(tiny_tokenizer(), text_encoder.eval(), vae, unet, sd15_scheduler())
+
+
+def sd15_scheduler() -> DDPMScheduler:
+    """SD v1.5's training schedule (METHOD.md §1): scaled-linear betas, 1000 steps, epsilon target."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                         steps_offset=1)
