@@ -63,24 +63,19 @@ def _generated_images(n: int, size: int, seed: int = 0) -> tuple[list[str], torc
 
 def random_sd15_bundle(resolution: int, device):
     """SD v1.5's UNet (its config verbatim), VAE and CLIP text encoder sizes, random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL
 
     from finetune.bundle import SDBundle
-    from finetune.tiny import sd15_scheduler, tiny_tokenizer
-    from gpu_unet import SD15_UNET_CONFIG
+    from finetune.tiny import clip_text_encoder, sd15_scheduler, tiny_tokenizer
+    from gpu_unet import SD15_UNET_CONFIG, build_unet
 
-    torch.manual_seed(0)
+    unet = build_unet(dict(SD15_UNET_CONFIG, sample_size=resolution // 8), torch.device(device))  # seeds 0
     with torch.device(device):  # initialise on the device: fast for 860 M parameters
-        unet = UNet2DConditionModel(**dict(SD15_UNET_CONFIG, sample_size=resolution // 8))
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
                             sample_size=resolution, scaling_factor=0.18215)
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-            pad_token_id=49407, projection_dim=768))
+        text = clip_text_encoder(768, layers=12, heads=12)  # SD v1.5's ViT-L/14 text tower size
     return SDBundle(tiny_tokenizer(), text.eval(), vae, unet, sd15_scheduler())
 
 

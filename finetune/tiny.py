@@ -31,11 +31,7 @@ def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64
         raise ValueError(f"resolution {resolution} must be a multiple of the power-of-two VAE factor {vae_factor}")
     n_vae_levels = vae_factor.bit_length()  # factor 4 -> 3 levels (2 downsamplings)
     torch.manual_seed(seed)  # the only place global RNG is used: module initialisers draw from it
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=49407, projection_dim=width,
-    ))
+    text_encoder = clip_text_encoder(width, layers=2, heads=4)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * n_vae_levels,
@@ -52,6 +48,15 @@ def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64
         attention_head_dim=8, norm_num_groups=32,
     )
     return SDBundle(tiny_tokenizer(), text_encoder.eval(), vae, unet, sd15_scheduler())
+
+
+def clip_text_encoder(width: int, layers: int, heads: int) -> CLIPTextModel:
+    """A random-weight CLIP text encoder over the real CLIP vocabulary (its special-token ids)."""
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, projection_dim=width,
+    ))
 
 
 def sd15_scheduler() -> DDPMScheduler:
