@@ -27,15 +27,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.groundtruth import has_ground_truth, record_elements
+from evaluation.metrics import MetricsAccumulator, cluster_purity, patch_kinds
+from evaluation.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
 from finetune.dataset import LabeledImages
 from finetune.errors import DataError
 
 from .cluster import FaissKMeans
 from .features import DIFT_DRAWS, ClipPatchFeatures, DiftExtractor, pool_boxes
-from .groundtruth import has_ground_truth, record_elements
-from .metrics import MetricsAccumulator, cluster_purity, patch_kinds
 from .patches import Patches, default_patch_size, patch_scores, select_patches, top_per_label_index
-from .report import safe_name, save_grid, save_heatmap_pair, save_patch, write_html
+from .report import write_html
 
 CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "cluster_size", "cluster_images",
                "member_rank", "image_id", "x0", "y0", "x1", "y1", "typicality", "distance", "element_kind",

@@ -10,8 +10,8 @@ from PIL import Image
 from finetune.dataset import LabeledImages
 from finetune.errors import DataError
 from finetune.images import load_rgb, resize_crop
-from mining.groundtruth import parse_elements, rasterize_boxes, record_elements, transform_boxes
-from mining.metrics import (MetricsAccumulator, auroc, box_mask_overlap, cluster_purity, elements_recovered,
+from evaluation.groundtruth import parse_elements, rasterize_boxes, record_elements, transform_boxes
+from evaluation.metrics import (MetricsAccumulator, auroc, box_mask_overlap, cluster_purity, elements_recovered,
                             patch_kinds, pixel_auroc, pointing_game)
 
 

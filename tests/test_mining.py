@@ -16,7 +16,7 @@ from PIL import Image
 
 from finetune.dataset import LabeledImages
 from finetune.errors import DataError
-from mining.groundtruth import record_elements
+from evaluation.groundtruth import record_elements
 from mining.mine import MineConfig, run_mining
 from mining.patches import boxes_overlap
 

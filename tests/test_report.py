@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mining.report import display_heatmap, gaussian_blur, render_html, safe_name, save_grid, save_heatmap_pair
+from evaluation.pictures import display_heatmap, gaussian_blur, safe_name, save_grid, save_heatmap_pair
+from mining.report import render_html
 
 
 def test_display_heatmap_is_blurred_and_max_normalised():
