@@ -12,9 +12,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from finetune.prompts import PromptTemplate
-from finetune.train import TrainConfig, train
-from mining.demo import ASSETS, MODEL_NAME, PROMPT, towns_data
+from finetune.train import train
+from finetune.train_config import TrainConfig
+from mining.demo import recipe, towns_data
 
 
 def main() -> None:
@@ -25,9 +25,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = towns_data(Path(tmp) / "towns", n_train=64, n_test=1)
         out = Path(tmp) / "model"
-        train(TrainConfig(data=str(data / "train"), out=str(out), base=str(ASSETS / MODEL_NAME),
-                          prompts=PromptTemplate(*PROMPT), batch_size=a.batch_size, max_steps=a.steps,
-                          log_every=1, checkpoint_every=10**9, samples_per_label=0, progress=False))
+        prompts = {k: recipe()["train"][k] for k in ("prompt", "null_prompt", "null_rate")}
+        train(TrainConfig(data=str(data / "train"), out=str(out), base="tiny", **prompts, batch_size=a.batch_size,
+                          max_steps=a.steps, log_every=1, checkpoint_every=10**9, samples_per_label=0), progress=False)
         log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     # skip the first 5 steps (allocator warm-up); elapsed_s is measured from the loop's start
     step_s = (log[-1]["elapsed_s"] - log[4]["elapsed_s"]) / (len(log) - 5)

@@ -33,3 +33,43 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+SWAP_JOURNAL = ".swap-journal.json"
+
+
+def swap_in(tmp: str | Path, final: str | Path, owned: tuple[str, ...] = ()) -> None:
+    """Move every entry of the finished folder `tmp` into `final`, replacing same-named entries
+    and removing the `owned` names the new run did not produce (stale outputs of an older run).
+
+    A journal makes it all-or-nothing: a kill mid-swap is completed by `finish_swap` (the next
+    run calls it), so `final` always ends up holding one run's outputs, never a mix."""
+    tmp, final = Path(tmp), Path(final)
+    final.mkdir(parents=True, exist_ok=True)
+    items = sorted(p.name for p in tmp.iterdir())
+    stale = sorted(n for n in owned if n not in items and (final / n).exists())
+    write_json(final / SWAP_JOURNAL, {"from": tmp.name, "items": items, "stale": stale})
+    finish_swap(final)
+
+
+def finish_swap(final: str | Path) -> None:
+    """Complete an interrupted `swap_in` (idempotent; nothing to do without a journal)."""
+    final = Path(final)
+    journal = final / SWAP_JOURNAL
+    if not journal.exists():
+        return
+    plan = json.loads(journal.read_text())
+    tmp = final / plan["from"]  # the finished run's folder, inside `final` (one filesystem)
+    for name in plan["stale"]:
+        target = final / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    for name in plan["items"]:
+        src = tmp / name
+        if not src.exists():  # moved before the interruption
+            continue
+        if src.is_dir():
+            replace_dir(src, final / name)
+        else:
+            os.replace(src, final / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    journal.unlink()

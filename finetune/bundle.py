@@ -1,9 +1,9 @@
 """The Stable Diffusion components diffmine works with, loaded and saved the diffusers way.
 
 `SDBundle.from_pretrained` takes a local diffusers SD folder (`unet/ vae/ text_encoder/
-tokenizer/ scheduler/`), a hub id such as `runwayml/stable-diffusion-v1-5`, or "tiny" for
-an offline SD-architecture model with random weights (see `tiny.py`). `save_pretrained`
-writes a folder that `StableDiffusionPipeline.from_pretrained` loads.
+tokenizer/ scheduler/`) or a hub id; `save_pretrained` writes a folder that
+`StableDiffusionPipeline.from_pretrained` loads. Which model a user's name means ("tiny", a
+folder, a hub id) is decided by `models.load_bundle`, not here.
 """
 from __future__ import annotations
 
@@ -31,9 +31,6 @@ class SDBundle:
     def from_pretrained(cls, name_or_path: str | Path, text_encoder: str | None = None,
                         torch_dtype: torch.dtype | None = None, **kwargs) -> "SDBundle":
         """Load every component; `text_encoder` swaps in another CLIP text tower (hub id or folder)."""
-        if str(name_or_path) == "tiny":
-            from .tiny import build_tiny_bundle
-            return build_tiny_bundle()
         src = str(name_or_path)
         local = Path(src).exists()
         if local:
@@ -117,8 +114,3 @@ class SDBundle:
         z = dist.sample(generator) if sample else dist.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (z - shift) * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample.clamp(-1, 1)

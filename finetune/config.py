@@ -53,6 +53,12 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, source: str | 
     return dataclasses.field(default=default, metadata=meta)
 
 
+def defaults(cls) -> dict[str, Any]:
+    """Each field's default, for code that takes the same settings as keyword arguments."""
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in fields(cls)}
+
+
 def fields(cls_or_obj) -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(cls_or_obj)
 
@@ -188,6 +194,8 @@ def check_range(cfg, name: str, low: float, high: float, closed: str = "both") -
 def check_choice(cfg, name: str) -> None:
     choices = next(f.metadata.get("choices") for f in fields(cfg) if f.name == name)
     value = getattr(cfg, name)
+    if value is None and base_type(field_types(type(cfg))[name])[1]:
+        return  # an optional setting left unset
     if choices and value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
 

@@ -139,9 +139,6 @@ class LabeledImages:
         except KeyError:
             raise KeyError(f"{self.root}: no image with id '{image_id}'") from None
 
-    def label_index(self) -> dict[str, int]:
-        return {lab: i for i, lab in enumerate(self.labels)}
-
     def load_arrays(self, resolution: int, records: list[Record] | None = None,
                     progress: bool = False) -> tuple[list[Record], np.ndarray]:
         """Decode, resize and centre-crop images to Nx3xRxR float32 in [-1, 1].

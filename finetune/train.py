@@ -6,11 +6,9 @@ generators seeded by (seed, step, process), so `--resume` continues exactly wher
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,69 +19,47 @@ from tqdm.auto import tqdm
 from . import checkpoints
 from .atomic import replace_dir, write_json
 from .bundle import SDBundle
+from .config import ConfigError, read_config_file, save_config, to_dict
 from .dataset import LabeledImages
-from .prompts import PromptTemplate
+from .errors import DataError
+from .models import SCRATCH_BASE, load_bundle, resolve_model
+from .seeds import stable_seed
+from .train_config import RESUME_KEYS, TrainConfig
 
-DEFAULT_EPOCHS = 100  # METHOD.md §1: ~100 epochs
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    base: str = "runwayml/stable-diffusion-v1-5"
-    text_encoder: str | None = None
-    label_column: str = "label"
-    skip_bad: bool = False
-    prompts: PromptTemplate = field(default_factory=PromptTemplate)
-    resolution: int | None = None
-    batch_size: int = 32
-    # METHOD.md §1: AdamW, constant lr 1e-4, betas (0.9, 0.999), wd 1e-2, eps 1e-8, clip 1.0
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    epochs: int | None = None
-    max_minutes: float | None = None
-    vae_steps: int | None = None
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    ema: bool = False
-    ema_decay: float = 0.999
-    lora_rank: int = 0
-    checkpoint_every: int = 500
-    resume: bool = False
-    seed: int = 0
-    samples_per_label: int = 4
-    log_every: int = 10
-    progress: bool = True
+DEFAULT_VAE_STEPS = 1000
+CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
-def _seed(*parts) -> int:
-    """A stable 63-bit seed from any parts (Python's hash() changes between runs)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+def _phase(text: str, progress: bool) -> None:
+    if progress:
+        print(f"[finetune] {text}", flush=True)
 
 
 # -- model ---------------------------------------------------------------------------------
-def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator) -> SDBundle:
-    """The frozen parts and the UNet to train. `--base tiny` trains its VAE first, once, cached."""
-    if cfg.base != "tiny":
-        return SDBundle.from_pretrained(cfg.base, text_encoder=cfg.text_encoder)
-    cached = Path(cfg.out, "cache", "base")
+def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) -> SDBundle:
+    """The frozen parts and the UNet to train. `tiny-scratch` trains its VAE first, once, cached
+    under a key of everything that shapes it (a different resolution or seed gets a new one)."""
+    if cfg.base != SCRATCH_BASE:
+        _phase(f"loading base model {cfg.base}", progress)
+        return load_bundle(cfg.base, text_encoder=cfg.text_encoder)
+    resolution = cfg.resolution or 64
+    steps = cfg.vae_steps if cfg.vae_steps is not None else DEFAULT_VAE_STEPS
+    key = stable_seed("tiny-scratch", resolution, cfg.seed, steps, decoded.key) % 10**12
+    cached = Path(cfg.out, "cache", f"base-{key:012d}")
     if not cached.exists():
         if acc.is_main_process:
             from .tiny import build_tiny_bundle
             from .vae_train import train_vae
 
-            bundle = build_tiny_bundle(resolution=cfg.resolution or 64, seed=cfg.seed)
+            _phase(f"training the small VAE from scratch ({steps} steps; slow on a CPU, once per "
+                   "resolution/seed)", progress)
+            bundle = build_tiny_bundle(resolution=resolution, seed=cfg.seed)
             _, images = decoded(bundle.resolution)
-            steps = cfg.vae_steps if cfg.vae_steps is not None else 1000
             bundle.vae.to(acc.device)
-            train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=cfg.progress)
+            train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
+                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"))
             bundle.vae.to("cpu")
-            tmp = cached.with_name(".base.tmp")
+            tmp = cached.with_name(f".{cached.name}.tmp")
             bundle.save_pretrained(tmp)
             replace_dir(tmp, cached)
         acc.wait_for_everyone()
@@ -91,26 +67,31 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator) -> SDBundle:
 
 
 # -- cached inputs -------------------------------------------------------------------------
-def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc: Accelerator) -> dict:
-    """Latents (posterior means) of every image and embeddings of every distinct prompt, once."""
+def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc: Accelerator,
+           resolution: int, progress: bool) -> dict:
+    """Latents (posterior means) of every image and embeddings of every distinct prompt, once.
+
+    With random crops the images are encoded at `resolution` + 1/8 and each step takes a random
+    latent window of the training size (the VAE is local, so a latent crop ~ the crop's latent)."""
     path = Path(cfg.out, "cache", "inputs.pt")
-    resolution = bundle.resolution
-    key = _seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base,
-                cfg.prompts.template, cfg.prompts.null_prompt)
+    prompts_t = cfg.prompt_template()
+    key = stable_seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base,
+                      prompts_t.template, prompts_t.null_prompt)
     blob = torch.load(path) if acc.is_main_process and path.exists() else None
     if acc.is_main_process and (blob is None or blob["key"] != key):
+        _phase(f"encoding {len(data)} images and their prompts once (cached in {path.parent})", progress)
         records, images = decoded(resolution)
         bundle.vae.to(acc.device)
         bundle.text_encoder.to(acc.device)
         latents = torch.cat([bundle.encode_images(torch.from_numpy(images[i:i + 32])).float().cpu()
                              for i in tqdm(range(0, len(images), 32), desc="encoding latents",
-                                           disable=not cfg.progress)])
-        prompts = [cfg.prompts.null_prompt] + sorted({cfg.prompts.prompt(r.labels) for r in records})
+                                           disable=not progress)])
+        prompts = [prompts_t.null_prompt] + sorted({prompts_t.prompt(r.labels) for r in records})
         index = {p: i for i, p in enumerate(prompts)}
         blob = {
             "key": key, "image_ids": [r.image_id for r in records], "latents": latents,
             "prompts": prompts, "embeddings": bundle.encode_prompts(prompts).float().cpu(),
-            "prompt_index": torch.tensor([index[cfg.prompts.prompt(r.labels)] for r in records]),
+            "prompt_index": torch.tensor([index[prompts_t.prompt(r.labels)] for r in records]),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -144,7 +125,7 @@ def _batch(step: int, cfg: TrainConfig, n: int, acc: Accelerator) -> torch.Tenso
     world = acc.num_processes
     per_epoch = math.ceil(n / (cfg.batch_size * world))
     epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, "epoch", epoch)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(cfg.seed, "epoch", epoch)))
     start = (k * world + acc.process_index) * cfg.batch_size
     return perm[torch.arange(start, start + cfg.batch_size) % n]  # the last batch wraps around
 
@@ -152,27 +133,81 @@ def _batch(step: int, cfg: TrainConfig, n: int, acc: Accelerator) -> torch.Tenso
 def _total_steps(cfg: TrainConfig, n: int, world: int) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
-    return (cfg.epochs or DEFAULT_EPOCHS) * math.ceil(n / (cfg.batch_size * world))
+    return cfg.epochs_or_default * math.ceil(n / (cfg.batch_size * world))
 
 
-def train(cfg: TrainConfig) -> Path:
+def _check_out(cfg: TrainConfig, out: Path) -> None:
+    """No silent overwrite of a finished model; no resume under other settings than the checkpoint's."""
+    has_run = (out / "model_index.json").exists() or checkpoints.latest(out) is not None
+    if has_run and not cfg.resume:
+        raise DataError(f"{out}: already holds a model or a run's checkpoints; pass --resume to continue "
+                        "it, or choose another --out")
+    saved = out / "config.json"
+    if cfg.resume and has_run and saved.exists():
+        before, now = read_config_file(saved), to_dict(cfg)
+        diff = [k for k in RESUME_KEYS if k in before and before[k] != now[k]]
+        if diff:
+            raise ConfigError(diff[0], f"differs from the run being resumed in {out} (" + "; ".join(
+                f"{k}: {before[k]!r} there, {now[k]!r} now" for k in diff) + ")")
+
+
+def _crop_latents(latents: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """A random size x size window of each latent (random-crop augmentation, METHOD.md §1)."""
+    n, _, h, w = latents.shape
+    ys = torch.randint(0, h - size + 1, (n,), generator=g).tolist()
+    xs = torch.randint(0, w - size + 1, (n,), generator=g).tolist()
+    return torch.stack([z[:, y:y + size, x:x + size] for z, y, x in zip(latents, ys, xs)])
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Finetune `cfg.base` on `cfg.data`; returns the output folder (a diffusers SD folder).
+
+    Everything is checked before any work; a run that fails before its first checkpoint leaves
+    no output folder behind."""
+    cfg.validate()
+    if cfg.base != SCRATCH_BASE:
+        resolve_model(cfg.base, "base")  # a mistyped folder fails here, not after minutes
     out = Path(cfg.out)
+    _check_out(cfg, out)
+    created = not out.exists()
+    try:
+        return _train(cfg, out, progress)
+    except BaseException:
+        keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*")))
+        if created and out.exists() and not keep:
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    progress = progress and acc.is_local_main_process
+    data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+        save_config(cfg, out)
     memo: dict[int, tuple] = {}
 
     def decoded(resolution: int):  # images are decoded at most once, shared by VAE training and caching
         if resolution not in memo:
-            memo[resolution] = data.load_arrays(resolution, progress=cfg.progress)
+            _phase(f"decoding {len(data)} images at {resolution} px", progress)
+            memo[resolution] = data.load_arrays(resolution, progress=progress)
         return memo[resolution]
+    decoded.key = stable_seed([r.image_id for r in data])
 
-    bundle = _base_bundle(cfg, decoded, acc)
-    inputs = _cache(cfg, data, decoded, bundle, acc)
+    bundle = _base_bundle(cfg, decoded, acc, progress)
+    size = cfg.resolution or bundle.resolution
+    factor = bundle.vae_scale_factor
+    if size % (factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)):
+        raise ConfigError("resolution", f"must be a multiple of {factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)} "
+                          f"px for {cfg.base}, got {size}")
+    cache_size = size + (-(-size // CROP_MARGIN // factor) * factor if cfg.random_crop else 0)
+    inputs = _cache(cfg, data, decoded, bundle, acc, cache_size, progress)
     memo.clear()
     latents, emb, prompt_index = inputs["latents"], inputs["embeddings"], inputs["prompt_index"]
     n = len(latents)
+    null_rate = cfg.prompt_template().null_rate
 
     unet = bundle.unet
     unet.train()
@@ -196,28 +231,36 @@ def train(cfg: TrainConfig) -> Path:
     step = 0
     found = checkpoints.latest(out) if cfg.resume else None
     if found:
+        _phase(f"resuming from {found[0]} (step {found[1]})", progress)
         acc.load_state(str(found[0]))
         step = found[1]
         if ema is not None:  # load_state restores the EMA's shadow weights on the CPU
             ema.to(acc.device)
     total = _total_steps(cfg, n, acc.num_processes)
     log_path = out / "train_log.jsonl"
+    elapsed_before = 0.0
     if acc.is_main_process:  # drop log lines written after the checkpoint we resume from
-        old = log_path.read_text().splitlines() if (found and log_path.exists()) else []
-        log_path.write_text("".join(l + "\n" for l in old if json.loads(l)["step"] <= step))
+        old = [json.loads(l) for l in log_path.read_text().splitlines()] if (found and log_path.exists()) else []
+        old = [r for r in old if r["step"] <= step]
+        elapsed_before = old[-1]["elapsed_s"] if old else 0.0  # elapsed time goes on across resumes
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in old))
 
     sched = bundle.scheduler
     alphas = sched.alphas_cumprod.to(acc.device)
     emb, latents_dev = emb.to(acc.device), latents.to(acc.device)
+    latent_size = size // factor
     start, losses = time.time(), []
-    bar = tqdm(total=total, initial=step, desc="finetuning UNet", disable=not (cfg.progress and acc.is_local_main_process))
+    _phase(f"finetuning the UNet: steps {step} -> {total}, batch {cfg.batch_size}, {size} px", progress)
+    bar = tqdm(total=total, initial=step, desc="finetuning UNet", disable=not progress, dynamic_ncols=True)
     while step < total:
         idx = _batch(step, cfg, n, acc).to(acc.device)
-        g = torch.Generator().manual_seed(_seed(cfg.seed, "step", step, acc.process_index))
+        g = torch.Generator().manual_seed(stable_seed(cfg.seed, "step", step, acc.process_index))
         z0 = latents_dev[idx]
+        if cfg.random_crop:
+            z0 = _crop_latents(z0, latent_size, g)
         noise = torch.randn(z0.shape, generator=g).to(acc.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g).to(acc.device)
-        drop = (torch.rand(len(idx), generator=g) < cfg.prompts.null_rate).to(acc.device)
+        drop = (torch.rand(len(idx), generator=g) < null_rate).to(acc.device)
         cond = torch.where(drop[:, None, None], emb[0], emb[prompt_index.to(acc.device)[idx]])
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -242,12 +285,13 @@ def train(cfg: TrainConfig) -> Path:
             if acc.is_main_process:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": step, "loss": mean, "lr": lr_sched.get_last_lr()[0],
-                                        "elapsed_s": round(time.time() - start, 2)}) + "\n")
+                                        "elapsed_s": round(elapsed_before + time.time() - start, 2)}) + "\n")
         timed_out = cfg.max_minutes is not None and (time.time() - start) / 60 >= cfg.max_minutes
         timed_out = bool(acc.reduce(torch.tensor(float(timed_out), device=acc.device), "max").item())
         if step % cfg.checkpoint_every == 0 or step == total or timed_out:
             checkpoints.save(acc, out, step)
         if timed_out:
+            _phase(f"stopped after {cfg.max_minutes} min at step {step}; --resume continues", progress)
             break
     bar.close()
 
@@ -255,15 +299,19 @@ def train(cfg: TrainConfig) -> Path:
     if ema is not None:
         ema.copy_to(params)
     if acc.is_main_process:
-        _export(cfg, bundle, _merged_unet(unet), data, step, time.time() - start)
+        _phase(f"exporting the diffusers folder to {out}", progress)
+        _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress)
     acc.wait_for_everyone()
     return out
 
 
-def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float) -> None:
+def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float,
+            size: int, progress: bool) -> None:
     """Write the diffusers SD folder (components swapped in atomically), prompts, run info and samples."""
     out = Path(cfg.out)
-    bundle.unet = unet.to("cpu", torch.float32).eval()
+    unet = unet.to("cpu", torch.float32).eval()
+    unet.register_to_config(sample_size=size // bundle.vae_scale_factor)  # the folder says its resolution
+    bundle.unet = unet
     tmp = out / ".export.tmp"
     bundle.save_pretrained(tmp)
     for part in sorted(p.name for p in tmp.iterdir()):
@@ -272,12 +320,14 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
         else:
             (tmp / part).replace(out / part)
     tmp.rmdir()
-    cfg.prompts.save(out)
-    info = {k: v for k, v in asdict(cfg).items() if k != "prompts"}
-    info.update(labels=data.labels, resolution=bundle.resolution, steps=step, train_seconds=round(seconds, 1))
+    prompts = cfg.prompt_template()
+    prompts.save(out)
+    info = to_dict(cfg)
+    info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1))
     write_json(out / "diffmine_train.json", info)
     if cfg.samples_per_label:
         from .samples import sample_grid
 
-        sample_grid(bundle, cfg.prompts, data.labels, out / "samples.png", per_label=cfg.samples_per_label,
+        _phase("drawing samples.png", progress)
+        sample_grid(bundle, prompts, data.labels, out / "samples.png", per_label=cfg.samples_per_label,
                     seed=cfg.seed)

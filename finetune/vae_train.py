@@ -1,5 +1,7 @@
-"""Train a small VAE from scratch (tiny models only: SD's VAE is used frozen)."""
+"""Train a small VAE from scratch (`--base tiny-scratch` only: SD's VAE is used frozen)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -7,17 +9,39 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 KL_WEIGHT = 1e-6  # as in latent diffusion's KL-f autoencoders: a nearly deterministic code
+CHECKPOINT_EVERY = 100  # steps; at 1-4 s a step on a CPU, a kill loses a few minutes at most
+
+
+def _save(path: Path, step: int, vae, opt, sched, g: torch.Generator) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": g.get_state()}, tmp)
+    tmp.replace(path)
 
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
-              seed: int = 0, progress: bool = True) -> AutoencoderKL:
-    """Fit `vae` to images (N, 3, H, W) in [-1, 1]; then set `scaling_factor` so latents have unit std."""
+              seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None) -> AutoencoderKL:
+    """Fit `vae` to images (N, 3, H, W) in [-1, 1]; then set `scaling_factor` so latents have unit std.
+
+    With `checkpoint`, the state is saved there atomically every CHECKPOINT_EVERY steps and a
+    killed run continues from it exactly (weights, optimizer, schedule and random stream)."""
     g = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
-    bar = tqdm(range(steps), desc="training VAE", disable=not progress)
-    for _ in bar:
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = int(state["step"])
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress)
+    for step in bar:
         x = images[torch.randint(len(images), (batch_size,), generator=g)].to(vae.device)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(x.device)
@@ -29,6 +53,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
+            _save(checkpoint, step + 1, vae, opt, sched, g)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         z = torch.cat([vae.encode(images[i:i + 64].to(vae.device)).latent_dist.mean for i in range(0, len(images), 64)])

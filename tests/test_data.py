@@ -147,7 +147,7 @@ def test_prompt_presets_and_validation():
 
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "mining.cli", "finetune", "--data", str(tmp_path / "empty"),
+    proc = subprocess.run([sys.executable, "-m", "diffmine", "finetune", "--data", str(tmp_path / "empty"),
                            "--out", str(tmp_path / "out"), "--base", "tiny"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"diffmine finetune: error: {tmp_path / 'empty'}: no images found"

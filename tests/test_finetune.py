@@ -6,13 +6,14 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from finetune.prompts import PromptTemplate
-from finetune.train import TrainConfig, train
+from finetune.train import train
+from finetune.train_config import TrainConfig
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), base="tiny", resolution=32, batch_size=8, vae_steps=5,
-                prompts=PromptTemplate("A {label} square.", "A square.", 0.1), samples_per_label=0,
-                checkpoint_every=1000, log_every=1, progress=False)
+    base = dict(data=str(data), out=str(out), base="tiny", resolution=32, batch_size=8,
+                prompt="A {label} square.", null_prompt="A square.", null_rate=0.1, samples_per_label=0,
+                checkpoint_every=1000, log_every=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -23,7 +24,7 @@ def _unet_weights(out):
 
 def test_loss_falls_and_export_loads(color_dataset, tmp_path):
     out = tmp_path / "model"
-    train(_cfg(color_dataset, out, max_steps=30, lr=1e-3, samples_per_label=2))
+    train(_cfg(color_dataset, out, max_steps=30, lr=1e-3, samples_per_label=2), progress=False)
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 30
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
@@ -40,9 +41,9 @@ def test_loss_falls_and_export_loads(color_dataset, tmp_path):
 def test_resume_gives_same_weights_as_uninterrupted(color_dataset, tiny_model_dir, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     base = str(tiny_model_dir)  # a saved SD folder: the finetuning path proper (no VAE training)
-    train(_cfg(color_dataset, whole, base=base, max_steps=6))
+    train(_cfg(color_dataset, whole, base=base, max_steps=6), progress=False)
     train(_cfg(color_dataset, split, base=base, max_steps=3))  # "interrupted" after 3 steps
-    train(_cfg(color_dataset, split, base=base, max_steps=6, resume=True))
+    train(_cfg(color_dataset, split, base=base, max_steps=6, resume=True), progress=False)
     a, b = _unet_weights(whole), _unet_weights(split)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -52,7 +53,7 @@ def test_resume_gives_same_weights_as_uninterrupted(color_dataset, tiny_model_di
 
 def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
-    train(_cfg(color_dataset, out, base=str(tiny_model_dir), max_steps=2, lora_rank=4, ema=True))
+    train(_cfg(color_dataset, out, base=str(tiny_model_dir), max_steps=2, lora_rank=4, ema=True), progress=False)
     weights = _unet_weights(out)
     assert not any("lora" in k for k in weights)
     StableDiffusionPipeline.from_pretrained(out)

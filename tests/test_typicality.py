@@ -13,9 +13,10 @@ import torch
 
 from finetune.bundle import SDBundle
 from finetune.errors import DataError
-from typicality.draws import make_draws, sample_timesteps, stable_seed
+from finetune.seeds import stable_seed
+from typicality.draws import make_draws, sample_timesteps
 from typicality.engine import TypicalityEstimator, run_typicality
-from typicality.formula import draw_maps, noisy_latents, to_epsilon, upsample
+from typicality.formula import error_map, noisy_latents, to_epsilon, upsample
 from typicality.store import TypicalityStore, merge_manifests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +41,15 @@ def _assert_same_maps(a: TypicalityStore, b: TypicalityStore, atol: float = 1e-5
 
 def _run(model, data, out, **kw):
     kw = {"draws": DRAWS, "progress": False, "process_index": 0, "num_processes": 1, **kw}
-    return run_typicality(model, data, out, **kw)
+    progress = kw.pop("progress")
+    run_kw = {k: kw.pop(k) for k in ("process_index", "num_processes", "on_image", "load_chunk") if k in kw}
+    return run_typicality(model=str(model), data=str(data), out=str(out), progress=progress, **run_kw, **kw)
 
 
 # -- draws and formula ------------------------------------------------------------------------
 def test_seed_is_stable_and_per_image():
     # sha256-derived: the same in every process and Python session (hash() is salted per process).
-    assert stable_seed(0, "a/b") == int.from_bytes(
+    assert stable_seed(0, "draws", "a/b") == int.from_bytes(
         __import__("hashlib").sha256(b"0\x00draws\x00a/b").digest()[:8], "little") & (2**63 - 1)
     a, b = make_draws(10, (4, 8, 8), 0, "img1"), make_draws(10, (4, 8, 8), 0, "img1")
     assert torch.equal(a.timesteps, b.timesteps) and torch.equal(a.noise, b.noise)
@@ -73,7 +76,8 @@ def test_antithetic_pairs_share_t_and_negate_noise():
 
 def test_formula_signs_and_prediction_types():
     eps = torch.randn(3, 4, 5, 5)
-    diff, en, ec = draw_maps(eps, torch.zeros_like(eps), eps)  # the label predicts eps exactly
+    en, ec = error_map(eps, torch.zeros_like(eps)), error_map(eps, eps)  # the label predicts eps exactly
+    diff = en - ec
     assert diff.shape == (3, 5, 5) and torch.all(diff > 0) and torch.allclose(ec, torch.zeros(3, 5, 5))
     torch.testing.assert_close(diff, eps.square().mean(1))
     z0, ab = torch.randn(3, 4, 5, 5), torch.tensor([0.9, 0.5, 0.1])
@@ -233,11 +237,20 @@ def test_prompt_shared_attention_equals_stock_attention(tiny_bundle):
     assert not any(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values())
     want = plain.estimate(images, ids, conds)
     snapshot = copy.deepcopy(stock)
+    before = stock.unet.attn_processors
     shared = TypicalityEstimator(stock, draws=DRAWS, batch_size=7)
-    assert all(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values())
+    seen = []  # the wrapping is in place while the estimator runs...
     for x, y in zip(want, shared.estimate(images, ids, conds)):
+        seen.append(all(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values()))
         for u, v in [(x.diff, y.diff), (x.err_null, y.err_null), (x.err_cond, y.err_cond)]:
             np.testing.assert_allclose(u, v, rtol=0, atol=1e-6)
+    # ...and gone after it: the caller's UNet has exactly the processors it had before.
+    assert stock.unet.attn_processors == before and not any(seen)
+    gen = shared.run([(ids, images, conds)])
+    next(gen)
+    assert all(isinstance(p, SharedPromptAttention) for p in stock.unet.attn_processors.values())
+    gen.close()
+    assert stock.unet.attn_processors == before
     # Other users of the UNet (DIFT features, sampling) call it without the keyword: unchanged.
     z, t, emb = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900]), torch.randn(3, 77, 64)
     with torch.no_grad():
@@ -346,7 +359,7 @@ def test_killed_process_resumes_to_the_same_maps(tiny_model_dir, color_dataset, 
               f"def hook(i):\n"
               f"    n.append(i)\n"
               f"    if len(n) == 7: os.kill(os.getpid(), signal.SIGKILL)\n"
-              f"run_typicality({str(tiny_model_dir)!r}, {str(color_dataset)!r}, {str(out)!r}, draws={DRAWS}, "
+              f"run_typicality(model={str(tiny_model_dir)!r}, data={str(color_dataset)!r}, out={str(out)!r}, draws={DRAWS}, "
               f"shard_size=3, progress=False, on_image=hook)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -395,7 +408,7 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, color_dataset, tm
 def test_multi_label_images_and_cli(tiny_model_dir, tmp_path):
     from PIL import Image
 
-    from mining.cli import main
+    from diffmine.cli import main
 
     data = tmp_path / "xray"
     data.mkdir()
@@ -408,8 +421,14 @@ def test_multi_label_images_and_cli(tiny_model_dir, tmp_path):
     assert main(["typicality", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
                  "--label-column", "finding", "--draws", "4", "--batch-size", "16"]) == 0
     s = TypicalityStore.open(out)
-    assert s.labels == ["Mass", "Mass|Nodule", "Nodule"] and ("1", "Mass|Nodule") in s.pairs()
-    assert s.map("1", "Mass|Nodule", size=(24, 40)).shape == (24, 40)
+    # a multi-label image gets one map per label (the null branch shared), so mining finds it per label
+    assert s.labels == ["Mass", "Nodule"]
+    assert s.pairs() == [("0", "Mass"), ("1", "Mass"), ("1", "Nodule"), ("2", "Nodule")]
+    assert s.map("1", "Nodule", size=(24, 40)).shape == (24, 40)
+    null_mass, cond_mass = s.error_maps("1", "Mass")
+    null_nodule, cond_nodule = s.error_maps("1", "Nodule")
+    np.testing.assert_array_equal(null_mass, null_nodule)  # one null branch per draw serves both labels
+    assert not np.array_equal(cond_mass, cond_nodule)
     assert main(["typicality", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"),
                  "--out", str(out)]) == 2  # bad input: one clear line, exit code 2
 
@@ -419,7 +438,7 @@ def test_accelerate_launch_two_processes(tiny_model_dir, color_dataset, tmp_path
     out = tmp_path / "launched"
     # --multi_gpu selects accelerate's torchrun launcher; without CUDA the engine joins a gloo (CPU) group.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mining.cli",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
            "typicality", "--model", str(tiny_model_dir), "--data", str(color_dataset), "--out", str(out),
            "--draws", str(DRAWS)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,

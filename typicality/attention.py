@@ -11,6 +11,8 @@ stock computation to float rounding.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -44,10 +46,19 @@ class SharedPromptAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def share_prompt_projections(unet) -> None:
-    """Wrap every attention processor of `unet` once (idempotent; other callers see no change)."""
-    procs = unet.attn_processors
-    if all(isinstance(p, SharedPromptAttention) for p in procs.values()):
+@contextmanager
+def shared_prompt_projections(unet):
+    """Within the block, every attention processor of `unet` is wrapped; after it, the UNet has
+    exactly the processors it had before (the model belongs to the caller)."""
+    if not hasattr(unet, "attn_processors"):  # not a diffusers UNet (test doubles): nothing to share
+        yield False
         return
-    unet.set_attn_processor({name: p if isinstance(p, SharedPromptAttention) else SharedPromptAttention(p)
-                             for name, p in procs.items()})
+    before = unet.attn_processors
+    if all(isinstance(p, SharedPromptAttention) for p in before.values()):
+        yield True  # already wrapped by an enclosing block
+        return
+    unet.set_attn_processor({name: SharedPromptAttention(p) for name, p in before.items()})
+    try:
+        yield True
+    finally:
+        unet.set_attn_processor(before)

@@ -7,23 +7,19 @@ they are also the same on every device.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
 
+from finetune.seeds import generator
+
 SCHEDULES = ("stratified", "uniform")
 
 
-def stable_seed(seed: int, image_id: str, stream: str = "draws") -> int:
-    """A 63-bit seed from (seed, stream, image id); Python's hash() is salted per process, this is not."""
-    digest = hashlib.sha256(f"{int(seed)}\x00{stream}\x00{image_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def image_generator(seed: int, image_id: str, stream: str = "draws") -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(stable_seed(seed, image_id, stream))
+    """The generator of one image's draws: seeded by (seed, stream, image id), so independent of batching."""
+    return generator(int(seed), stream, image_id)
 
 
 def timestep_bounds(t_range: tuple[float, float], num_train_timesteps: int) -> tuple[int, int]:

@@ -19,25 +19,20 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from finetune.config import defaults, load_config, map_keys, save_config, to_dict
 from finetune.errors import DataError
 from finetune.prompts import PromptTemplate
 
-from .attention import share_prompt_projections
+from .attention import shared_prompt_projections
+from .config import TypicalityConfig
 from .draws import Draws, image_generator, make_draws
+from .fingerprints import data_fingerprint, model_fingerprint
 from .formula import error_map, noisy_latents, to_epsilon
 from .store import (ImageResult, ShardWriter, check_resumable, finished_images, merge_manifests,
                     verify_shards)
 
-# METHOD.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
-# takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
-# ~5x from t = 100 to 700) and antithetic pairs (eps, -eps) cancel the part of the per-draw
-# difference that is odd in eps, 2 eps·(eps_c - eps_null). Measured on the shipped tiny towns
-# model (160 images, 3 seeds, against 4000 stratified draws): the published N = 100 uniform
-# reaches correlation 0.9899; stratified + antithetic reaches 0.9894 at N = 50 and 0.9913 at
-# N = 64, stratified alone 0.9859 at 64 (benchmarks/typicality_convergence.py). 64 keeps a margin.
-DEFAULT_DRAWS = 64
-DEFAULT_SCHEDULE = "stratified"
-DEFAULT_ANTITHETIC = True
+_D = defaults(TypicalityConfig)  # the estimator's keyword defaults are the stage's config defaults
+DEFAULT_DRAWS, DEFAULT_SCHEDULE, DEFAULT_ANTITHETIC = _D["draws"], _D["schedule"], _D["antithetic"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Condition = tuple[str, ...]  # the labels of one prompt: one label, or a multi-label set
@@ -81,16 +76,16 @@ class TypicalityEstimator:
     another implementation's draws). share_prompts=False runs the stock attention (benchmarks).
     """
 
-    def __init__(self, bundle, prompts: PromptTemplate | None = None, draws: int = DEFAULT_DRAWS,
-                 t_range: tuple[float, float] = (0.1, 0.7), schedule: str = DEFAULT_SCHEDULE,
-                 antithetic: bool = DEFAULT_ANTITHETIC, seed: int = 0, batch_size: int = 64,
-                 sample_latents: bool = False, vae_batch: int = 8, workers: int | None = None,
+    def __init__(self, bundle, prompts: PromptTemplate | None = None, draws: int = _D["draws"],
+                 t_range: tuple[float, float] = _D["t_range"], schedule: str = _D["schedule"],
+                 antithetic: bool = _D["antithetic"], seed: int = _D["seed"], batch_size: int = _D["batch_size"],
+                 sample_latents: bool = _D["sample_latents"], vae_batch: int = 8, workers: int | None = None,
                  draw_fn: Callable[[str, tuple[int, ...]], Draws] | None = None, share_prompts: bool = True):
         self.bundle = bundle
-        # Cross-attention keys/values once per distinct prompt, on the UNet wrapped here only.
-        self._shared_unet = bundle.unet if share_prompts else None
-        if share_prompts:
-            share_prompt_projections(bundle.unet)
+        # Cross-attention keys/values once per distinct prompt: the UNet's processors are wrapped
+        # only while `run` is active, and restored after it.
+        self.share_prompts = share_prompts
+        self._shared = False
         self.prompts = prompts or PromptTemplate()
         self.draws, self.t_range, self.schedule, self.antithetic = int(draws), tuple(t_range), schedule, antithetic
         self.seed, self.batch_size = seed, int(batch_size)
@@ -156,6 +151,17 @@ class TypicalityEstimator:
         run in `workers` threads of one intra-op thread each: the tiny per-layer ops of a UNet
         forward parallelise poorly inside one call, whole forwards side by side do not.
         """
+        if not self.share_prompts:
+            yield from self._run(chunks)
+            return
+        with shared_prompt_projections(self.bundle.unet) as wrapped:
+            self._shared = wrapped
+            try:
+                yield from self._run(chunks)
+            finally:
+                self._shared = False
+
+    def _run(self, chunks) -> Iterator[ImageResult]:
         workers = self.workers or (1 if self.device.type != "cpu" else torch.get_num_threads())
         if workers <= 1:
             for batch in self._batches(chunks):
@@ -217,7 +223,7 @@ class TypicalityEstimator:
         rep = torch.repeat_interleave(torch.arange(len(batch)), per_unit).to(dev)  # row -> unit
         prompt_rows = torch.cat([r.prompt_rows for r, _ in batch]).to(dev)
         kwargs = {}
-        if unet is self._shared_unet:
+        if self._shared:
             distinct, index = torch.unique(prompt_rows, return_inverse=True)
             kwargs["cross_attention_kwargs"] = {"prompt_rows": (emb[distinct], index)}
         pred = unet(z_t[rep].to(unet.dtype), t.to(dev)[rep], encoder_hidden_states=emb[prompt_rows],
@@ -257,29 +263,42 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def run_typicality(model, data, out, draws: int | None = None, t_range: tuple[float, float] = (0.1, 0.7),
-                   labels: str = "own", batch_size: int = 64, seed: int = 0, schedule: str = DEFAULT_SCHEDULE,
-                   label_column: str = "label", skip_bad: bool = False, sample_latents: bool = False,
-                   progress: bool = True, *, antithetic: bool | None = None, dtype="auto",
-                   resolution: int | None = None, shard_size: int | None = None, load_chunk: int = 16,
-                   process_index: int | None = None, num_processes: int | None = None,
-                   on_image: Callable[[str], None] | None = None) -> Path:
-    """Score every image of `data` with the model in `model`; write (or resume) the store `out`.
+def model_identity(bundle, prompts: PromptTemplate, model: str, resolution: int) -> dict:
+    """What the model fixes about the maps (recorded in the store and checked on resume / by mine)."""
+    latent = resolution // bundle.vae_scale_factor
+    sched = bundle.scheduler.config
+    return {"model_fingerprint": model_fingerprint(model), "template": prompts.template,
+            "null_prompt": prompts.null_prompt, "prediction_type": getattr(sched, "prediction_type", "epsilon"),
+            "num_train_timesteps": int(sched.num_train_timesteps), "resolution": int(resolution),
+            "latent_size": [latent, latent], "torch_dtype": str(bundle.unet.dtype).replace("torch.", "")}
 
-    labels: "own" scores each image for its own label (a multi-label image for its label set,
-    one prompt); "all" for every label of the dataset (the image x label score matrix).
-    Under `accelerate launch` process i takes images i::n and writes its own shards; the main
-    process merges the manifests. process_index/num_processes simulate that split (tests);
-    the caller then merges with `store.merge_manifests`. on_image(image_id) is called as each
-    image finishes.
+
+def run_typicality(config: TypicalityConfig | None = None, progress: bool = True, *, load_chunk: int = 16,
+                   process_index: int | None = None, num_processes: int | None = None,
+                   on_image: Callable[[str], None] | None = None, **settings) -> Path:
+    """Score every image of `config.data` with `config.model`; write (or resume) the store `config.out`.
+
+    Settings come as a TypicalityConfig or as its field names (keyword arguments).
+    labels: "own" scores each image for each of its own labels (a multi-label image gets one map
+    per label, all sharing the null branch); "all" for every label of the dataset (the image x
+    label score matrix). Under `accelerate launch` process i takes images i::n and writes its own
+    shards; the main process merges the manifests. process_index/num_processes simulate that split
+    (tests); the caller then merges with `store.merge_manifests`. on_image(image_id) is called as
+    each image finishes.
     """
     from tqdm.auto import tqdm
 
-    from finetune.bundle import SDBundle
-    from finetune.dataset import LabeledImages, MULTI_LABEL_SEP
+    from finetune.dataset import LabeledImages
+    from finetune.models import load_bundle, model_labels, resolve_model
 
-    if labels not in ("own", "all"):
-        raise ValueError(f"labels must be 'own' or 'all', got {labels!r}")
+    cfg = config if config is not None else load_config(TypicalityConfig, None, **settings)
+    if config is not None and settings:
+        raise TypeError("pass either a TypicalityConfig or settings as keywords, not both")
+    cfg.validate()
+    model = resolve_model(cfg.model)
+    out = Path(cfg.out)
+    dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+    _check_labels(cfg, model, dataset.labels, model_labels(model))
     state = None
     if process_index is None:
         from accelerate import PartialState
@@ -290,30 +309,23 @@ def run_typicality(model, data, out, draws: int | None = None, t_range: tuple[fl
     else:
         rank, world = int(process_index), int(num_processes or 1)
         device = torch.device("cpu")
-    torch_dtype = resolve_dtype(dtype, torch.device(device))
-    out = Path(out)
-    dataset = LabeledImages(data, label_column, skip_bad)
-    bundle = SDBundle.from_pretrained(model).eval().to(device, torch_dtype)
-    prompts = PromptTemplate.load(model) if Path(str(model)).is_dir() else PromptTemplate()
-    antithetic = DEFAULT_ANTITHETIC if antithetic is None else bool(antithetic)
-    est = TypicalityEstimator(bundle, prompts, draws or DEFAULT_DRAWS, t_range, schedule, antithetic, seed,
-                              batch_size, sample_latents)
-    resolution = int(resolution or bundle.resolution)
-    latent = resolution // bundle.vae_scale_factor
-    assert MULTI_LABEL_SEP == "|"  # condition_key joins label sets the way the dataset splits them
-    if labels == "own":
-        conditions = {r.image_id: [r.labels] for r in dataset}
-        store_labels = sorted({condition_key(r.labels) for r in dataset})
+    torch_dtype = resolve_dtype(cfg.dtype, torch.device(device))
+    bundle = load_bundle(model).eval().to(device, torch_dtype)
+    prompts = PromptTemplate.load(model) if Path(model).is_dir() else PromptTemplate()
+    est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic, cfg.seed,
+                              cfg.batch_size, cfg.sample_latents)
+    resolution = int(cfg.resolution or bundle.resolution)
+    if cfg.labels == "own":  # each label of an image on its own: mining and localisation read per-label maps
+        conditions = {r.image_id: [(lab,) for lab in r.labels] for r in dataset}
     else:
         conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
-        store_labels = list(dataset.labels)
-    model_id = os.path.abspath(model) if Path(str(model)).exists() else str(model)
-    meta = {"model": model_id, "data": os.path.abspath(data), "resolution": resolution, "latent_size": [latent, latent],
-            "draws": est.draws, "t_range": [float(x) for x in t_range], "schedule": schedule,
-            "antithetic": antithetic, "seed": int(seed), "labels_mode": labels, "sample_latents": bool(sample_latents),
-            "template": prompts.template, "null_prompt": prompts.null_prompt,
-            "prediction_type": est.prediction_type, "dtype": str(bundle.unet.dtype).replace("torch.", ""),
-            "num_train_timesteps": est.num_train_timesteps, "label_column": label_column}
+    store_labels = list(dataset.labels)
+    settings_meta = {k: v for k, v in to_dict(cfg).items() if k in map_keys(TypicalityConfig)}
+    meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
+            "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
+    meta["map_keys"] = sorted(meta)  # everything above must match for a resume
+    meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
+                label_column=cfg.label_column)
 
     # Resume: every process reads the same store; images are split before dropping finished ones,
     # so no process depends on what another has written since.
@@ -321,31 +333,57 @@ def run_typicality(model, data, out, draws: int | None = None, t_range: tuple[fl
     verify_shards(out)
     done = finished_images(out)
     todo = [r for r in dataset.records[rank::world] if r.image_id not in done]
-    writer = ShardWriter(out, meta, store_labels, rank, world, shard_size)
+    created = not out.exists()
+    writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds)
+    if rank == 0:
+        save_config(cfg, out)
 
     def chunks():
         for i in range(0, len(todo), load_chunk):
             try:
                 recs, arrays = dataset.load_arrays(resolution, todo[i:i + load_chunk])
             except DataError:  # with skip_bad, only a chunk of nothing but bad images gets here
-                if not skip_bad:
+                if not cfg.skip_bad:
                     raise
                 continue
             yield [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
 
     bar = tqdm(total=len(todo), unit="img", desc=f"typicality ({est.draws} draws/image)",
-               disable=not progress or rank != 0)
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    finished = 0
     try:
         for result in est.run(chunks()):
             writer.add(result)
+            finished += 1
             bar.update(1)
             if on_image is not None:
                 on_image(result.image_id)
-    finally:
+    except BaseException:
         writer.close()  # finished images are kept even when the run is interrupted
         bar.close()
+        if created and rank == 0 and finished == 0 and not done:
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave no empty folder behind
+        raise
+    writer.close()
+    bar.close()
     if state is not None:
         state.wait_for_everyone()
     if rank == 0 and (state is not None or world == 1):
-        merge_manifests(out)
+        merge_manifests(out, compact_to=cfg.shard_size)
     return out
+
+
+def _check_labels(cfg: TypicalityConfig, model: str, labels: Sequence[str], known: list[str] | None) -> None:
+    """Labels the model was never trained on give meaningless maps: refuse, unless --force."""
+    if known is None:
+        return
+    unseen = [lab for lab in labels if lab not in known]
+    if not unseen:
+        return
+    text = (f"{cfg.data}: label(s) {', '.join(unseen)} were not among the labels {model} was trained on "
+            f"({', '.join(known)})")
+    if not cfg.force:
+        raise DataError(text + "; pass --force to score them anyway")
+    import warnings
+    warnings.warn(text + "; scoring them anyway (--force)", stacklevel=3)

@@ -34,13 +34,6 @@ def error_map(eps: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return (eps.float() - pred.float()).square().mean(dim=1)
 
 
-def draw_maps(eps: torch.Tensor, pred_null: torch.Tensor, pred_cond: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-draw (diff, err_null, err_cond), each (n, h, w); diff > 0 where the label helps."""
-    err_null, err_cond = error_map(eps, pred_null), error_map(eps, pred_cond)
-    return err_null - err_cond, err_null, err_cond
-
-
 def upsample(latent_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(h, w) or (n, h, w) map -> (H, W) / (n, H, W), bilinear, align_corners=False (any aspect ratio)."""
     x = latent_map.float()

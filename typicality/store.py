@@ -37,9 +37,12 @@ FORMAT, VERSION = "diffmine-typicality", 1
 MANIFEST = "manifest.json"
 _PART_RE = re.compile(r"^manifest\.part-r(\d+)-n(\d+)\.json$")
 ALL = "*"  # an entry's labels when every image in it was scored for every store label
-# Settings that change the maps: a resumed run must match them exactly.
-RUN_KEYS = ("model", "resolution", "latent_size", "draws", "t_range", "schedule", "antithetic", "seed",
-            "labels_mode", "sample_latents", "template", "null_prompt", "prediction_type", "dtype")
+
+
+def map_keys(meta: dict) -> list[str]:
+    """The meta keys that must match for two runs to share a store: the run lists them itself
+    (the config fields marked affects_maps, plus what the model and the data fix)."""
+    return list(meta.get("map_keys") or [])
 
 
 @dataclass
@@ -75,7 +78,7 @@ def read_manifests(root: str | Path) -> tuple[dict, list[str], list[dict]] | Non
         obj = _read_json(path)
         if meta is None:
             meta, labels = obj["meta"], obj["labels"]
-        elif any(obj["meta"].get(k) != meta.get(k) for k in RUN_KEYS):
+        elif any(obj["meta"].get(k) != meta.get(k) for k in set(map_keys(meta)) | set(map_keys(obj["meta"]))):
             raise DataError(f"{path}: written by a run with other settings than {files[0].name}")
         for e in obj["shards"]:
             if e["file"] not in seen:
@@ -89,7 +92,8 @@ def check_resumable(root: Path, meta: dict) -> None:
     found = read_manifests(root)
     if found is None:
         return
-    diff = [k for k in RUN_KEYS if found[0].get(k) != meta.get(k)]
+    diff = sorted(k for k in set(map_keys(found[0])) | set(map_keys(meta)) if k != "map_keys"
+                  and found[0].get(k) != meta.get(k))
     if diff:
         details = "; ".join(f"{k}: {found[0].get(k)!r} there, {meta.get(k)!r} now" for k in diff)
         raise DataError(f"{root}: holds typicality maps computed with other settings ({details}); "
@@ -134,7 +138,7 @@ class ShardWriter:
     """Buffers finished images and writes them as shards of one process (rank of world)."""
 
     def __init__(self, root: str | Path, meta: dict, labels: list[str], rank: int = 0, world: int = 1,
-                 shard_size: int | None = None, flush_seconds: float = 300.0):
+                 shard_size: int = 256, flush_seconds: float = 60.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.meta, self.labels = meta, list(labels)
@@ -144,11 +148,9 @@ class ShardWriter:
         used = [int(m.group(1)) for p in self.root.glob(self.prefix + "*.safetensors")
                 if (m := re.match(re.escape(self.prefix) + r"(\d+)\.safetensors$", p.name))]
         self.seq = max(used, default=-1) + 1  # never overwrite a file, listed or orphaned
-        h, w = meta["latent_size"]
-        # ~64 MB of maps per shard: few files, bounded memory, little work lost to a kill.
-        per_image = 4 * h * w * (1 + 2 * max(1, len(self.labels) if meta.get("labels_mode") == "all" else 1))
-        self.shard_size = shard_size or int(min(4096, max(1, 64 * 2**20 // per_image)))
-        self.flush_seconds = flush_seconds
+        # A shard every `shard_size` images or `flush_seconds`, whichever comes first: a kill loses
+        # at most about that much work. merge_manifests compacts the small ones at the end.
+        self.shard_size, self.flush_seconds = int(shard_size), float(flush_seconds)
         self.buffer: list[ImageResult] = []
         self.last_flush = time.monotonic()
 
@@ -167,14 +169,10 @@ class ShardWriter:
             "diff": np.concatenate([r.diff for r in res]).astype(np.float32),
             "err_cond": np.concatenate([r.err_cond for r in res]).astype(np.float32),
         }
-        images, labels = [r.image_id for r in res], [list(r.labels) for r in res]
-        data = st_save(arrays, metadata={"format": FORMAT, "images": json.dumps(images), "labels": json.dumps(labels)})
         name = f"{self.prefix}{self.seq:05d}.safetensors"
         self.seq += 1
-        write_bytes(self.root / name, data)  # the file first, then the entry that lists it
-        compact = ALL if self.meta.get("labels_mode") == "all" and all(l == self.labels for l in labels) else labels
-        self.entries.append({"file": name, "sha256": hashlib.sha256(data).hexdigest(), "images": images,
-                             "labels": compact})
+        self.entries.append(_write_shard(self.root / name, arrays, [r.image_id for r in res],
+                                         [list(r.labels) for r in res], self.meta, self.labels))
         write_json(self.part, {"format": FORMAT, "version": VERSION, "meta": self.meta, "labels": self.labels,
                                "shards": self.entries}, indent=1)
 
@@ -182,8 +180,47 @@ class ShardWriter:
         self.flush()
 
 
-def merge_manifests(root: str | Path) -> Path:
-    """Fold every process's part file into manifest.json (main process, after all have finished)."""
+def _write_shard(path: Path, arrays: dict[str, np.ndarray], images: list[str], labels: list[list[str]],
+                 meta: dict, store_labels: list[str]) -> dict:
+    """Write one shard file (atomically) and return its manifest entry."""
+    data = st_save(arrays, metadata={"format": FORMAT, "images": json.dumps(images), "labels": json.dumps(labels)})
+    write_bytes(path, data)  # the file first, then the entry that lists it
+    compact = ALL if meta.get("labels") == "all" and all(l == store_labels for l in labels) else labels
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "images": images, "labels": compact}
+
+
+def _compact(root: Path, entries: list[dict], labels: list[str], meta: dict, target: int) -> list[dict]:
+    """Small shards (time-based flushes, resumed runs) folded into shards of up to `target` images.
+
+    New files are written first and listed by the caller's manifest; the old ones are deleted
+    only after it, so a kill in between leaves a readable store."""
+    small = [e for e in entries if len(e["images"]) < target]
+    if len(small) < 2:
+        return entries
+    out = [e for e in entries if len(e["images"]) >= target]
+    seq = max([int(m.group(1)) for p in root.glob("shard-c-*.safetensors")
+               if (m := re.match(r"shard-c-(\d+)\.safetensors$", p.name))], default=-1) + 1
+    group: list[dict] = []
+    for e in small + [None]:
+        if e is not None and sum(len(g["images"]) for g in group) + len(e["images"]) <= target:
+            group.append(e)
+            continue
+        if len(group) > 1:
+            parts = [load_shard(root / g["file"], g["sha256"]) for g in group]
+            arrays = {k: np.concatenate([a[k] for a in parts]) for k in ("err_null", "diff", "err_cond")}
+            images = [i for g in group for i in g["images"]]
+            labs = [lab for g in group for lab in _entry_labels(g, labels)]
+            out.append(_write_shard(root / f"shard-c-{seq:05d}.safetensors", arrays, images, labs, meta, labels))
+            seq += 1
+        elif group:
+            out.append(group[0])
+        group = [e] if e is not None else []
+    return out
+
+
+def merge_manifests(root: str | Path, compact_to: int | None = None) -> Path:
+    """Fold every process's part file into manifest.json (main process, after all have finished);
+    with `compact_to`, shards smaller than that are merged into shards of up to that many images."""
     root = Path(root)
     found = read_manifests(root)
     if found is None:
@@ -197,6 +234,8 @@ def merge_manifests(root: str | Path) -> Path:
             raise DataError(f"{root / e['file']}: holds images already stored in another shard")
         seen.update(e["images"])
         kept.append(e)
+    if compact_to:
+        kept = _compact(root, kept, labels, meta, int(compact_to))
     write_json(root / MANIFEST, {"format": FORMAT, "version": VERSION, "meta": meta, "labels": labels,
                                  "shards": kept}, indent=1)
     listed = {e["file"] for e in kept}

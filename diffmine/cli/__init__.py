@@ -1,0 +1,53 @@
+"""The `diffmine` command: one small module per subcommand, each parsing its config and calling
+the function the tests also call. Bad input ends with one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+# subcommand -> module in this package (each has HELP, register(parser), run(args))
+COMMANDS = ("finetune", "typicality", "mine", "demo", "assets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffmine", description="Visual data mining with diffusion models.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"diffmine.cli.{name.replace('-', '_')}")
+        module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return p
+
+
+def _quiet() -> None:
+    """Keep the terminal for what matters: library chatter that is harmless here is silenced."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from finetune.errors import DataError
+
+    from .options import error_line
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet()
+    try:
+        args.run(args)
+    except DataError as exc:  # bad input: one clear line, no traceback
+        print(f"diffmine {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,17 @@
+"""diffmine finetune: adapt a Stable Diffusion model to labeled images."""
+from finetune.train_config import TrainConfig
+
+from .options import add_config_options, config_from_args
+
+HELP = "adapt a Stable Diffusion model to labeled images (METHOD.md §1)"
+
+
+def register(parser) -> None:
+    add_config_options(parser, TrainConfig)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from finetune.train import train
+
+    print(f"model written to {train(config_from_args(TrainConfig, args))}")

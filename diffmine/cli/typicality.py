@@ -1,0 +1,17 @@
+"""diffmine typicality: per-pixel typicality maps T(x|c) into a resumable store."""
+from typicality.config import TypicalityConfig
+
+from .options import add_config_options, config_from_args
+
+HELP = "per-pixel typicality maps T(x|c) of every image (METHOD.md §2)"
+
+
+def register(parser) -> None:
+    add_config_options(parser, TypicalityConfig)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from typicality.engine import run_typicality
+
+    print(f"typicality written to {run_typicality(config_from_args(TypicalityConfig, args))}")

@@ -1,0 +1,79 @@
+"""The finetuner's settings (`diffmine finetune`), each default once, with its source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import check, check_choice, check_positive, check_range, check_required, option
+from .models import DEFAULT_BASE, SCRATCH_BASE
+from .prompts import PRESETS, PromptTemplate, resolve_prompts
+
+# Settings a resumed run must share with the checkpoint it continues (the rest may change:
+# how long to train, how often to save, what to print).
+RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
+               "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
+               "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps")
+
+
+@dataclass
+class TrainConfig:
+    data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
+    out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
+    base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
+                       "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
+                       source="METHOD.md §1")
+    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="METHOD.md §1")
+    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="METHOD.md §1")
+    prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
+    null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
+    null_rate: float | None = option(None, "fraction of samples given the null prompt (default: the preset's, else 0.05)",
+                                     source="METHOD.md §1")
+    resolution: int | None = option(None, "training image size in px (default: the base model's)")
+    batch_size: int = option(32, "images per step and process", source="METHOD.md §1: 8-64 per GPU")
+    lr: float = option(1e-4, "AdamW learning rate (constant)", source="METHOD.md §1")
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="METHOD.md §1")
+    weight_decay: float = option(1e-2, "AdamW weight decay", source="METHOD.md §1")
+    adam_eps: float = option(1e-8, "AdamW epsilon", source="METHOD.md §1")
+    grad_clip: float = option(1.0, "gradient norm clipping", source="METHOD.md §1")
+    max_steps: int | None = option(None, "stop after this many steps (default: --epochs)")
+    epochs: int | None = option(None, "epochs when --max-steps is not given (default: 100)", source="METHOD.md §1")
+    max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
+    random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
+                               "per sample)", source="METHOD.md §1")
+    vae_steps: int | None = option(None, "VAE training steps (--base tiny-scratch only; default 1000)")
+    mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
+    ema: bool = option(False, "export an exponential moving average of the weights")
+    ema_decay: float = option(0.999, "EMA decay")
+    lora_rank: int = option(0, "train LoRA adapters of this rank instead of the full UNet (0: full finetune)")
+    checkpoint_every: int = option(500, "steps between atomic checkpoints")
+    resume: bool = option(False, "continue from the latest checkpoint in --out")
+    seed: int = option(0, "seed of every random draw (data order, noise, timesteps, null prompts)")
+    samples_per_label: int = option(4, "samples per label in samples.png (0: none)")
+    log_every: int = option(10, "steps per line of train_log.jsonl")
+
+    @property
+    def epochs_or_default(self) -> int:
+        return self.epochs or 100  # METHOD.md §1: ~100 epochs
+
+    def prompt_template(self) -> PromptTemplate:
+        return resolve_prompts(self.preset, self.prompt, self.null_prompt, self.null_rate)
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "preset")
+        check_choice(self, "mixed_precision")
+        check_positive(self, ("batch_size", "max_steps", "epochs", "checkpoint_every", "log_every"))
+        check_positive(self, ("lora_rank", "samples_per_label", "vae_steps"), minimum=0)
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be > 0, got {self.max_minutes}")
+        check_range(self, "null_rate", 0.0, 1.0, closed="left")
+        check_range(self, "ema_decay", 0.0, 1.0, closed="left")
+        if self.resolution is not None:
+            check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution",
+                  f"must be a multiple of 8 px, got {self.resolution}")
+        check(self.prompt is None or "{label}" in self.prompt, "prompt",
+              f"must contain the placeholder {{label}}, got {self.prompt!r}")
+        check(self.vae_steps is None or self.base == SCRATCH_BASE, "vae_steps",
+              f"only applies to --base {SCRATCH_BASE}, not to {self.base}")

@@ -1,0 +1,51 @@
+"""The mining stage's settings (`diffmine mine`), each default once, with its source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.config import check, check_choice, check_positive, check_required, option
+
+from .features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+
+
+@dataclass
+class MineConfig:
+    model: str | None = option(None, "the finetuned diffusers folder the maps were computed with (DIFT features)")
+    data: str = option(None, "image folder the typicality store was computed on", required=True)
+    typicality: str = option(None, "typicality store folder (diffmine typicality --out)", required=True)
+    out: str = option(None, "output folder: report.html, clusters.csv/json, grids, metrics.json", required=True)
+    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    force: bool = option(False, "mine a store computed with another model or other data")
+    patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, 64 px at 512 px, proportional "
+                               "below 256)", source="METHOD.md §3")
+    per_image: int = option(5, "most typical non-overlapping patches kept per image", source="METHOD.md §3")
+    per_label: int = option(1000, "most typical patches kept per label", source="METHOD.md §3")
+    clusters: int = option(32, "k-means clusters per label", source="METHOD.md §4")
+    feature: str = option("dift", "patch descriptor", choices=("dift", "clip"))
+    clip_model: str | None = option(None, "local open_clip folder or ARCH:/path/weights for --feature clip")
+    dift_t: int = option(DIFT_T, "DIFT timestep", source="METHOD.md §4")
+    dift_block: int = option(DIFT_BLOCK, "DIFT UNet up block", source="METHOD.md §4")
+    dift_draws: int = option(DIFT_DRAWS, "noise draws averaged per DIFT feature map", source="METHOD.md §4")
+    min_members: int = option(3, "drop clusters with fewer patches", source="METHOD.md §4")
+    min_images: int = option(2, "drop clusters drawn from fewer images")
+    seed: int = option(0, "seed of k-means, DIFT noise and the random baseline")
+    kmeans_iter: int = option(20, "FAISS k-means iterations")
+    spherical: bool = option(True, "spherical k-means (unit-norm centroids, cosine distance)")
+    batch_size: int = option(8, "images per feature forward (x dift draws UNet samples)")
+    map_batch: int = option(64, "maps per patch-scoring chunk")
+    show: int = option(12, "members shown per cluster in the report")
+    grid_rows: int = option(6, "clusters per grid (top 5-6)", source="METHOD.md §4")
+    grid_cols: int = option(7, "patches per grid row (6-7)", source="METHOD.md §4")
+    baselines: int = option(12, "random / least-typical patches shown per label", source="METHOD.md §3")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "feature")
+        check_positive(self, ("patch", "per_image", "per_label", "clusters", "kmeans_iter", "min_members",
+                              "min_images", "dift_draws", "batch_size", "map_batch", "grid_rows", "grid_cols"))
+        check_positive(self, ("show", "baselines", "dift_t", "dift_block"), minimum=0)
+        check(self.feature != "clip" or bool(self.clip_model), "clip_model",
+              "is required with --feature clip (a local open_clip folder or ARCH:/path/weights)")
+        check(self.feature != "dift" or bool(self.model), "model",
+              "is required with --feature dift (the finetuned diffusers folder)")

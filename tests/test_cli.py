@@ -1,0 +1,110 @@
+"""The CLI is a thin roof: its options are generated from the stages' configs, and a run can be
+repeated from the config.json it wrote."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffmine.cli import COMMANDS, build_parser, main
+from diffmine.cli.options import config_from_args
+from finetune.config import ConfigError, fields, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _config_class(name: str):
+    import importlib
+
+    module = importlib.import_module(f"diffmine.cli.{name}")
+    classes = [v for v in vars(module).values() if dataclasses.is_dataclass(v) and isinstance(v, type)]
+    assert len(classes) == 1, name
+    return classes[0]
+
+
+def test_every_cli_default_is_the_config_default():
+    subs = _subparsers(build_parser())
+    assert set(subs) == set(COMMANDS)
+    for name, sub in subs.items():
+        cls = _config_class(name)
+        required = [f for f in fields(cls) if f.metadata.get("required")]
+        argv = [x for f in required for x in (f"--{f.name.replace('_', '-')}", "X")]
+        got = config_from_args(cls, sub.parse_args(argv))
+        want = dataclasses.replace(cls(), **{f.name: "X" for f in required})
+        assert got == want, name  # the CLI adds no default of its own
+        flags = {opt for a in sub._actions for opt in a.option_strings}
+        for f in fields(cls):  # every field is a flag, with a help line that shows its default
+            flag = f"--{f.name.replace('_', '-')}"
+            assert flag in flags, (name, flag)
+            action = next(a for a in sub._actions if flag in a.option_strings)
+            assert action.help and ("(required)" in action.help or "(default:" in action.help), (name, flag)
+        assert "--config" in flags
+
+
+def test_library_errors_name_the_parameter_and_the_cli_the_flag(tmp_path, capsys):
+    from mining.config import MineConfig
+
+    with pytest.raises(ConfigError, match=r"^per_image must be >= 1, got 0$"):
+        MineConfig(data="d", typicality="t", out="o", model="m", per_image=0).validate()
+    rc = main(["mine", "--data", "d", "--typicality", "t", "--out", str(tmp_path / "o"), "--model", "m",
+               "--per-image", "0"])
+    assert rc == 2 and capsys.readouterr().err.strip() == "diffmine mine: error: --per-image must be >= 1, got 0"
+    rc = main(["typicality", "--model", "m", "--data", "d", "--out", "o", "--t-range", "0.9", "0.1"])
+    assert rc == 2 and "--t-range must be two fractions" in capsys.readouterr().err
+
+
+def test_config_file_then_flags(tmp_path):
+    from typicality.config import TypicalityConfig
+
+    (tmp_path / "c.toml").write_text('model = "m"\ndata = "d"\nout = "o"\ndraws = 8\nt_range = [0.2, 0.5]\n')
+    sub = _subparsers(build_parser())["typicality"]
+    cfg = config_from_args(TypicalityConfig, sub.parse_args(["--config", str(tmp_path / "c.toml"), "--draws", "4"]))
+    assert (cfg.draws, cfg.t_range, cfg.model) == (4, (0.2, 0.5), "m")  # the flag overrides the file
+    (tmp_path / "bad.json").write_text('{"draw": 8}')
+    with pytest.raises(Exception, match="unknown setting.*draw"):
+        load_config(TypicalityConfig, tmp_path / "bad.json")
+
+
+def test_typicality_from_its_own_config_gives_identical_output(tiny_model_dir, color_dataset, tmp_path):
+    """A run repeated from the config.json it wrote gives bit-identical maps."""
+    a = tmp_path / "a"
+    assert main(["typicality", "--model", str(tiny_model_dir), "--data", str(color_dataset), "--out", str(a),
+                 "--draws", "4", "--t-range", "0.2", "0.8", "--batch-size", "8"]) == 0
+    saved = json.loads((a / "config.json").read_text())
+    assert saved["draws"] == 4 and saved["t_range"] == [0.2, 0.8] and saved["batch_size"] == 8
+    b = tmp_path / "b"
+    assert main(["typicality", "--config", str(a / "config.json"), "--out", str(b)]) == 0
+    from typicality.store import TypicalityStore
+
+    sa, sb = TypicalityStore.open(a), TypicalityStore.open(b)
+    assert sa.pairs() == sb.pairs() and len(sa.pairs()) == 12
+    for image_id, label in sa.pairs():  # bit-identical maps and branch errors
+        assert (sa.latent_map(image_id, label) == sb.latent_map(image_id, label)).all()
+        assert all((x == y).all() for x, y in zip(sa.error_maps(image_id, label), sb.error_maps(image_id, label)))
+
+
+def test_python_m_diffmine_and_help():
+    proc = subprocess.run([sys.executable, "-m", "diffmine", "mine", "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "--per-image" in proc.stdout and "(default: 5)" in proc.stdout
+
+
+def test_mistyped_model_fails_at_once_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # `runs/nosuch` names a folder inside an existing one: a path, not a hub id
+    for name in ("runs/nosuch", "tinyy", str(tmp_path / "missing"), "./model"):
+        rc = main(["typicality", "--model", name, "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "no such folder" in err, err
+    rc = main(["typicality", "--model", "someone/not-cached", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "HF_HUB_OFFLINE" in capsys.readouterr().err  # the suite runs offline (conftest)

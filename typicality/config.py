@@ -1,0 +1,59 @@
+"""The typicality stage's settings (`diffmine typicality`), each default once, with its source.
+
+Fields marked `affects_maps` change the maps: a store records them and resumes only under the
+same values (`store.check_resumable`), together with what the model itself fixes (prompts,
+schedule, resolution: `engine.model_identity`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.config import check, check_choice, check_positive, check_required, option
+
+from .draws import SCHEDULES
+
+# METHOD.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
+# takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
+# ~5x from t = 100 to 700) and antithetic pairs (eps, -eps) cancel the part of the per-draw
+# difference that is odd in eps, 2 eps·(eps_c - eps_null). Measured on the shipped tiny towns
+# model (160 images, 3 seeds, against 4000 stratified draws): the published N = 100 uniform
+# reaches correlation 0.9899; stratified + antithetic reaches 0.9894 at N = 50 and 0.9913 at
+# N = 64, stratified alone 0.9859 at 64 (benchmarks/typicality_convergence.py). 64 keeps a margin.
+DEFAULT_DRAWS = 64
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TypicalityConfig:
+    model: str = option(None, "finetuned diffusers SD folder (or 'tiny', a hub id)", required=True)
+    data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
+    out: str = option(None, "store folder (resumed when it holds a run with the same settings)", required=True)
+    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
+                        "--no-antithetic is the published schedule", source="METHOD.md §2: 100", affects_maps=True)
+    t_range: tuple[float, float] = option((0.1, 0.7), "timestep range as fractions of T (0 1: all of it)",
+                                          source="METHOD.md §2", affects_maps=True, metavar=("LOW", "HIGH"))
+    labels: str = option("own", "'own': each image for its own label(s); 'all': for every label (image x label "
+                         "matrix)", choices=("own", "all"), affects_maps=True)
+    schedule: str = option("stratified", "timesteps: one per stratum of the range, or uniform i.i.d.",
+                           choices=SCHEDULES, affects_maps=True)
+    antithetic: bool = option(True, "draw noise in (eps, -eps) pairs", affects_maps=True)
+    sample_latents: bool = option(False, "seeded VAE posterior sample instead of its mean", affects_maps=True)
+    resolution: int | None = option(None, "processing size in px (default: the model's)", affects_maps=True)
+    dtype: str = option("auto", "UNet/VAE precision (auto: bf16 on a GPU that has it, else fp32)",
+                        choices=DTYPE_CHOICES, affects_maps=True)
+    seed: int = option(0, "seed of the per-image draws", affects_maps=True)
+    batch_size: int = option(64, "UNet rows per forward (an image's draw takes 1 + its labels)")
+    shard_size: int = option(256, "images per store shard: a kill loses at most the images since the last shard")
+    shard_seconds: float = option(60.0, "also write a shard after this many seconds (bounds what a kill loses)")
+    force: bool = option(False, "score labels the model was not trained on (with a warning)")
+
+    def validate(self) -> None:
+        check_required(self)
+        for name in ("labels", "schedule", "dtype"):
+            check_choice(self, name)
+        check_positive(self, ("draws", "batch_size", "shard_size", "resolution"))
+        check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")
+        lo, hi = self.t_range
+        check(0.0 <= lo < hi <= 1.0, "t_range", f"must be two fractions 0 <= LOW < HIGH <= 1, got {lo} {hi}")
