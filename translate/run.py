@@ -6,10 +6,11 @@
     TR_DIR/index.html                          the grids
     TR_DIR/config.json, translate.json         the settings; the model's fingerprint and labels
 
-Resume: a translation whose PNG exists is not redone, so a killed run continues with what is
-not done (a run with other settings into the same folder is refused). Under `accelerate
-launch` process i takes images i::n; every output depends only on its image, target and the
-settings, so n processes write what one would.
+Resume: a killed run continues with what is not done (a run with other settings into the same
+folder is refused). Images are translated in fixed groups (consecutive images, at most
+`batch_size` translations); under `accelerate launch` process i takes groups i::n. A group
+with a missing file is redone whole, so every output comes from the same batch however many
+processes ran and however often the run was interrupted: the files are identical bit for bit.
 """
 from __future__ import annotations
 
@@ -97,7 +98,10 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
         rank, world, device = state.process_index, state.num_processes, torch.device(state.device)
     else:
         rank, world, device = int(cfg.process_index), int(cfg.num_processes or 1), torch.device("cpu")
-    bundle = SDBundle.from_pretrained(cfg.model).eval().to(device, resolve_dtype(cfg.dtype, device))
+    bundle = SDBundle.from_pretrained(cfg.model).eval()
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device.type != "cpu" or dtype is not None:
+        bundle.to(device, dtype)
     prompts = PromptTemplate.load(cfg.model)
     translator = Translator(bundle, prompts, method=cfg.method, steps=cfg.steps, guidance=cfg.guidance,
                             inversion_steps=cfg.inversion_steps, strength=cfg.strength,
@@ -112,13 +116,15 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                                 "null_prompt": prompts.null_prompt,
                                 "layers": getattr(getattr(translator, "layers", None), "name", None)})
 
-    mine = dataset.records[rank::world]
-    todo = [(r, [t for t in targets[r.image_id] if not (out / translation_file(r.image_id, t)).is_file()])
-            for r in mine]
-    todo = [(r, t) for r, t in todo if t]
-    bar = tqdm(total=sum(len(t) for _, t in todo), unit="img", desc=f"translate ({cfg.method})",
+    # Fixed groups of whole images (consecutive in id order, at most batch_size translations), shared
+    # out i::n and redone whole when any of their files is missing: every output then comes from the
+    # same batch whatever the process count or interruptions, so the files are the same bit for bit.
+    groups = list(_groups([(r, targets[r.image_id]) for r in dataset if targets[r.image_id]], cfg.batch_size))
+    mine = groups[rank::world]
+    todo = [g for g in mine if any(not (out / translation_file(r.image_id, t)).is_file() for r, tg in g for t in tg)]
+    bar = tqdm(total=sum(len(t) for g in todo for _, t in g), unit="img", desc=f"translate ({cfg.method})",
                disable=not progress or rank != 0)
-    for group in _groups(todo, cfg.batch_size):
+    for group in todo:
         recs, arrays = dataset.load_arrays(res, [r for r, _ in group])
         kept = {r.image_id for r in recs}
         group = [(r, t) for r, t in group if r.image_id in kept]  # skip_bad dropped an image
@@ -126,12 +132,14 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                                        [r.labels[0] for r, _ in group], [t for _, t in group])
         for (r, tg), imgs in zip(group, results):
             for t, img in zip(tg, imgs):
-                save_png(out / translation_file(r.image_id, t), to_uint8(img))
+                path = out / translation_file(r.image_id, t)
+                if not path.is_file():  # a finished file is left as it is
+                    save_png(path, to_uint8(img))
             bar.update(len(tg))
     bar.close()
 
     # grids for this process's images (from the files, so a resumed run draws them too)
-    for r in tqdm(mine, desc="grids", unit="img", disable=not progress or rank != 0):
+    for r in tqdm([r for g in mine for r, _ in g], desc="grids", unit="img", disable=not progress or rank != 0):
         files = [out / translation_file(r.image_id, t) for t in targets[r.image_id]]
         if not files or (out / grid_file(r.image_id)).is_file() or not all(f.is_file() for f in files):
             continue
