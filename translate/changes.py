@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.pictures import crop, safe_name
-from finetune.atomic import write_text
+from finetune.atomic import replace_dir, write_text
 from finetune.config import ConfigError, save_config
 from finetune.errors import DataError
 from mining.cluster import FaissKMeans
@@ -199,45 +201,53 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
     clusters.sort(key=lambda d: (-d["median"], -len(d["members"]), d["id"]))
 
     # -- 5. outputs ---------------------------------------------------------------------------
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table, doc_clusters = [], []
-    for rank, cl in enumerate(clusters):
-        shown = []
-        for j, mi in enumerate(cl["members"]):
-            r = records[int(kept.image[mi])]
-            box = [int(v) for v in kept.box[mi]]
-            entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
-                     "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
-                     "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
-                     "x1": box[2], "y1": box[3], "cotypicality": float(kept.score[mi]), "distance": float(dist[mi]),
-                     **{f"typicality_{c}": kept_typ[mi].get(c, "") for c in columns}}
-            table.append(entry)
-            if j < cfg.show:
-                cells = []
-                for jc, c in enumerate(columns):
-                    f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
-                    save_png(out / f, np.ascontiguousarray(crop(pixels[slot[int(kept.image[mi])], jc], box)))
-                    cells.append({"file": f, "label": c, "source": c == r.labels[0],
-                                  "typicality": kept_typ[mi].get(c)})
-                shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
-                              "cotypicality": float(kept.score[mi]), "cells": cells})
-        doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
-                             "n_images": cl["n_images"], "rows": shown})
-    buf = io.StringIO()
-    fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images", "member_rank",
-              "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
-        [f"typicality_{c}" for c in columns]
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(table)
-    write_text(out / "clusters.csv", buf.getvalue())
-    summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
-               "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(kept),
-               "clusters (k)": km.n_clusters_, "clusters kept": len(clusters), "typicality draws": cfg.draws,
-               "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
-    write_report(out / "report.html", columns, doc_clusters, summary)
-    save_config(cfg, out)
-    return out
+    final = Path(cfg.out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")  # written whole, then moved into place
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        table, doc_clusters = [], []
+        for rank, cl in enumerate(clusters):
+            shown = []
+            for j, mi in enumerate(cl["members"]):
+                r = records[int(kept.image[mi])]
+                box = [int(v) for v in kept.box[mi]]
+                entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
+                         "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
+                         "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
+                         "x1": box[2], "y1": box[3], "cotypicality": float(kept.score[mi]), "distance": float(dist[mi]),
+                         **{f"typicality_{c}": kept_typ[mi].get(c, "") for c in columns}}
+                table.append(entry)
+                if j < cfg.show:
+                    cells = []
+                    for jc, c in enumerate(columns):
+                        f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
+                        save_png(out / f, np.ascontiguousarray(crop(pixels[slot[int(kept.image[mi])], jc], box)))
+                        cells.append({"file": f, "label": c, "source": c == r.labels[0],
+                                      "typicality": kept_typ[mi].get(c)})
+                    shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
+                                  "cotypicality": float(kept.score[mi]), "cells": cells})
+            doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
+                                 "n_images": cl["n_images"], "rows": shown})
+        buf = io.StringIO()
+        fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images", "member_rank",
+                  "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
+            [f"typicality_{c}" for c in columns]
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
+        write_text(out / "clusters.csv", buf.getvalue())
+        summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
+                   "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(kept),
+                   "clusters (k)": km.n_clusters_, "clusters kept": len(clusters), "typicality draws": cfg.draws,
+                   "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
+        write_report(out / "report.html", columns, doc_clusters, summary)
+        save_config(cfg, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_dir(out, final)
+    return final
 
 
