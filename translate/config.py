@@ -1,0 +1,90 @@
+"""The settings of `diffmine translate` and `diffmine changes` (METHOD.md §5), one dataclass each."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.config import ConfigError, check, check_choice, check_positive, check_range, check_required, option
+
+METHODS = ("pnp", "sdedit")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TranslateConfig:
+    model: str | None = option(None, "finetuned diffusers model folder", required=True)
+    data: str | None = option(None, "labeled image folder (the images to translate)", required=True)
+    out: str | None = option(None, "output folder (PNGs, grids, translations.csv, index.html)", required=True)
+    to: str | None = option(None, "target label, or 'all' for every other label", required=True, metavar="LABEL|all")
+    method: str = option("pnp", "pnp (Plug-and-Play feature injection) or sdedit (noise, then denoise)",
+                         choices=METHODS, source="METHOD.md §5")
+    steps: int = option(50, "DDIM sampling steps", source="METHOD.md §5")
+    guidance: float = option(7.5, "classifier-free guidance scale (null prompt as the negative); 1 = none",
+                             source="METHOD.md §5")
+    inversion_steps: int = option(50, "DDIM inversion steps (pnp); the sampling timesteps must be among them",
+                                  source="METHOD.md §5 (the reference used 999)")
+    strength: float = option(0.6, "sdedit: share of the noise schedule the image is noised to, in (0, 1]")
+    residual_injection: float = option(0.8, "pnp: share of the sampling steps that inject the source's "
+                                            "residual-block features", source="METHOD.md §5")
+    attention_injection: float = option(0.5, "pnp: share of the sampling steps that inject the source's "
+                                             "self-attention queries and keys", source="METHOD.md §5")
+    layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
+                                      "(default: translate/layers.json: SD v1.5 and the tiny model)")
+    batch_size: int = option(8, "translations (image, target) per UNet forward")
+    seed: int = option(0, "seed (sdedit noise, per image and target)")
+    label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
+    skip_bad: bool = option(False, "skip unreadable images (one warning) instead of stopping")
+    dtype: str = option("auto", "UNet dtype: auto = bf16 on a GPU that has it, fp32 elsewhere", choices=DTYPES)
+    process_index: int | None = option(None, "simulated process index (tests); default: accelerate's",
+                                       cli=False)
+    num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "method")
+        check_choice(self, "dtype")
+        check_positive(self, ("steps", "inversion_steps", "batch_size"))
+        check(self.steps <= 1000, "steps", f"must be <= 1000 (the training schedule), got {self.steps}")
+        check(self.inversion_steps <= 1000, "inversion_steps",
+              f"must be <= 1000 (the training schedule), got {self.inversion_steps}")
+        check(self.guidance >= 1, "guidance", f"must be >= 1 (1 = no guidance), got {self.guidance}")
+        check_range(self, "strength", 0.0, 1.0, closed="right")
+        check_range(self, "residual_injection", 0.0, 1.0)
+        check_range(self, "attention_injection", 0.0, 1.0)
+        check(str(self.to).strip() != "", "to", "must be a label or 'all'")
+
+
+# Settings that change the pictures: a resumed run must agree on them (out already holding others' output).
+OUTPUT_KEYS = ("model", "data", "to", "method", "steps", "guidance", "inversion_steps", "strength",
+               "residual_injection", "attention_injection", "layers", "seed", "label_column", "dtype")
+
+
+@dataclass
+class ChangesConfig:
+    model: str | None = option(None, "the model folder the translations were made with", required=True)
+    translations: str | None = option(None, "output folder of `diffmine translate --to all`", required=True)
+    out: str | None = option(None, "output folder (report.html, clusters.csv, patches)", required=True)
+    clusters: int = option(32, "k-means clusters", source="METHOD.md §4")
+    patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, proportional)",
+                               source="METHOD.md §3")
+    per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="METHOD.md §3")
+    top: int = option(1000, "most co-typical patches kept overall", source="METHOD.md §3")
+    draws: int = option(64, "typicality draws per translation (engine default: stratified, antithetic)")
+    t_range: tuple[float, float] = option((0.1, 0.7), "typicality timestep range, fractions of T",
+                                          source="METHOD.md §2", metavar="LO HI")
+    dift_t: int = option(161, "DIFT timestep", source="METHOD.md §4")
+    dift_block: int = option(1, "DIFT UNet up block", source="METHOD.md §4")
+    dift_draws: int = option(8, "DIFT noise draws", source="METHOD.md §4")
+    min_members: int = option(3, "clusters with fewer patches are dropped")
+    min_images: int = option(2, "clusters from fewer images are dropped")
+    show: int = option(8, "patch sequences shown per cluster in the report")
+    batch_size: int = option(64, "UNet rows per typicality forward")
+    seed: int = option(0, "seed (typicality draws, DIFT noise, k-means)")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_positive(self, ("clusters", "per_image", "top", "draws", "dift_draws", "min_members", "min_images",
+                              "show", "batch_size"))
+        check_positive(self, ("patch",))
+        lo, hi = self.t_range
+        if not 0 <= lo < hi <= 1:
+            raise ConfigError("t_range", f"must satisfy 0 <= lo < hi <= 1, got {tuple(self.t_range)}")
