@@ -38,7 +38,7 @@ from mining.patches import Patches, default_patch_size, select_patches, top_per_
 
 from .config import ChangesConfig
 from .cotypicality import cotypicality_scores
-from .model_info import model_fingerprint
+from typicality.fingerprints import model_fingerprint
 from .outputs import save_png, to_uint8
 from .report import write_report
 from .run import META
@@ -188,7 +188,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
             pixels[s + n] = np.stack([to_uint8(stack[n, j]) for j in range(len(columns))])
 
     # -- 4. clusters, ranked by median co-typicality -----------------------------------------------
-    km = FaissKMeans(n_clusters=cfg.clusters, seed=cfg.seed).fit(feats)
+    km = FaissKMeans(n_clusters=cfg.clusters, random_state=cfg.seed).fit(feats)
     dist = np.sqrt(((feats - km.cluster_centers_[km.labels_]) ** 2).sum(1))
     clusters = []
     for c in range(km.n_clusters_):

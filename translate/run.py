@@ -27,7 +27,8 @@ from finetune.config import ConfigError, save_config, to_dict
 from finetune.errors import DataError
 
 from .config import OUTPUT_KEYS, TranslateConfig
-from .model_info import model_fingerprint, model_labels
+from finetune.models import model_labels
+from typicality.fingerprints import model_fingerprint
 from .outputs import grid_file, labeled_row, save_png, to_uint8, translation_file, write_csv, write_index
 
 META = "translate.json"
