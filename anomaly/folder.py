@@ -30,14 +30,15 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = Path(det.model_path_)
-    if det.base is not None and model.resolve() != (folder / "model").resolve():
-        tmp = folder / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(model, tmp)
-        from finetune.atomic import replace_dir
+    if det.base is not None:  # the finetuned model lives in the folder: it moves with it
+        if model.resolve() != (folder / "model").resolve():
+            from finetune.atomic import replace_dir
 
-        replace_dir(tmp, folder / "model")
-        model_ref = "model"  # relative: the folder can be moved
+            tmp = folder / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(model, tmp)
+            replace_dir(tmp, folder / "model")
+        model_ref = "model"
     else:
         model_ref = str(model.resolve())
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.get_params().items()}

@@ -144,6 +144,9 @@ def run_shared(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[d
             null += [float(r.err_null.astype(np.float64).mean()) for r in res]
         return np.array(T), np.array(null)
 
+    # thresholds need only each class's training scores: at most --threshold-images per class
+    keep = np.concatenate([np.flatnonzero(y_train == d)[:args.threshold_images] for d in classes])
+    x_train, y_train = x_train[keep], y_train[keep]
     T_tr, null_tr = label_scores(x_train)
     T_te, null_te = label_scores(x_test)
     score_seconds = time.time() - start - train_seconds
@@ -173,8 +176,8 @@ def add_arguments(parser, resolution: int, steps: int) -> None:
     parser.add_argument("--base", default="tiny", help="model finetuned per class (tiny = the shipped towns model)")
     parser.add_argument("--resolution", type=int, default=resolution, help="images are upsampled to this size")
     parser.add_argument("--steps", type=int, default=steps, help="finetuning steps per class")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--finetune-batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-batch", type=int, default=16)
     parser.add_argument("--draws", type=int, default=2, help="draws of the reconstruction/atypicality scores "
                         "(one antithetic pair; every image shares them)")
     parser.add_argument("--trajectory-draws", type=int, default=1)
@@ -182,6 +185,8 @@ def add_arguments(parser, resolution: int, steps: int) -> None:
     parser.add_argument("--trajectory-start", type=float, default=0.3)
     parser.add_argument("--scores", nargs="+", default=["reconstruction", "atypicality", "trajectory"])
     parser.add_argument("--contamination", type=float, default=0.1)
+    parser.add_argument("--threshold-images", type=int, default=40,
+                        help="shared mode: training images per class scored for the threshold")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, nargs="*", default=None, help="a subset of classes (quick runs)")

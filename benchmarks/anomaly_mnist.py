@@ -23,7 +23,7 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, resolution=32, steps=250)
+    add_arguments(parser, resolution=32, steps=100)
     args = parser.parse_args(argv)
     started = time.time()
     x, y = mnist_data()
