@@ -182,7 +182,7 @@ def add_arguments(parser, resolution: int, steps: int) -> None:
     parser.add_argument("--steps", type=int, default=steps, help="finetuning steps per class")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-batch", type=int, default=16)
-    parser.add_argument("--draws", type=int, default=6, help="draws of the reconstruction/atypicality scores "
+    parser.add_argument("--draws", type=int, default=2, help="draws of the reconstruction/atypicality scores "
                         "(antithetic pairs; every image shares them)")
     parser.add_argument("--trajectory-draws", type=int, default=1)
     parser.add_argument("--trajectory-steps", type=int, default=4)

@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, resolution=16, steps=300)
+    add_arguments(parser, resolution=16, steps=100)
     args = parser.parse_args(argv)
     started = time.time()
     x, y = load_digits(return_X_y=True)
