@@ -1,0 +1,104 @@
+"""`diffmine classify` on the towns held-out split: accuracy, speed of adaptive pruning vs exhaustive,
+and the label audit's precision / recall at finding 5% flipped labels.
+
+    python -m benchmarks.anomaly_classify_towns [--first-draws 4] [--draws 12] [--keep 2]
+
+The shipped model (assets/tiny-towns-model) classifies the held-out towns images (mining.demo's
+towns data, 40 per town). 5% of the images (seeded) get another town's label in the metadata;
+accuracy is measured against the TRUE labels, the audit (images more typical of another label
+than of their given one) against the set of flipped images. Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def flipped_copy(test: Path, out: Path, rate: float, seed: int) -> tuple[dict, set]:
+    """A copy of the data folder whose metadata gives `rate` of the images a wrong label."""
+    rows = [json.loads(l) for l in (test / "metadata.jsonl").read_text().splitlines() if l.strip()]
+    labels = sorted({r["label"] for r in rows})
+    rng = np.random.default_rng(seed)
+    flip = set(rng.choice(len(rows), size=max(1, round(rate * len(rows))), replace=False).tolist())
+    truth, flipped = {}, set()
+    out.mkdir(parents=True)
+    (out / "images").symlink_to((test / "images").resolve())
+    with open(out / "metadata.jsonl", "w") as f:
+        for i, r in enumerate(rows):
+            image_id = str(Path(r["file_name"]).with_suffix(""))
+            truth[image_id] = r["label"]
+            label = r["label"]
+            if i in flip:
+                label = rng.choice([c for c in labels if c != r["label"]])
+                flipped.add(image_id)
+            f.write(json.dumps({"file_name": r["file_name"], "label": str(label)}) + "\n")
+    return truth, flipped
+
+
+def main(argv=None) -> None:
+    from anomaly.classify import run_classify
+    from anomaly.config import ClassifyConfig
+    from anomaly.detector import TINY_BASE
+    from mining.demo import towns_data
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--draws", type=int, default=12, help="adaptive: extra draws for the finalists")
+    p.add_argument("--first-draws", type=int, default=4)
+    p.add_argument("--keep", type=int, default=2)
+    p.add_argument("--flip", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--towns", default="runs/towns", help="where the towns data is generated (or reused)")
+    args = p.parse_args(argv)
+    started = time.time()
+    test = towns_data(args.towns) / "test"
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        truth, flipped = flipped_copy(test, tmp / "data", args.flip, args.seed)
+        for prune in ("off", "adaptive"):
+            res = run_classify(ClassifyConfig(model=str(TINY_BASE), data=str(tmp / "data"), out=str(tmp / prune),
+                                              # exhaustive: every label gets the finalists' total draws
+                                              draws=args.draws + (args.first_draws if prune == "off" else 0),
+                                              first_draws=args.first_draws, keep=args.keep,
+                                              prune=prune, seed=args.seed), progress=False)
+            preds = list(csv.DictReader(open(tmp / prune / "predictions.csv")))
+            acc = float(np.mean([truth[r["image_id"]] == r["predicted"] for r in preds]))
+            audit = list(csv.DictReader(open(tmp / prune / "audit.csv")))
+            flagged = {r["image_id"] for r in audit if r["flagged"] == "1"}
+            top = {r["image_id"] for r in audit[:len(flipped)]}
+            hit = len(flagged & flipped)
+            results[prune] = {"accuracy_true_labels": round(acc, 4), "images_per_s": res["images_per_s"],
+                              "unet_rows_per_image": res["unet_rows_per_image"],
+                              "audit_flagged": len(flagged), "audit_precision": round(hit / max(1, len(flagged)), 4),
+                              "audit_recall": round(hit / len(flipped), 4),
+                              "audit_recall_at_k": round(len(top & flipped) / len(flipped), 4)}
+            if prune == "adaptive":
+                shutil.copytree(tmp / prune, Path("runs/anomaly_classify_towns"), dirs_exist_ok=True)
+    n = len(truth)
+    print(f"towns held-out: {n} images, {len(flipped)} labels flipped ({args.flip:.0%}); exhaustive: "
+          f"{args.first_draws + args.draws} draws for every label; adaptive: {args.first_draws} draws for every label, +{args.draws} for the best {args.keep}")
+    print(f"{'mode':<10}{'accuracy':>10}{'img/s':>9}{'rows/img':>10}{'flagged':>9}{'precision':>11}{'recall':>8}"
+          f"{'recall@k':>10}")
+    for mode, r in results.items():
+        print(f"{mode:<10}{r['accuracy_true_labels']:>10.3f}{r['images_per_s']:>9.3f}{r['unet_rows_per_image']:>10.0f}"
+              f"{r['audit_flagged']:>9}{r['audit_precision']:>11.3f}{r['audit_recall']:>8.3f}{r['audit_recall_at_k']:>10.3f}")
+    print(f"wall time: {(time.time() - started) / 60:.1f} min")
+    print(json.dumps({"towns_accuracy_exhaustive": results["off"]["accuracy_true_labels"],
+                      "towns_accuracy_adaptive": results["adaptive"]["accuracy_true_labels"],
+                      "images_per_s_exhaustive": results["off"]["images_per_s"],
+                      "images_per_s_adaptive": results["adaptive"]["images_per_s"],
+                      "audit_precision": results["adaptive"]["audit_precision"],
+                      "audit_recall": results["adaptive"]["audit_recall"],
+                      "audit_precision_exhaustive": results["off"]["audit_precision"],
+                      "audit_recall_exhaustive": results["off"]["audit_recall"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Anomaly detector (PyOD/scikit-learn contract), score kinds, detector folder, classify and audit.
+
+Real models: the shipped towns model (64 px, trained on four towns) for anything that needs a
+model that knows its data, the random tiny model for plumbing (finetuning, folders).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.classify import predictions
+from anomaly.audit import audit_margins
+from anomaly.config import AnomalyFitConfig, AnomalyScoreConfig, ClassifyConfig
+from anomaly.detector import DiffusionDetector, TINY_BASE
+from anomaly.folder import DETECTOR_FILE, load_detector
+from anomaly.run import fit_detector, score_images
+from finetune.config import ConfigError
+from finetune.errors import DataError
+
+TOWNS_MODEL = TINY_BASE
+
+
+@pytest.fixture(scope="module")
+def towns(tmp_path_factory):
+    from finetune.towns import generate_towns
+
+    return generate_towns(tmp_path_factory.mktemp("towns") / "towns", n_train=1, n_test=6, seed=3)
+
+
+def _images(towns: Path, town: str) -> np.ndarray:
+    """The held-out images of one town (towns data: test/images/<town>_test_NNNN.png + metadata)."""
+    files = sorted((towns / "test" / "images").glob(f"{town}_test_*.png"))
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+
+
+@pytest.fixture(scope="module")
+def normals_and_anomaly(towns):
+    """Six ashford facades (normal) and, planted last, a dunmore facade and a noise image (anomalies)."""
+    normal = _images(towns, "ashford")
+    other = _images(towns, "dunmore")[:1]
+    noise = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    return normal, other, noise
+
+
+@pytest.fixture(scope="module")
+def fitted(normals_and_anomaly):
+    normal, _, _ = normals_and_anomaly
+    return DiffusionDetector(model=str(TOWNS_MODEL), score="reconstruction", draws=4, contamination=0.2).fit(normal[:5])
+
+
+# -- the PyOD / scikit-learn contract -------------------------------------------------------
+def test_clone_and_params_round_trip():
+    from sklearn.base import clone
+
+    det = DiffusionDetector(model="m", score="trajectory", contamination=0.05, draws=3, t_range=(0.2, 0.5))
+    params = det.get_params()
+    assert params["score"] == "trajectory" and params["t_range"] == (0.2, 0.5) and params["contamination"] == 0.05
+    twin = clone(det)
+    assert twin is not det and twin.get_params() == params
+    twin.set_params(draws=7, score="reconstruction")
+    assert twin.draws == 7 and twin.score == "reconstruction" and det.draws == 3
+
+
+def test_pyod_contract(fitted, normals_and_anomaly):
+    from pyod.models.base import BaseDetector
+
+    normal, other, noise = normals_and_anomaly
+    det = fitted
+    assert isinstance(det, BaseDetector)
+    assert det.decision_scores_.shape == (5,) and det.labels_.shape == (5,)
+    # PyOD's rule: the threshold is the training scores' (1 - contamination) quantile; labels_ follow it
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 80))
+    assert np.array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    X = np.concatenate([normal, noise])
+    scores = det.decision_function(X)
+    assert scores.shape == (7,) and np.isfinite(scores).all()
+    assert np.allclose(scores[:5], det.decision_scores_, rtol=1e-6)  # same images, same seeded draws
+    pred = det.predict(X)
+    assert pred.shape == (7,) and np.array_equal(pred, (scores > det.threshold_).astype(int))
+    pred2, conf = det.predict(X, return_confidence=True)
+    assert np.array_equal(pred, pred2) and conf.shape == (7,) and ((conf >= 0) & (conf <= 1)).all()
+    for method in ("linear", "unify"):
+        proba = det.predict_proba(X, method=method)
+        assert proba.shape == (7, 2) and ((proba >= 0) & (proba <= 1)).all()
+        assert np.allclose(proba.sum(axis=1), 1)
+    assert det.predict_proba(X)[-1, 1] == 1.0  # the noise image scores above every training image
+    maps = det.anomaly_maps(X[:2])
+    assert maps.shape == (2, 64, 64)
+    assert np.allclose(maps.mean(axis=(1, 2)), scores[:2], rtol=1e-4)  # the score is the map's mean
+
+
+def test_paths_give_the_same_scores_as_arrays(fitted, towns, normals_and_anomaly):
+    paths = sorted((towns / "test" / "images").glob("ashford_test_*.png"))[:2]
+    assert np.allclose(fitted.decision_function([str(p) for p in paths]),
+                       fitted.decision_function(normals_and_anomaly[0][:2]), rtol=1e-5)
+    assert fitted.predict_proba([str(p) for p in paths]).shape == (2, 2)
+
+
+def test_pyod_utilities_accept_it(fitted, normals_and_anomaly):
+    """PyOD's own helpers work on its scores (pyod.models.combination needs the `combo` package)."""
+    from pyod.utils.utility import get_label_n, standardizer
+
+    normal, _, noise = normals_and_anomaly
+    s = fitted.decision_function(np.concatenate([normal, noise]))
+    assert get_label_n(np.zeros(7), s, n=1).tolist() == [0] * 6 + [1]
+    assert standardizer(s[:, None]).argmax() == 6
+
+
+# -- every score kind ranks a planted anomaly above the normals -------------------------------
+@pytest.mark.parametrize("kind, anomaly", [("reconstruction", "noise"), ("trajectory", "noise"),
+                                           ("atypicality", "other")])
+def test_planted_anomaly_ranks_first(kind, anomaly, normals_and_anomaly):
+    normal, other, noise = normals_and_anomaly
+    det = DiffusionDetector(model=str(TOWNS_MODEL), score=kind, normal_label="ashford", draws=8 if kind != "trajectory" else 1,
+                            trajectory_steps=4).fit(normal[:3])
+    planted = other if anomaly == "other" else noise
+    scores = det.decision_function(np.concatenate([normal[3:], planted]))
+    assert scores.argmax() == len(scores) - 1, scores
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_bad_settings_name_their_field(normals_and_anomaly, tmp_path):
+    normal = normals_and_anomaly[0]
+    with pytest.raises(ConfigError, match="contamination"):
+        DiffusionDetector(model=str(TOWNS_MODEL), contamination=0.6).fit(normal)
+    with pytest.raises(ConfigError, match="contamination"):
+        AnomalyFitConfig(data="d", out="o", model="m", contamination=0.0).validate()
+    with pytest.raises(ConfigError, match="model"):
+        AnomalyFitConfig(data="d", out="o").validate()
+    with pytest.raises(ConfigError, match="normal_label"):
+        DiffusionDetector(model=str(TOWNS_MODEL), score="atypicality").fit(normal)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        fit_detector(AnomalyFitConfig(data=str(tmp_path / "empty"), out=str(tmp_path / "det"), model=str(TOWNS_MODEL)))
+    with pytest.raises(DataError, match="float images must be in"):
+        DiffusionDetector(model=str(TOWNS_MODEL)).fit(np.full((2, 8, 8), 16.0))
+
+
+def _write_pngs(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(folder / f"img_{i:03d}.png")
+    return folder
+
+
+# -- fit -> folder -> score ---------------------------------------------------------------------
+def test_fit_score_round_trip(normals_and_anomaly, tmp_path):
+    normal, other, noise = normals_and_anomaly
+    train = _write_pngs(tmp_path / "normal", normal[:4])
+    test = _write_pngs(tmp_path / "test", np.concatenate([normal[4:], noise]))
+    det = fit_detector(AnomalyFitConfig(data=str(train), out=str(tmp_path / "det"), model=str(TOWNS_MODEL),
+                                        draws=4, contamination=0.25), progress=False)
+    info = json.loads((tmp_path / "det" / DETECTOR_FILE).read_text())
+    assert info["geometry"] == [64, 64, 3] and info["threshold"] == pytest.approx(det.threshold_)
+    assert (tmp_path / "det" / "config.json").exists()
+    out = score_images(AnomalyScoreConfig(detector=str(tmp_path / "det"), data=str(test),
+                                          out=str(tmp_path / "scores.csv"), maps=str(tmp_path / "maps")), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert [r["image_id"] for r in rows] == ["img_000", "img_001", "img_002"]
+    expected = det.decision_function(np.concatenate([normal[4:], noise]))
+    assert np.allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
+    assert rows[2]["outlier"] == "1" and out["outliers"] >= 1
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 3
+
+    # images of another size, a folder from another version, a missing folder: one line each
+    _write_pngs(tmp_path / "small", normal[:1, :32, :32])
+    with pytest.raises(DataError, match="fitted on 64x64 with 3 channel"):
+        score_images(AnomalyScoreConfig(detector=str(tmp_path / "det"), data=str(tmp_path / "small"),
+                                        out=str(tmp_path / "s2.csv")), progress=False)
+    info["version"] = 99
+    (tmp_path / "det" / DETECTOR_FILE).write_text(json.dumps(info))
+    with pytest.raises(DataError, match="version 99"):
+        load_detector(tmp_path / "det")
+    with pytest.raises(DataError, match="not a detector folder"):
+        load_detector(tmp_path / "nothing")
+    assert not (tmp_path / "s2.csv").exists()
+
+
+def test_fit_with_base_finetunes_and_keeps_the_model(tiny_model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)  # grey images: repeated to RGB
+    train = tmp_path / "normal"
+    train.mkdir()
+    for i, a in enumerate(imgs):
+        Image.fromarray(a).save(train / f"{i}.png")
+    det = fit_detector(AnomalyFitConfig(data=str(train), out=str(tmp_path / "det"), base=str(tiny_model_dir),
+                                        finetune_steps=2, finetune_batch=2, draws=2), progress=False)
+    assert (tmp_path / "det" / "model" / "unet").is_dir() and not (tmp_path / "det" / "data").exists()
+    assert json.loads((tmp_path / "det" / "model" / "diffmine_train.json").read_text())["labels"] == ["normal"]
+    again = load_detector(tmp_path / "det")
+    assert again.geometry_ == (32, 32, 1)
+    assert np.allclose(again.decision_function(imgs), det.decision_scores_, rtol=1e-5)
+
+
+# -- classify and the audit ---------------------------------------------------------------------
+def test_predictions_and_margins_known_values():
+    scores = np.array([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    counts = np.array([[8, 40, 40], [40, 8, 40]])  # finalists: labels 1, 2 / labels 0, 2
+    pred, margin = predictions(scores, counts)
+    assert pred.tolist() == [1, 0] and np.allclose(margin, [1.0, 0.5])
+    m, s = audit_margins(scores, np.array([2, 0]))
+    assert s.tolist() == [1, 2] and np.allclose(m, [1.0, -0.5])
+
+
+def test_classify_towns_known_answer(towns, tmp_path):
+    from anomaly.classify import run_classify
+
+    data = tmp_path / "data"
+    for town in ("ashford", "dunmore"):  # two towns, 3 images each, one of them given the wrong label
+        _write_pngs(data / town, _images(towns, town)[:3])
+    (data / "ashford" / "img_002.png").rename(data / "dunmore" / "flipped.png")
+    res = run_classify(ClassifyConfig(model=str(TOWNS_MODEL), data=str(data), out=str(tmp_path / "cls"),
+                                      draws=8, first_draws=4, keep=2), progress=False)
+    rows = {r["image_id"]: r for r in csv.DictReader(open(tmp_path / "cls" / "predictions.csv"))}
+    assert rows["dunmore/flipped"]["predicted"] == "ashford"  # an ashford facade, whatever its folder says
+    assert rows["ashford/img_000"]["predicted"] == "ashford" and rows["dunmore/img_000"]["predicted"] == "dunmore"
+    right = [r["label"] == r["predicted"] for r in rows.values()]
+    assert res["accuracy"] == pytest.approx(np.mean(right)) and res["accuracy"] <= 5 / 6
+    conf = np.array(res["confusion"]["matrix"])
+    assert conf.sum() == 6 and np.trace(conf) == sum(right) and conf[3, 0] >= 1  # dunmore row, ashford column
+    audit = list(csv.DictReader(open(tmp_path / "cls" / "audit.csv")))
+    assert audit[0]["image_id"] == "dunmore/flipped" and audit[0]["suspected"] == "ashford"
+    assert "dunmore/flipped" in (tmp_path / "cls" / "audit.html").read_text()
+    assert res["unet_rows_per_image"] == 4 * 5 + 8 * 3
