@@ -29,15 +29,13 @@ from .images import ImageInput
 
 SCORES = ("reconstruction", "atypicality", "trajectory")
 DRAW_KEY = "anomaly"  # the one draw stream every image shares
-TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-towns-model"  # `--base tiny`
 
 
 def model_labels(model: str | Path) -> list[str]:
     """The labels a diffmine-finetuned model was trained on ([] when unknown)."""
-    info = Path(model, "diffmine_train.json")
-    if info.is_file():
-        return list(json.loads(info.read_text()).get("labels", []))
-    return []
+    from finetune.models import model_labels as labels_of
+
+    return labels_of(model) or []
 
 
 class DiffusionDetector(BaseDetector):
@@ -112,10 +110,12 @@ class DiffusionDetector(BaseDetector):
         """Finetune `base` on the normal images (written as NORMAL_LABEL/*.png) with the project's finetuner."""
         from PIL import Image
 
+        from finetune.models import resolve_model
         from finetune.prompts import PromptTemplate
-        from finetune.train import TrainConfig, train
+        from finetune.train import train
+        from finetune.train_config import TrainConfig
 
-        base = TINY_BASE if str(self.base) == "tiny" else Path(self.base)
+        base = Path(resolve_model(self.base, "base"))  # "tiny": the shipped pretrained small SD
         if not base.is_dir():
             raise ConfigError("base", f"{base}: base model folder does not exist")
         work = Path(self.work_dir) if self.work_dir else Path(tempfile.mkdtemp(prefix="diffmine-anomaly-"))
@@ -125,10 +125,11 @@ class DiffusionDetector(BaseDetector):
         for i, image_id in enumerate(inp.ids):
             Image.fromarray(np.asarray(inp.rgb(i))).save(data / f"{i:06d}.png")
         prompts = PromptTemplate.load(base)
-        train(TrainConfig(data=str(work / "data"), out=str(work / "model"), base=str(base), prompts=prompts,
-                          resolution=self.resolution, batch_size=int(self.finetune_batch), lr=float(self.finetune_lr),
+        train(TrainConfig(data=str(work / "data"), out=str(work / "model"), base=str(base), prompt=prompts.template,
+                          null_prompt=prompts.null_prompt, null_rate=prompts.null_rate, resolution=self.resolution,
+                          batch_size=int(self.finetune_batch), lr=float(self.finetune_lr),
                           max_steps=int(self.finetune_steps), checkpoint_every=10 ** 9, seed=int(self.seed),
-                          samples_per_label=0, progress=bool(self.progress)))
+                          samples_per_label=0), progress=bool(self.progress))
         shutil.rmtree(work / "model" / "cache", ignore_errors=True)
         shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
         return (work / "model").resolve()

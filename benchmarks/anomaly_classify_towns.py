@@ -45,7 +45,7 @@ def flipped_copy(test: Path, out: Path, rate: float, seed: int) -> tuple[dict, s
 def main(argv=None) -> None:
     from anomaly.classify import run_classify
     from anomaly.config import ClassifyConfig
-    from anomaly.detector import TINY_BASE
+    from finetune.models import SMALL_BASE_DIR as TINY_BASE
     from mining.demo import towns_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -105,10 +105,11 @@ def run_shared(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[d
     import torch
     from PIL import Image
 
-    from anomaly.detector import DRAW_KEY, TINY_BASE
+    from anomaly.detector import DRAW_KEY
     from finetune.bundle import SDBundle
     from finetune.prompts import PromptTemplate
-    from finetune.train import TrainConfig, train
+    from finetune.train import train
+    from finetune.train_config import TrainConfig
     from typicality.draws import make_draws
     from typicality.engine import TypicalityEstimator
     from anomaly.images import ImageInput
@@ -120,11 +121,10 @@ def run_shared(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[d
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.round(img * 255).astype(np.uint8)).save(folder / f"{i:05d}.png")
     model = work / "model"
-    base = TINY_BASE if args.base == "tiny" else args.base
-    train(TrainConfig(data=str(work / "data"), out=str(model), base=str(base), resolution=args.resolution,
-                      prompts=PromptTemplate("A handwritten digit {label}.", "A handwritten digit.", 0.1),
+    train(TrainConfig(data=str(work / "data"), out=str(model), base=str(args.base), resolution=args.resolution,
+                      prompt="A handwritten digit {label}.", null_prompt="A handwritten digit.", null_rate=0.1,
                       batch_size=args.finetune_batch, lr=args.lr, max_steps=args.steps, checkpoint_every=10 ** 9,
-                      seed=args.seed, samples_per_label=0, progress=False))
+                      seed=args.seed, samples_per_label=0), progress=False)
     train_seconds = time.time() - start
     print(f"finetuned one model on {len(x_train)} images, {len(labels)} labels: {train_seconds:.0f} s", flush=True)
     bundle = SDBundle.from_pretrained(model).eval()

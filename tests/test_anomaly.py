@@ -16,7 +16,8 @@ from PIL import Image
 from anomaly.classify import predictions
 from anomaly.audit import audit_margins
 from anomaly.config import AnomalyFitConfig, AnomalyScoreConfig, ClassifyConfig
-from anomaly.detector import DiffusionDetector, TINY_BASE
+from anomaly.detector import DiffusionDetector
+from finetune.models import SMALL_BASE_DIR as TINY_BASE
 from anomaly.folder import DETECTOR_FILE, load_detector
 from anomaly.run import fit_detector, score_images
 from finetune.config import ConfigError

@@ -23,27 +23,32 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
-def _config_class(name: str):
+def _commands():
+    """(name, parser, config class) of every command, `anomaly fit` / `anomaly score` included."""
     import importlib
 
-    module = importlib.import_module(f"diffmine.cli.{name}")
-    classes = [v for v in vars(module).values() if dataclasses.is_dataclass(v) and isinstance(v, type)]
-    assert len(classes) == 1, name
-    return classes[0]
+    for name, sub in _subparsers(build_parser()).items():
+        module = importlib.import_module(f"diffmine.cli.{name}")
+        if hasattr(module, "SUBCOMMANDS"):
+            nested = _subparsers(sub)
+            for action, cls in module.SUBCOMMANDS.items():
+                yield f"{name} {action}", nested[action], cls
+            continue
+        classes = [v for v in vars(module).values() if dataclasses.is_dataclass(v) and isinstance(v, type)]
+        assert len(classes) == 1, name
+        yield name, sub, classes[0]
 
 
 def test_every_cli_default_is_the_config_default():
-    subs = _subparsers(build_parser())
-    assert set(subs) == set(COMMANDS)
-    for name, sub in subs.items():
-        cls = _config_class(name)
+    assert set(_subparsers(build_parser())) == set(COMMANDS)
+    for name, sub, cls in _commands():
         required = [f for f in fields(cls) if f.metadata.get("required")]
         argv = [x for f in required for x in (f"--{f.name.replace('_', '-')}", "X")]
         got = config_from_args(cls, sub.parse_args(argv))
         want = dataclasses.replace(cls(), **{f.name: "X" for f in required})
         assert got == want, name  # the CLI adds no default of its own
         flags = {opt for a in sub._actions for opt in a.option_strings}
-        for f in fields(cls):  # every field is a flag, with a help line that shows its default
+        for f in [f for f in fields(cls) if f.metadata.get("cli", True)]:  # every CLI field is a flag with a help line
             flag = f"--{f.name.replace('_', '-')}"
             assert flag in flags, (name, flag)
             action = next(a for a in sub._actions if flag in a.option_strings)

@@ -1,0 +1,17 @@
+"""diffmine changes: the changes a translation makes consistently, mined by co-typicality."""
+from translate.config import ChangesConfig
+
+from .options import add_config_options, config_from_args
+
+HELP = "consistent changes across translations: co-typicality -> patch sequences -> clusters -> report"
+
+
+def register(parser) -> None:
+    add_config_options(parser, ChangesConfig)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from translate.changes import run_changes
+
+    print(f"report: {run_changes(config_from_args(ChangesConfig, args)) / 'report.html'}")

@@ -1,0 +1,21 @@
+"""diffmine classify: each image's label is the one it is most typical of."""
+from anomaly.config import ClassifyConfig
+
+from .options import add_config_options, config_from_args
+
+HELP = "classify images by argmax over labels of T(x|c), with adaptive pruning and a label audit"
+
+
+def register(parser) -> None:
+    add_config_options(parser, ClassifyConfig)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from anomaly.classify import run_classify
+
+    cfg = config_from_args(ClassifyConfig, args)
+    res = run_classify(cfg)
+    acc = res.get("accuracy")
+    print(f"{res.get('images', '?')} images" + (f", accuracy {acc:.4f}" if isinstance(acc, float) else "")
+          + f"; written to {cfg.out}")

@@ -1,0 +1,17 @@
+"""diffmine translate: each image under another label (Plug-and-Play or SDEdit)."""
+from translate.config import TranslateConfig
+
+from .options import add_config_options, config_from_args
+
+HELP = "translate images to other labels: Plug-and-Play (DDIM inversion + feature injection) or SDEdit"
+
+
+def register(parser) -> None:
+    add_config_options(parser, TranslateConfig)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from translate.run import run_translate
+
+    print(f"translations: {run_translate(config_from_args(TranslateConfig, args)) / 'index.html'}")
