@@ -13,10 +13,11 @@ setup: $(STAMP)
 # (a CUDA torchvision breaks `import transformers` on a CPU torch).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps open_clip_torch
-	$(PY) -m pip install -q -e ".[test,lora]"
+	@echo "(open_clip_torch's own needs, timm and torchvision, are left out on purpose: only its CLIP vocabulary is used)"
+	$(PY) -m pip install -q --no-warn-conflicts -e ".[test,lora,xray,anomaly]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -30,9 +30,13 @@ DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
+_T0 = time.time()
+
+
 def _phase(text: str, progress: bool) -> None:
+    """Say which phase starts (and how long the command has run), so no phase is a silent wait."""
     if progress:
-        print(f"[finetune] {text}", flush=True)
+        print(f"[finetune {time.time() - _T0:6.1f} s] {text}", flush=True)
 
 
 # -- model ---------------------------------------------------------------------------------

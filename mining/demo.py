@@ -58,7 +58,8 @@ def towns_data(root: str | Path, **params) -> Path:
     return generate_towns(Path(root), progress=True, **{**recipe()["towns"], **params})
 
 
-def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, **overrides) -> Path:
+def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, progress: bool = True,
+                 **overrides) -> Path:
     """Retrain the shipped model with the finetuner, following its recipe; copy it into `out`."""
     from finetune.atomic import replace_dir
     from finetune.train import train
@@ -69,7 +70,7 @@ def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, 
     data = towns_data(out / "towns", **(towns or {}))
     start = time.time()
     train(TrainConfig(data=str(data / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
-                      **{**recipe()["train"], **overrides}))
+                      **{**recipe()["train"], **overrides}), progress=progress)
     model = out / MODEL_NAME
     tmp = out / f".{MODEL_NAME}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

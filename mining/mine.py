@@ -287,7 +287,9 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
         cfg.model = "<in-memory bundle>"
     cfg.validate()
     out = Path(cfg.out)
-    finish_swap(out)  # a killed earlier run's swap is completed first
+    finish_swap(out)  # a killed earlier run's swap is completed first...
+    for stale in out.glob(".mine-tmp-*"):  # ...and what a run killed before its swap left is dropped
+        shutil.rmtree(stale, ignore_errors=True)
     dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
                                                                 skip_bad=cfg.skip_bad)
     store = _open_store(store if store is not None else cfg.typicality)

@@ -440,7 +440,7 @@ def test_accelerate_launch_two_processes(tiny_model_dir, color_dataset, tmp_path
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
            "typicality", "--model", str(tiny_model_dir), "--data", str(color_dataset), "--out", str(out),
-           "--draws", str(DRAWS)]
+           "--draws", str(DRAWS), "--shard-size", "2"]  # full shards stay as each process wrote them
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
