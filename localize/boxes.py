@@ -142,7 +142,7 @@ def place_boxes(boxes: Sequence[Box], dataset, resolution: int, boxes_path: str 
                 on_disk = Path(dataset.root, b.file_name)
                 if on_disk.is_file():
                     raise DataError(f"{where}: image '{b.file_name}' is in {dataset.root} but not in its data set "
-                                    "(not listed in its metadata)")
+                                    "(not listed in its metadata, or skipped as unreadable)")
                 raise DataError(f"{where}: image '{b.file_name}' does not exist in {dataset.root}")
             if rec.path not in sizes:
                 try:

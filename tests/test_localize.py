@@ -276,6 +276,15 @@ def test_run_localize_bad_input_leaves_nothing(tmp_path, xray_model):
     with pytest.warns(UserWarning, match="skipped 1 box row"):
         metrics = run_localize(cfg, progress=False)
     assert metrics["overall"]["n_boxes"] == 1
+    # an unreadable DICOM in the data set: one line naming it, nothing written
+    (data / "broken.dcm").write_bytes(b"\0" * 200)
+    (data / "metadata.csv").write_text((data / "metadata.csv").read_text() + "broken.dcm,Nodule\n")
+    boxes.write_text("file_name,label,x,y,w,h\nbroken.dcm,Nodule,1,1,4,4\n")
+    cfg = LocalizeConfig(model=str(xray_model), data=str(data), boxes=str(boxes), out=str(tmp_path / "loc2"),
+                         draws=2)
+    with pytest.raises(DataError, match=r"broken.dcm: cannot read DICOM"):
+        run_localize(cfg, progress=False)
+    assert not (tmp_path / "loc2").exists()
     bad = LocalizeConfig(model=str(xray_model), data=str(data), boxes=str(boxes), out=str(tmp_path / "x"),
                          t_range=(0.5, 0.2))
     with pytest.raises(DataError, match="t_range must be two fractions"):
