@@ -64,8 +64,13 @@ def compute_maps(model, images: np.ndarray, image_ids: Sequence[str], findings: 
     from typicality.engine import DEFAULT_DRAWS, TypicalityEstimator
     from typicality.store import ShardWriter, TypicalityStore, merge_manifests
 
+    from typicality.engine import resolve_dtype
+
     bundle = model if isinstance(model, SDBundle) else SDBundle.from_pretrained(model)
     bundle = bundle.eval()
+    if torch.cuda.is_available():  # the engine runs where the model is: an accelerator when there is one
+        device = torch.device("cuda")
+        bundle = bundle.to(device, resolve_dtype("auto", device))
     if prompts is None:
         prompts = PromptTemplate.load(model) if not isinstance(model, SDBundle) else PromptTemplate()
     est = TypicalityEstimator(bundle, prompts, draws=draws or DEFAULT_DRAWS, t_range=tuple(t_range), seed=seed,
