@@ -79,11 +79,13 @@ def radiograph(rng: np.random.Generator, findings: tuple[str, ...], size: int = 
     if big:
         boxes["Cardiomegaly"] = _box_of(heart, 0)
     if "Effusion" in findings:
-        m, _ = lungs[rng.integers(2)]
+        m, cx = lungs[rng.integers(2)]
         ys = np.nonzero(m.any(axis=1))[0]
         level = ys.max() - rng.integers(8, 12)
-        fluid = m & (np.arange(size)[:, None] >= level)
-        img[fluid] = 0.55 + j(0.02)
+        # fluid brighter than the diaphragm, its edge rising towards the chest wall (meniscus)
+        edge = level - 3.0 * (np.abs(u - cx) / lung_w) ** 2 * size / SIZE
+        fluid = m & (np.arange(size)[:, None] >= edge)
+        img[fluid] = 0.7 + j(0.02)
         boxes["Effusion"] = _box_of(fluid, 0)
     if "Infiltration" in findings:
         m, cx = lungs[rng.integers(2)]
