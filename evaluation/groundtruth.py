@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.errors import DataError
-from finetune.images import crop_geometry
+from finetune.images import crop_geometry, dicom_size, is_dicom
 
 ELEMENTS_COLUMN = "elements"
 MASK_COLUMN = "mask_file"
@@ -84,6 +84,8 @@ def parse_elements(value, where: str = "") -> list[dict]:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
+    if is_dicom(path):
+        return dicom_size(path)
     with Image.open(path) as img:
         w, h = img.size
         try:
