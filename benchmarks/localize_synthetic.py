@@ -26,8 +26,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def finetune(data: Path, out: Path, steps: int, batch: int, lr: float) -> float:
-    from finetune.prompts import PRESETS
-    from finetune.train import TrainConfig, train
+    from finetune.train import train
+    from finetune.train_config import TrainConfig
 
     info = out / "diffmine_train.json"
     if info.exists():
@@ -36,9 +36,9 @@ def finetune(data: Path, out: Path, steps: int, batch: int, lr: float) -> float:
             print(f"reusing the finetuned model in {out} ({old['steps']} steps, {old['train_seconds']} s)")
             return float(old["train_seconds"])
     t0 = time.time()
-    train(TrainConfig(data=str(data), out=str(out), base=str(ROOT / "assets" / "tiny-towns-model"),
-                      prompts=PRESETS["chest_xray"], batch_size=batch, max_steps=steps, lr=lr,
-                      checkpoint_every=50, resume=True, samples_per_label=0, log_every=10, progress=False))
+    train(TrainConfig(data=str(data), out=str(out), base="tiny", preset="chest_xray", batch_size=batch,
+                      max_steps=steps, lr=lr, checkpoint_every=50, resume=out.exists(), samples_per_label=0,
+                      log_every=10), progress=False)
     return time.time() - t0
 
 

@@ -114,3 +114,9 @@ class SDBundle:
         z = dist.sample(generator) if sample else dist.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (z - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] (the inverse of `encode_images`)."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample.clamp(-1, 1)

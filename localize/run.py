@@ -41,15 +41,13 @@ METRIC_KEYS = ("auc_pr",) + tuple(f"iobb_{t:g}" for t in IOBB_THRESHOLDS) + ("po
 
 def model_labels(model: str | Path) -> list[str]:
     """The labels a model was finetuned on (`diffmine_train.json`)."""
-    path = Path(model, "diffmine_train.json")
-    if not path.is_file():
-        raise DataError(f"{model}: no diffmine_train.json, so the model's labels are unknown "
+    from finetune.models import model_labels as labels_of
+
+    labels = labels_of(model)
+    if labels is None:
+        raise DataError(f"{model}: no diffmine_train.json with labels, so the model's labels are unknown "
                         "(localisation needs a model finetuned by `diffmine finetune`)")
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: cannot read the model's labels ({type(exc).__name__}: {exc})") from None
-    return [str(x) for x in labels]
+    return labels
 
 
 # -- maps ----------------------------------------------------------------------------------

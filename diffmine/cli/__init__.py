@@ -9,7 +9,8 @@ import sys
 import warnings
 
 # subcommand -> module in this package (each has HELP, register(parser), run(args))
-COMMANDS = ("finetune", "typicality", "mine", "translate", "changes", "anomaly", "classify", "demo", "assets")
+COMMANDS = ("finetune", "typicality", "mine", "localize", "translate", "changes", "anomaly", "classify", "demo",
+            "assets")
 
 
 def build_parser() -> argparse.ArgumentParser:
