@@ -114,7 +114,7 @@ def test_item3_resume_with_other_settings_and_overwriting_a_model_are_refused(ti
     assert log[2]["elapsed_s"] >= log[1]["elapsed_s"] > 0  # elapsed time goes on across the resume
 
 
-def test_item3_one_image_per_label_says_so_instead_of_mining_nothing_silently(tiny_model_dir, tmp_path, capsys):
+def test_item3_and_12_one_image_per_label_says_so_instead_of_mining_nothing_silently(tiny_model_dir, tmp_path, capsys):
     data = _metadata_dataset(tmp_path / "d", ["a", "b", "c"])
     typ = _typ(tiny_model_dir, data, tmp_path / "typ")
     run_mining(replace(_mine_cfg(tiny_model_dir, data, typ, tmp_path / "m"), min_images=2), progress=False)
