@@ -95,7 +95,7 @@ def faiss_stage(a) -> dict:
     X, init = _features(a)
     iters = a.faiss_iters or a.iters
     t = time.perf_counter()
-    fk = FaissKMeans(n_clusters=a.k, n_iter=iters, spherical=False, seed=0).fit(X, init_centroids=init)
+    fk = FaissKMeans(n_clusters=a.k, n_iter=iters, spherical=False, random_state=0).fit(X, init_centroids=init)
     return {"stage": "faiss", "n": a.n, "dim": a.dim, "k": a.k, "faiss_s": round(time.perf_counter() - t, 3),
             "faiss_n_iter": iters, "faiss_inertia": round(fk.inertia_, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
