@@ -45,7 +45,7 @@ def finetune(data: Path, out: Path, steps: int, batch: int, lr: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/localize_synthetic")
-    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--n-train", type=int, default=600)
