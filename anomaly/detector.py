@@ -13,7 +13,6 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path

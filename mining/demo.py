@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.config import option
+from finetune.config import load_config, option
 from finetune.models import ASSETS, SMALL_BASE_DIR
 
 MODEL_NAME = SMALL_BASE_DIR.name
@@ -105,8 +105,8 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True) -> dict:
         typ_settings.update(settings["fast"]["typicality"])
         mine_settings.update(settings["fast"]["mine"])
     test = towns_data(out / "data") / "test"
-    typ = run_typicality(TypicalityConfig(model=str(model), data=str(test), out=str(out / "typicality"),
-                                          **_as_tuples(typ_settings)), progress=progress)
+    typ = run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(test),
+                                     out=str(out / "typicality"), **typ_settings), progress=progress)
     run_mining(MineConfig(model=str(model), data=str(test), typicality=str(typ), out=str(out), **mine_settings),
                progress=progress)
     metrics_path = out / "metrics.json"
@@ -122,7 +122,3 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True) -> dict:
         print(f"  {k:28s} {t['value']!s:>8.8}  target {t['target']:8s} {'met' if t['met'] else 'NOT met'}")
     print(f"  wall time {metrics['wall_s']} s")
     return metrics
-
-
-def _as_tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

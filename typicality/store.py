@@ -39,7 +39,7 @@ _PART_RE = re.compile(r"^manifest\.part-r(\d+)-n(\d+)\.json$")
 ALL = "*"  # an entry's labels when every image in it was scored for every store label
 
 
-def map_keys(meta: dict) -> list[str]:
+def recorded_map_keys(meta: dict) -> list[str]:
     """The meta keys that must match for two runs to share a store: the run lists them itself
     (the config fields marked affects_maps, plus what the model and the data fix)."""
     return list(meta.get("map_keys") or [])
@@ -78,7 +78,8 @@ def read_manifests(root: str | Path) -> tuple[dict, list[str], list[dict]] | Non
         obj = _read_json(path)
         if meta is None:
             meta, labels = obj["meta"], obj["labels"]
-        elif any(obj["meta"].get(k) != meta.get(k) for k in set(map_keys(meta)) | set(map_keys(obj["meta"]))):
+        elif any(obj["meta"].get(k) != meta.get(k)
+                 for k in set(recorded_map_keys(meta)) | set(recorded_map_keys(obj["meta"]))):
             raise DataError(f"{path}: written by a run with other settings than {files[0].name}")
         for e in obj["shards"]:
             if e["file"] not in seen:
@@ -92,7 +93,7 @@ def check_resumable(root: Path, meta: dict) -> None:
     found = read_manifests(root)
     if found is None:
         return
-    diff = sorted(k for k in set(map_keys(found[0])) | set(map_keys(meta)) if k != "map_keys"
+    diff = sorted(k for k in set(recorded_map_keys(found[0])) | set(recorded_map_keys(meta)) if k != "map_keys"
                   and found[0].get(k) != meta.get(k))
     if diff:
         details = "; ".join(f"{k}: {found[0].get(k)!r} there, {meta.get(k)!r} now" for k in diff)
