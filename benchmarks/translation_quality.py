@@ -5,7 +5,7 @@ Every held-out image of a subset (the first N per town, `--per-label`, default 1
 `assets/tiny-towns-model` by `run_translate` (defaults: 50 steps, CFG 7.5; PnP inverts with
 50 steps and injects for 80 % / 50 % of the steps; SDEdit strength 0.6, and 0.4-0.8 for its trade-off curve). Then, with the
 typicality engine (64 stratified antithetic draws, t in [0.6T, 0.9T), the demo's range for
-this model: mining/demo.py DEMO_T_RANGE), for each translation x_{A->B} of an image x of town A:
+this model: mining/demo.json), for each translation x_{A->B} of an image x of town A:
 
   typicality gain   mean over pixels of T(x_{A->B} | B) - T(x | B)      (> 0: it became more B-like)
   elements fell     share of the pixels of A's characteristic elements (ground-truth masks) where
@@ -43,14 +43,14 @@ STRENGTHS = (0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_STRENGTH = 0.6
 
 
-def subset(test: Path, out: Path, per_label: int) -> Path:
-    """The first `per_label` held-out images of each town, as a data folder (links to the files)."""
+def subset(split: Path, out: Path, per_label: int) -> Path:
+    """The first `per_label` images of each town of a split, as a data folder (links to the files)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for name in ("images", "masks"):
-        os.symlink((test / name).resolve(), out / name)
-    rows = [json.loads(line) for line in (test / "metadata.jsonl").read_text().splitlines() if line.strip()]
+        os.symlink((split / name).resolve(), out / name)
+    rows = [json.loads(line) for line in (split / "metadata.jsonl").read_text().splitlines() if line.strip()]
     keep = [r for r in rows if int(Path(r["file_name"]).stem.rsplit("_", 1)[1]) < per_label]
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     return out
@@ -68,7 +68,14 @@ def main() -> None:
     ap.add_argument("--per-label", type=int, default=10)
     ap.add_argument("--draws", type=int, default=64)
     ap.add_argument("--work", default="runs/bench-translation")
+    ap.add_argument("--split", choices=("test", "train"), default="test",
+                    help="test: the held-out figures; train: for choosing settings (e.g. the tiny model's layers)")
+    ap.add_argument("--layers", default=None, help="PnP layer mapping file (default: translate/layers.json)")
+    ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
+                    help=f"SDEdit strengths (the JSON line reports {DEFAULT_STRENGTH}; must be among them)")
     args = ap.parse_args()
+    if DEFAULT_STRENGTH not in args.strengths:
+        ap.error(f"--strengths must include the default {DEFAULT_STRENGTH}")
 
     from PIL import Image
 
@@ -76,27 +83,30 @@ def main() -> None:
     from finetune.bundle import SDBundle
     from finetune.dataset import LabeledImages
     from finetune.prompts import PromptTemplate
-    from mining.demo import DEMO_T_RANGE, towns_data
+    from mining.demo import demo_settings, towns_data
     from translate.config import TranslateConfig
     from translate.run import run_translate
     from typicality.engine import TypicalityEstimator
     from typicality.formula import upsample
 
     start = time.perf_counter()
+    t_range = tuple(demo_settings()["typicality"]["t_range"])
     work = Path(args.work)
-    test = towns_data(work / "towns", n_train=1) / "test"  # the held-out split does not depend on n_train
-    data = subset(test, work / "data", args.per_label)
+    # image i of a split does not depend on the split sizes: the first per_label train images are fixed
+    split = towns_data(work / "towns", n_train=args.per_label) / args.split
+    data = subset(split, work / "data", args.per_label)
     ds = LabeledImages(data)
     res = 64
     recs, arrays = ds.load_arrays(res)
     src_u8 = {r.image_id: np.round((a.transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
               for r, a in zip(recs, arrays)}
     labels = ds.labels
-    print(f"{len(recs)} held-out images ({args.per_label} per town), {len(recs) * (len(labels) - 1)} translations "
-          f"per method; typicality {args.draws} draws, t in {DEMO_T_RANGE}")
+    print(f"{len(recs)} {args.split} images ({args.per_label} per town), {len(recs) * (len(labels) - 1)} translations "
+          f"per method; typicality {args.draws} draws, t in {t_range}")
 
     outs, speed = {}, {}
-    runs = {"pnp": {"method": "pnp"}, **{f"sdedit@{s}": {"method": "sdedit", "strength": s} for s in STRENGTHS}}
+    runs = {"pnp": {"method": "pnp", "layers": args.layers},
+            **{f"sdedit@{s:g}": {"method": "sdedit", "strength": s} for s in args.strengths}}
     for method, settings in runs.items():
         out = work / method
         shutil.rmtree(out, ignore_errors=True)
@@ -111,7 +121,7 @@ def main() -> None:
 
     bundle = SDBundle.from_pretrained(args.model).eval()
     prompts = PromptTemplate.load(args.model)
-    est = TypicalityEstimator(bundle, prompts, draws=args.draws, t_range=DEMO_T_RANGE, seed=0, batch_size=256)
+    est = TypicalityEstimator(bundle, prompts, draws=args.draws, t_range=t_range, seed=0, batch_size=256)
     t0 = time.perf_counter()
     # sources under every label; each translation under its source and its target
     src_maps = {r.image_id: upsample(torch.from_numpy(m.diff), (res, res)).numpy()
@@ -172,7 +182,7 @@ def main() -> None:
         print(f"| {m} | {v['gain']:+.5f} | {v['gain_positive']:.3f} | {v['fell']:.3f} | {v['psnr']:.2f} "
               f"| {v['speed']:.2f} |")
     print(f"| VAE reconstruction (ceiling) | | | | {vae_psnr:.2f} | |")
-    p, s = results["pnp"], results[f"sdedit@{DEFAULT_STRENGTH}"]
+    p, s = results["pnp"], results[f"sdedit@{DEFAULT_STRENGTH:g}"]
     met = p["gain"] > 0 and s["gain"] > 0 and p["psnr"] > s["psnr"] and p["gain"] >= s["gain"]
     print(f"\ntarget at the defaults (SDEdit strength {DEFAULT_STRENGTH}): both gains > 0 and PnP's PSNR outside > "
           f"SDEdit's at an equal or larger gain: {'met' if met else 'NOT met'}"
