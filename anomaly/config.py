@@ -16,7 +16,8 @@ ANOMALY_DRAWS = 16
 class AnomalyFitConfig:
     data: str | None = option(None, "folder of normal images (any layout; every image under it)", required=True)
     out: str | None = option(None, "detector folder to write", required=True)
-    model: str | None = option(None, "finetuned model folder to score with (give this or --base)")
+    model: str | None = option(None, "model folder to score with, or 'tiny' (the shipped towns model; enough "
+                               "for --score features) (give this or --base)")
     base: str | None = option(None, "model to finetune on the normal images: 'tiny' (the shipped towns model) "
                               "or a model folder")
     score: str = option("reconstruction", "anomaly score", choices=SCORES)
@@ -34,13 +35,15 @@ class AnomalyFitConfig:
     resolution: int | None = option(None, "image size the model sees (default: the model's)")
     batch_size: int = option(64, "UNet rows per forward")
     seed: int = option(0, "seed of draws and finetuning")
+    n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (PyOD KNN's default)")
 
     def validate(self) -> None:
         check_required(self)
         check_choice(self, "score")
         check_range(self, "contamination", 0, 0.5, closed="right")
         check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
-        check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size"))
+        check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
+                              "n_neighbors"))
         check_range(self, "trajectory_start", 0, 1, closed="right")
         check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
               f"got {self.t_range}")

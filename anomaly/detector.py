@@ -9,7 +9,13 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   `err_null`;
 * atypicality: -T(x | normal label); when the model knows other labels, the margin
   max_{c != normal} T(x | c) - T(x | normal) (how much better another label explains x);
-* trajectory: seed 000's error accumulated along a reverse DDIM trajectory (trajectory.py).
+* trajectory: seed 000's error accumulated along a reverse DDIM trajectory (trajectory.py);
+* features: the distance of the image's diffusion features (DIFT, METHOD.md §4: UNet up_blocks[1]
+  at t = 161, 8 draws; the whole feature map, flattened and L2-normalised) to its nearest
+  normal images, by PyOD's KNN (seed 000's "intermediate states of the diffusion process as a
+  representation"). Scale-free: unlike a denoising error it does not grow with how much an image
+  contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
+  the nearest normal image at the same cell.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from finetune.errors import DataError
 
 from .images import ImageInput
 
-SCORES = ("reconstruction", "atypicality", "trajectory")
+SCORES = ("reconstruction", "atypicality", "trajectory", "features")
 DRAW_KEY = "anomaly"  # the one draw stream every image shares
 
 
@@ -48,7 +54,7 @@ class DiffusionDetector(BaseDetector):
     def __init__(self, model=None, base=None, score="reconstruction", contamination=0.1, normal_label="normal",
                  draws=16, t_range=(0.1, 0.7), trajectory_start=0.3, trajectory_steps=10, finetune_steps=200,
                  finetune_lr=1e-4, finetune_batch=16, resolution=None, batch_size=64, seed=0, work_dir=None,
-                 progress=False):
+                 progress=False, n_neighbors=5):
         self.model = model
         self.base = base
         self.score = score
@@ -66,6 +72,7 @@ class DiffusionDetector(BaseDetector):
         self.seed = seed
         self.work_dir = work_dir
         self.progress = progress
+        self.n_neighbors = n_neighbors  # features: PyOD KNN's default
 
     # -- validation ----------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -76,9 +83,9 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("score", f"must be one of {', '.join(SCORES)}, got {self.score!r}")
         if (self.model is None) == (self.base is None):
             raise ConfigError("model", "give either a model to score with or a base to finetune (not both)")
-        if self.model is not None and not Path(self.model).is_dir():
+        if self.model is not None and not Path(self._model_folder()).is_dir():
             raise ConfigError("model", f"{self.model}: model folder does not exist")
-        for name in ("draws", "trajectory_steps", "batch_size"):
+        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         lo, hi = self.t_range
@@ -87,20 +94,34 @@ class DiffusionDetector(BaseDetector):
         if not 0 < self.trajectory_start <= 1:
             raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
 
+    def _model_folder(self) -> str:
+        """`model` as a folder: "tiny" stands for the shipped towns model."""
+        from finetune.models import SMALL_BASE, SMALL_BASE_DIR
+
+        return str(SMALL_BASE_DIR) if str(self.model) == SMALL_BASE else str(self.model)
+
     # -- fitting -------------------------------------------------------------------------
     def fit(self, X, y=None):
         """Fit on normal images X: finetune (with `base`), score X, set the threshold from `contamination`."""
         self._check_params()
         inp = ImageInput(X)
         self.geometry_ = inp.geometry
-        self.model_path_ = str(self._finetune(inp) if self.base is not None else Path(self.model).resolve())
+        self.model_path_ = str(self._finetune(inp) if self.base is not None else Path(self._model_folder()).resolve())
         self.labels_known_ = model_labels(self.model_path_)
         if self.score == "atypicality" and self.labels_known_ and self.normal_label not in self.labels_known_:
             raise ConfigError("normal_label", f"'{self.normal_label}' is not a label of {self.model_path_} "
                               f"(labels: {', '.join(self.labels_known_)})")
         self._runtime = None
         self._memo = None
-        self.decision_scores_ = self._scores_and_maps(inp)[0]
+        if self.score == "features":
+            self.train_features_ = self._features(inp)[0]
+            if len(self.train_features_) <= int(self.n_neighbors):
+                raise ConfigError("n_neighbors", f"needs more than {self.n_neighbors} normal images, "
+                                  f"got {len(self.train_features_)}")
+            self._fit_knn()
+            self.decision_scores_ = self.knn_.decision_scores_.copy()  # leave-one-out: not 0 for itself
+        else:
+            self.decision_scores_ = self._scores_and_maps(inp)[0]
         self._set_n_classes(y)
         self._process_decision_scores()
         return self
@@ -133,6 +154,11 @@ class DiffusionDetector(BaseDetector):
         shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
         return (work / "model").resolve()
 
+    def _fit_knn(self) -> None:
+        from pyod.models.knn import KNN
+
+        self.knn_ = KNN(n_neighbors=int(self.n_neighbors), contamination=self.contamination).fit(self.train_features_)
+
     # -- scoring -------------------------------------------------------------------------
     def _load_runtime(self):
         if getattr(self, "_runtime", None) is None:
@@ -155,6 +181,31 @@ class DiffusionDetector(BaseDetector):
     @property
     def resolution_(self) -> int:
         return int(self.resolution or self._load_runtime()[0].resolution)
+
+    def _features(self, inp: ImageInput, chunk: int = 64) -> tuple[np.ndarray, torch.Tensor]:
+        """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
+        from tqdm.auto import tqdm
+
+        from mining.features import DiftExtractor, l2_normalize
+
+        bundle, prompts, _ = self._load_runtime()
+        # the normal label's prompt when the model was finetuned with it, else the null prompt
+        prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
+        dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // 8))
+        fmaps = []
+        for s in tqdm(range(0, len(inp), chunk), desc="anomaly features", disable=not self.progress):
+            idx = list(range(s, min(s + chunk, len(inp))))
+            fmaps.append(dift(torch.from_numpy(inp.load(self.resolution_, idx)), [prompt] * len(idx)))
+        fmaps = torch.cat(fmaps)
+        flat = l2_normalize(fmaps.reshape(len(fmaps), -1)).numpy()
+        return flat, torch.nn.functional.normalize(fmaps, dim=1)
+
+    def _feature_maps(self, flat: np.ndarray, cells: torch.Tensor) -> torch.Tensor:
+        """Per cell, 1 - cosine similarity to the nearest normal image's features at that cell."""
+        train = torch.from_numpy(self.train_features_)
+        nearest = torch.cdist(torch.from_numpy(flat), train).argmin(dim=1)
+        train_cells = torch.nn.functional.normalize(train[nearest].reshape(cells.shape), dim=1)
+        return 1 - (cells * train_cells).sum(dim=1)
 
     def _conditions(self) -> list[str]:
         if self.score != "atypicality":
@@ -209,8 +260,12 @@ class DiffusionDetector(BaseDetector):
         memo = getattr(self, "_memo", None)
         if memo is not None and memo[0] == key:
             return memo[1], memo[2]
-        maps = self._latent_maps(inp)
-        scores = maps.double().mean(dim=(1, 2)).numpy()
+        if self.score == "features":
+            flat, cells = self._features(inp)
+            scores, maps = self.knn_.decision_function(flat), self._feature_maps(flat, cells)
+        else:
+            maps = self._latent_maps(inp)
+            scores = maps.double().mean(dim=(1, 2)).numpy()
         self._memo = (key, scores, maps)
         return scores, maps
 

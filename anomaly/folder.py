@@ -5,6 +5,7 @@
     DET_DIR/model/          the finetuned model, when fitted with --base (else the reference
                             points to the --model folder, absolute)
     DET_DIR/config.json     the settings of the fit
+    DET_DIR/features.npy    score features: the normal images' DIFT features (the kNN reference)
 A folder of another format version is refused rather than half-read.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .detector import DiffusionDetector
 FORMAT = "diffmine-anomaly-detector"
 VERSION = 1
 DETECTOR_FILE = "detector.json"
+FEATURES_FILE = "features.npy"
 
 
 def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
@@ -41,6 +43,14 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
         model_ref = "model"
     else:
         model_ref = str(model.resolve())
+    if det.score == "features":
+        import io
+
+        from finetune.atomic import write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, det.train_features_)
+        write_bytes(folder / FEATURES_FILE, buf.getvalue())
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.get_params().items()}
     params.pop("work_dir", None)
     write_json(folder / DETECTOR_FILE, {
@@ -78,6 +88,12 @@ def load_detector(folder: str | Path) -> DiffusionDetector:
     det.decision_scores_ = np.asarray(info["decision_scores"], dtype=np.float64)
     det._classes = int(info["classes"])
     det._runtime = det._memo = None
+    if det.score == "features":
+        features = folder / FEATURES_FILE
+        if not features.is_file():
+            raise DataError(f"{folder}: a features detector without its {FEATURES_FILE}; fit it again")
+        det.train_features_ = np.load(features)
+        det._fit_knn()
     det._process_decision_scores()  # threshold_, labels_, _mu, _sigma: PyOD's rule from the saved scores
     det.threshold_ = float(info["threshold"])
     return det

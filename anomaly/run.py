@@ -35,7 +35,7 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
             trajectory_start=config.trajectory_start, trajectory_steps=config.trajectory_steps,
             finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr,
             finetune_batch=config.finetune_batch, resolution=config.resolution, batch_size=config.batch_size,
-            seed=config.seed, work_dir=str(tmp), progress=progress)
+            seed=config.seed, work_dir=str(tmp), progress=progress, n_neighbors=config.n_neighbors)
         det.fit(inp.paths)
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)

@@ -1,14 +1,14 @@
 """One-class anomaly detection on scikit-learn's digits: the diffusion detector vs PyOD baselines.
 
-    python -m benchmarks.anomaly_digits                 # one shared model (default, the figures in the README)
-    python -m benchmarks.anomaly_digits --mode per-class --steps 30 --lr 1e-3 --finetune-batch 16 --draws 4
-                                                        # the strict protocol: one finetune per digit (slow)
+    python -m benchmarks.anomaly_digits                 # the strict one-class protocol (default, the README's figures)
+    python -m benchmarks.anomaly_digits --mode shared   # one model finetuned with the digit as label (not one-class)
 
 Digits (8x8, 0..16) are scaled to [0, 1]; baselines see the 64 pixels, the diffusion detector the
 same pixels upsampled to --resolution. Split: half for training, stratified, seed 0. Modes: see
-anomaly_common.run_shared (one model finetuned from the shipped towns model with the digit as
-label, atypicality margin per digit) and run_diffusion (one finetune per digit on that digit's
-training images only, every score kind). Last line: one JSON object.
+anomaly_common.run_diffusion (per digit, on that digit's training images only: a finetune of the
+shipped towns model for the denoising kinds; the features kind reads the towns model's DIFT
+features as they are) and run_shared (one model with the digit as label, atypicality margin per
+digit). Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, resolution=16, steps=100)
+    add_arguments(parser, resolution=32, steps=30)
     args = parser.parse_args(argv)
     started = time.time()
     x, y = load_digits(return_X_y=True)

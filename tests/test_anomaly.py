@@ -124,6 +124,31 @@ def test_planted_anomaly_ranks_first(kind, anomaly, normals_and_anomaly):
     assert scores.argmax() == len(scores) - 1, scores
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's real 8x8 handwritten digits, in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x.reshape(-1, 8, 8) / 16.0).astype(np.float32), y
+
+
+def test_features_kind_ranks_other_digits_first(digits):
+    """DIFT features + kNN, fitted on ten zeros: two ones score above three held-back zeros;
+    training scores are leave-one-out (not 0 for the image itself); a one's map is hotter."""
+    x, y = digits
+    zeros, ones = x[y == 0], x[y == 1]
+    det = DiffusionDetector(model="tiny", score="features", resolution=32, n_neighbors=1).fit(zeros[:10])
+    assert det.train_features_.shape[0] == 10 and np.allclose(np.linalg.norm(det.train_features_, axis=1), 1)
+    assert (det.decision_scores_ > 0.01).all()
+    scores = det.decision_function(np.concatenate([zeros[10:13], ones[:2]]))
+    assert set(np.argsort(scores)[-2:]) == {3, 4}, scores
+    maps = det.anomaly_maps(np.concatenate([zeros[10:11], ones[:1]]))
+    assert maps.shape == (2, 32, 32) and maps[1].mean() > maps[0].mean()
+    with pytest.raises(ConfigError, match="n_neighbors"):
+        DiffusionDetector(model="tiny", score="features").fit(zeros[:5])  # k = 5 needs more than 5 images
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_bad_settings_name_their_field(normals_and_anomaly, tmp_path):
     normal = normals_and_anomaly[0]
@@ -180,6 +205,21 @@ def test_fit_score_round_trip(normals_and_anomaly, tmp_path):
     with pytest.raises(DataError, match="not a detector folder"):
         load_detector(tmp_path / "nothing")
     assert not (tmp_path / "s2.csv").exists()
+
+
+def test_features_detector_folder_round_trip(digits, tmp_path):
+    x, y = digits
+    u8 = np.round(x * 255).astype(np.uint8)
+    train = _write_pngs(tmp_path / "normal", u8[y == 3][:6])
+    det = fit_detector(AnomalyFitConfig(data=str(train), out=str(tmp_path / "det"), model="tiny",
+                                        score="features", n_neighbors=2, resolution=32), progress=False)
+    again = load_detector(tmp_path / "det")
+    test = np.concatenate([u8[y == 3][6:8], u8[y == 7][:2]])
+    assert np.allclose(again.decision_function(test), det.decision_function(test), rtol=1e-5)
+    assert again.threshold_ == pytest.approx(det.threshold_)
+    (tmp_path / "det" / "features.npy").unlink()
+    with pytest.raises(DataError, match="features.npy"):
+        load_detector(tmp_path / "det")
 
 
 def test_fit_with_base_finetunes_and_keeps_the_model(tiny_model_dir, tmp_path):
