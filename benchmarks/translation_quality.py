@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--split", choices=("test", "train"), default="test",
                     help="test: the held-out figures; train: for choosing settings (e.g. the tiny model's layers)")
     ap.add_argument("--layers", default=None, help="PnP layer mapping file (default: translate/layers.json)")
+    ap.add_argument("--inversion-steps", type=int, default=None, help="PnP DDIM inversion steps (default: the "
+                    "translate default)")
     ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
                     help=f"SDEdit strengths (the JSON line reports {DEFAULT_STRENGTH}; must be among them)")
     args = ap.parse_args()
@@ -105,7 +107,10 @@ def main() -> None:
           f"per method; typicality {args.draws} draws, t in {t_range}")
 
     outs, speed = {}, {}
-    runs = {"pnp": {"method": "pnp", "layers": args.layers},
+    pnp = {"method": "pnp", "layers": args.layers}
+    if args.inversion_steps:
+        pnp["inversion_steps"] = args.inversion_steps
+    runs = {"pnp": pnp,
             **{f"sdedit@{s:g}": {"method": "sdedit", "strength": s} for s in args.strengths}}
     for method, settings in runs.items():
         out = work / method

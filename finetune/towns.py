@@ -67,6 +67,24 @@ _SHAPE: dict[str, tuple[float, float, bool]] = {
 }
 
 
+@dataclass(frozen=True)
+class TownSet:
+    """Which kinds are characteristic of which label, and which are shared by all."""
+    towns: dict[str, tuple[str, str]]
+    shared: tuple[str, ...]
+
+
+# `towns` is the demo's; `remix` is another dataset from the same renderer (benchmarks: does a
+# model pretrained on towns help on data it has not seen?): new labels, and the kinds dealt out
+# anew, towns' shared kinds now characteristic and half of its characteristic kinds now shared.
+TOWN_SETS: dict[str, TownSet] = {
+    "towns": TownSet(TOWNS, SHARED_KINDS),
+    "remix": TownSet({"elmstead": ("door", "banner"), "fenwick": ("lamp", "rose_window"),
+                      "garth": ("crate", "striped_awning"), "holloway": ("plant", "pediment")},
+                     ("arched_window", "diamond_sign", "star_ornament", "crenellation")),
+}
+
+
 def characteristic_kinds(label: str) -> list[str]:
     """The element kinds typical of town `label`."""
     try:
@@ -397,14 +415,14 @@ def _overlaps(a: _Slot, b: _Slot) -> bool:  # touching is fine
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def _choose_kinds(rng: np.random.Generator, town: str) -> list[str]:
-    a, b = TOWNS[town]
+def _choose_kinds(rng: np.random.Generator, town: str, town_set: TownSet) -> list[str]:
+    a, b = town_set.towns[town]
     u = rng.random()
     # P(a) = P(b) = P_CHARACTERISTIC, at least one of them: both with 2p - 1, each alone with 1 - p.
     q = 1.0 - P_CHARACTERISTIC
     chosen = [a] if u < q else [b] if u < 2 * q else [a, b]
     n = int(rng.integers(N_SHARED[0], N_SHARED[1] + 1))
-    shared = [SHARED_KINDS[i] for i in rng.permutation(len(SHARED_KINDS))[:n]]
+    shared = [town_set.shared[i] for i in rng.permutation(len(town_set.shared))[:n]]
     return chosen + shared
 
 
@@ -434,12 +452,13 @@ def _layout(rng: np.random.Generator, kinds: list[str], size: int, top: float, b
     raise RuntimeError(f"could not place {kinds} in a {size} px image")  # pragma: no cover
 
 
-def render_facade(rng: np.random.Generator, town: str, size: int = 64) -> tuple[Image.Image, Image.Image, list[dict]]:
+def render_facade(rng: np.random.Generator, town: str, size: int = 64,
+                  town_set: TownSet = TOWN_SETS["towns"]) -> tuple[Image.Image, Image.Image, list[dict]]:
     """One facade of `town`: (RGB image, L mask with value k on elements[k-1], elements)."""
     big = Image.new("RGB", (size * SUPERSAMPLE,) * 2)
     painter = _Painter(big)
     top, bottom = _draw_wall(painter, rng, size)
-    kinds = _choose_kinds(rng, town)
+    kinds = _choose_kinds(rng, town, town_set)
     slots = _layout(rng, kinds, size, top, bottom)
     mask4 = np.zeros((size * SUPERSAMPLE,) * 2, np.uint8)
     elements = []
@@ -451,7 +470,8 @@ def render_facade(rng: np.random.Generator, town: str, size: int = 64) -> tuple[
         ys, xs = np.nonzero(own)
         box = [int(xs.min()) // SUPERSAMPLE, int(ys.min()) // SUPERSAMPLE,
                -(-(int(xs.max()) + 1) // SUPERSAMPLE), -(-(int(ys.max()) + 1) // SUPERSAMPLE)]
-        elements.append({"kind": slot.kind, "box": box, "label": kind_label(slot.kind)})
+        label = next((t for t, ks in town_set.towns.items() if slot.kind in ks), None)
+        elements.append({"kind": slot.kind, "box": box, "label": label})
     image = big.resize((size, size), Image.LANCZOS)
     # Faint sensor-like noise so flat areas are not perfectly flat.
     arr = np.asarray(image, np.float32) + rng.normal(0.0, 2.0, (size, size, 3))
@@ -462,22 +482,29 @@ def render_facade(rng: np.random.Generator, town: str, size: int = 64) -> tuple[
 
 
 # -- the dataset --------------------------------------------------------------------------
-def _params(n_train: int, n_test: int, size: int, seed: int) -> dict:
-    return {"generator": "diffmine.towns", "version": GENERATOR_VERSION, "towns": {t: list(k) for t, k in TOWNS.items()},
-            "n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+def _params(n_train: int, n_test: int, size: int, seed: int, variant: str = "towns") -> dict:
+    town_set = TOWN_SETS[variant]
+    params = {"generator": "diffmine.towns", "version": GENERATOR_VERSION,
+              "towns": {t: list(k) for t, k in town_set.towns.items()},
+              "n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+    if variant != "towns":  # the demo's parameters stay as they were: its outputs are reused
+        params.update(variant=variant, shared=list(town_set.shared))
+    return params
 
 
-def _write_split(folder: Path, split: str, n: int, size: int, seed: int, progress: bool) -> None:
+def _write_split(folder: Path, split: str, n: int, size: int, seed: int, progress: bool,
+                 variant: str = "towns") -> None:
     from tqdm.auto import tqdm
 
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     split_id = SPLITS.index(split)
     rows = []
-    jobs = [(t, town, i) for t, town in enumerate(TOWNS) for i in range(n)]
-    for town_id, town, i in tqdm(jobs, desc=f"towns {split}", disable=not progress):
+    town_set = TOWN_SETS[variant]
+    jobs = [(t, town, i) for t, town in enumerate(town_set.towns) for i in range(n)]
+    for town_id, town, i in tqdm(jobs, desc=f"{variant} {split}", disable=not progress):
         rng = np.random.default_rng([seed, split_id, town_id, i])
-        image, mask, elements = render_facade(rng, town, size)
+        image, mask, elements = render_facade(rng, town, size, town_set)
         name = f"{town}_{split}_{i:04d}.png"
         image.save(folder / "images" / name)
         mask.save(folder / "masks" / name)
@@ -489,9 +516,10 @@ def _write_split(folder: Path, split: str, n: int, size: int, seed: int, progres
 
 
 def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: int = 64, seed: int = 0,
-                   progress: bool = False) -> Path:
+                   progress: bool = False, variant: str = "towns") -> Path:
     """Write the towns dataset to `out` (train/ and test/ data folders) and return `out`.
 
+    `variant` picks the labels and their kinds (TOWN_SETS): "towns" (the demo's) or "remix".
     n_train / n_test are images per town. An existing complete output with the same
     parameters is reused as is; one with other parameters is replaced. The output is built in
     a temporary sibling folder and renamed into place, so `out` is never half-written.
@@ -501,7 +529,9 @@ def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: 
         raise ValueError(f"n_train and n_test must be >= 1 (images per town), got {n_train}, {n_test}")
     if not 32 <= size <= 512:
         raise ValueError(f"size must be in [32, 512] px, got {size}")
-    params = _params(n_train, n_test, size, seed)
+    if variant not in TOWN_SETS:
+        raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(TOWN_SETS)}")
+    params = _params(n_train, n_test, size, seed, variant)
     done = out / "done.json"
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
@@ -523,7 +553,7 @@ def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: 
     tmp.mkdir(parents=True)
     try:
         for split, n in zip(SPLITS, (n_train, n_test)):
-            _write_split(tmp / split, split, n, size, seed, progress)
+            _write_split(tmp / split, split, n, size, seed, progress, variant)
         (tmp / "done.json").write_text(json.dumps(params, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

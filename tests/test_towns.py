@@ -129,3 +129,23 @@ def test_scales_with_size_and_contact_sheet(towns, tmp_path):
     sheet = contact_sheet(towns, tmp_path / "sheet.png", n_per_label=2)
     with Image.open(sheet) as im:
         assert im.size[1] > 4 * 2 * 64 // 2
+
+
+def test_remix_is_another_dataset_from_the_same_renderer(tmp_path):
+    """remix: other labels, its own characteristic kinds in the ground truth; towns unchanged."""
+    import json
+
+    from finetune.towns import TOWN_SETS
+
+    remix = TOWN_SETS["remix"]
+    kinds = [k for ks in remix.towns.values() for k in ks]
+    assert sorted(kinds + list(remix.shared)) == sorted([k for ks in TOWNS.values() for k in ks] + list(SHARED_KINDS))
+    out = generate_towns(tmp_path / "remix", n_train=2, n_test=1, seed=1, variant="remix")
+    rows = [json.loads(line) for line in (out / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted({r["label"] for r in rows}) == sorted(remix.towns)
+    for r in rows:
+        for el in r["elements"]:
+            assert el["label"] == (r["label"] if el["kind"] in remix.towns[r["label"]] else None)
+        assert any(el["label"] == r["label"] for el in r["elements"])
+    with pytest.raises(ValueError, match="unknown variant"):
+        generate_towns(tmp_path / "x", variant="nope")

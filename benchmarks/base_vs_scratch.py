@@ -1,0 +1,118 @@
+"""How much the pretrained small base helps (issue 10): finetuned from it vs a UNet trained from scratch.
+
+    python benchmarks/base_vs_scratch.py [--minutes 8] [--work runs/bench-base-vs-scratch]
+
+Data: `remix`, another dataset from the towns renderer (finetune/towns.py TOWN_SETS: other labels,
+the kinds dealt out anew, so what the base knows about which town shows which element is wrong
+here), seed 1, 200 training and 20 held-out images per label, 64 px. Two models, the same
+finetuner settings and the same budget of UNet minutes:
+
+  pretrained   --base tiny: the shipped model (VAE, text encoder and UNet trained on towns)
+  scratch      the same folder with the UNet re-initialised (diffusers' from_config, the same
+               architecture): only the UNet starts from nothing, the VAE and text encoder are the
+               base's, so the comparison is about the UNet's start alone
+
+Then typicality on the held-out split with the demo's settings (mining/demo.json) and the maps'
+pointing game and pixel AUROC against the characteristic elements of each image's own label.
+Last line: {"pretrained_pointing_game", "pretrained_pixel_auroc", "scratch_pointing_game",
+"scratch_pixel_auroc", "minutes"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def scratch_copy(base: Path, out: Path, seed: int) -> Path:
+    """`base` with its UNet replaced by a freshly initialised one of the same config."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns("samples.png", "train_log.jsonl"))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))
+    shutil.rmtree(out / "unet")
+    unet.save_pretrained(out / "unet")
+    return out
+
+
+def held_out_metrics(model: Path, test: Path, out: Path) -> dict:
+    import numpy as np
+
+    from evaluation.groundtruth import record_elements
+    from evaluation.metrics import pixel_auroc, pointing_game
+    from finetune.config import load_config
+    from finetune.dataset import LabeledImages
+    from mining.demo import demo_settings
+    from typicality.config import TypicalityConfig
+    from typicality.engine import run_typicality
+    from typicality.store import TypicalityStore
+
+    settings = dict(demo_settings()["typicality"])
+    shutil.rmtree(out, ignore_errors=True)
+    run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(test), out=str(out), **settings),
+                   progress=False)
+    store, ds = TypicalityStore.open(out), LabeledImages(test)
+    maps, masks = [], []
+    for r in ds.records:
+        el = record_elements(r, int(store.meta["resolution"]), ds.root)
+        maps.append(np.asarray(store.map(r.image_id, r.labels[0]), dtype=np.float64))
+        masks.append(el.union(el.characteristic(r.labels[0])))
+    return {"pointing_game": round(pointing_game(np.stack(maps), np.stack(masks)), 4),
+            "pixel_auroc": round(pixel_auroc(np.stack(maps), np.stack(masks)), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=8.0, help="UNet training minutes per model")
+    ap.add_argument("--work", default="runs/bench-base-vs-scratch")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-4, help="the shipped recipe's (assets/tiny-towns-recipe.json)")
+    args = ap.parse_args()
+
+    from finetune.models import SMALL_BASE_DIR
+    from finetune.towns import generate_towns
+    from finetune.train import train
+    from finetune.train_config import TrainConfig
+
+    start = time.time()
+    work = Path(args.work)
+    data = generate_towns(work / "remix", n_train=200, n_test=20, size=64, seed=1, variant="remix")
+    starts = {"pretrained": SMALL_BASE_DIR, "scratch": scratch_copy(SMALL_BASE_DIR, work / "scratch-base", seed=0)}
+    results = {}
+    for name, base in starts.items():
+        model = work / name
+        if model.exists():
+            shutil.rmtree(model)
+        t0 = time.time()
+        train(TrainConfig(data=str(data / "train"), out=str(model), base=str(base), resolution=64,
+                          batch_size=args.batch_size, lr=args.lr, ema=True, random_crop=True,
+                          max_minutes=args.minutes, max_steps=10 ** 6, checkpoint_every=10 ** 6,
+                          prompt="A facade in {label}.", null_prompt="A facade.", null_rate=0.1,
+                          samples_per_label=2), progress=False)
+        steps = json.loads((model / "train_log.jsonl").read_text().splitlines()[-1])["step"]
+        results[name] = {**held_out_metrics(model, data / "test", work / f"typ-{name}"), "steps": steps,
+                         "train_s": round(time.time() - t0, 1)}
+        print(f"{name}: {results[name]}", flush=True)
+    print(f"| start | UNet steps in {args.minutes:g} min | held-out pointing game | held-out pixel AUROC |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['steps']} | {r['pointing_game']:.4f} | {r['pixel_auroc']:.4f} |")
+    print(f"wall time {time.time() - start:.0f} s")
+    print(json.dumps({"pretrained_pointing_game": results["pretrained"]["pointing_game"],
+                      "pretrained_pixel_auroc": results["pretrained"]["pixel_auroc"],
+                      "scratch_pointing_game": results["scratch"]["pointing_game"],
+                      "scratch_pixel_auroc": results["scratch"]["pixel_auroc"], "minutes": args.minutes}))
+
+
+if __name__ == "__main__":
+    main()
