@@ -38,13 +38,16 @@ class MineConfig:
     grid_rows: int = option(6, "clusters per grid (top 5-6)", source="METHOD.md §4")
     grid_cols: int = option(7, "patches per grid row (6-7)", source="METHOD.md §4")
     baselines: int = option(12, "random / least-typical patches shown per label", source="METHOD.md §3")
+    eval_sigma: float = option(0.0, "with ground truth: Gaussian blur of each map before the map metrics "
+                               "(pointing game, pixel AUROC, shared/characteristic), sigma in px at 256 px, "
+                               "scaled; 10 = the published display blur (METHOD.md §2), 0 = the raw maps")
 
     def validate(self) -> None:
         check_required(self)
         check_choice(self, "feature")
         check_positive(self, ("patch", "per_image", "per_label", "clusters", "kmeans_iter", "min_members",
                               "min_images", "dift_draws", "batch_size", "map_batch", "grid_rows", "grid_cols"))
-        check_positive(self, ("show", "baselines", "dift_t", "dift_block"), minimum=0)
+        check_positive(self, ("show", "baselines", "dift_t", "dift_block", "eval_sigma"), minimum=0)
         check(self.feature != "clip" or bool(self.clip_model), "clip_model",
               "is required with --feature clip (a local open_clip folder or ARCH:/path/weights)")
         check(self.feature != "dift" or bool(self.model), "model",

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from evaluation.groundtruth import record_elements
 from evaluation.metrics import MetricsAccumulator, cluster_purity, patch_kinds
+from evaluation.pictures import gaussian_blur
 
 from .mine import LabelClusters, PatchSelection, read_maps
 
@@ -39,8 +40,10 @@ def _kinds(patches, root, res, pair_image, pair_label, dataset, elements) -> np.
 
 
 def evaluate_mining(sel: PatchSelection, clusters: dict[str, LabelClusters], store, dataset, map_batch: int = 64,
-                    progress: bool = True) -> MiningEvaluation:
+                    progress: bool = True, map_sigma: float = 0.0) -> MiningEvaluation:
+    """`map_sigma`: Gaussian blur of each map before the map metrics, px at 256 px (scaled to the maps)."""
     res = sel.resolution
+    sigma = map_sigma * res / 256.0
     cache: dict[int, object] = {}
 
     def elements(rec: int):
@@ -59,8 +62,8 @@ def evaluate_mining(sel: PatchSelection, clusters: dict[str, LabelClusters], sto
                 continue
             lab = sel.pair_label[j]
             char = el.characteristic(lab)
-            acc.add_map(lab, maps[n], el.union(char), el.union(el.shared()) if len(el.shared()) else None,
-                        [el.kinds[c] for c in char])
+            shared = el.union(el.shared()) if len(el.shared()) else None
+            acc.add_map(lab, gaussian_blur(maps[n], sigma), el.union(char), shared, [el.kinds[c] for c in char])
     args = (dataset.root, res, sel.pair_image, sel.pair_label, dataset, elements)
     kinds_top, kinds_low, kinds_rand = (_kinds(p, *args) for p in (sel.top, sel.least, sel.random))
     cluster_kinds = {}

@@ -308,7 +308,7 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
         if has_ground_truth(dataset.records):
             from .evaluate import evaluate_mining
 
-            evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress)
+            evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
         write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
         del feats
         shutil.rmtree(tmp / ".cache", ignore_errors=True)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from finetune.dataset import LabeledImages
 from finetune.errors import DataError
+from finetune.config import ConfigError
 from evaluation.groundtruth import record_elements
 from mining.config import MineConfig
 from mining.mine import run_mining
@@ -253,3 +254,15 @@ def test_cli_mine_after_real_typicality(tiny_model_dir, tmp_path):
     assert m == json.loads((api / "metrics.json").read_text())
     assert m["pointing_game_pairs"] == 12 and m["pixel_auroc_pairs"] == 12  # 4 towns x 3 images, all scored
     _check_references(out, _read_csv(out / "clusters.csv"))
+
+
+def test_eval_sigma_blurs_the_maps_before_the_map_metrics(tiny_model_dir, gt_data, gt_store, tmp_path, mined):
+    """The oracle maps are exactly the squares (AUROC 1.0); blurred, they bleed over the edges, so
+    AUROC drops below 1 while the peak stays inside (pointing 1.0); the clusters do not change."""
+    cfg = MineConfig(per_image=1, clusters=3, min_members=2, min_images=2, kmeans_iter=10, eval_sigma=40)
+    out = mine(tiny_model_dir, gt_data, gt_store, tmp_path / "out", cfg)
+    blurred, raw = (json.loads((d / "metrics.json").read_text()) for d in (out, mined))
+    assert blurred["pointing_game"] == 1.0 and 0.9 < blurred["pixel_auroc"] < 1.0
+    assert blurred["clusters"] == raw["clusters"] and blurred["elements_recovered"] == raw["elements_recovered"]
+    with pytest.raises(ConfigError, match="eval_sigma"):
+        MineConfig(data="d", typicality="t", out="o", model="m", eval_sigma=-1).validate()
