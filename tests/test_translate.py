@@ -197,6 +197,7 @@ def test_bad_input_one_line_each(tiny_model_dir, three_colors, tmp_path):
     assert err(ConfigError, strength=1.5, method="sdedit").param == "strength"
     assert err(ConfigError, strength=0.05, steps=10, method="sdedit").param == "strength"  # no step left
     assert err(ConfigError, inversion_steps=7).param == "inversion_steps"  # 5 sampling steps not among them
+    assert err(ConfigError, inversion_steps=1000).param == "inversion_steps"  # would step past t = 999
     assert err(ConfigError, guidance=0.5).param == "guidance"
     assert not (tmp_path / "o").exists()  # all refused before any work
 

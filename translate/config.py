@@ -44,8 +44,10 @@ class TranslateConfig:
         check_choice(self, "dtype")
         check_positive(self, ("steps", "inversion_steps", "batch_size"))
         check(self.steps <= 1000, "steps", f"must be <= 1000 (the training schedule), got {self.steps}")
-        check(self.inversion_steps <= 1000, "inversion_steps",
-              f"must be <= 1000 (the training schedule), got {self.inversion_steps}")
+        # 1000 would step the last inverted latent to t = 1000, past the schedule (the reference used 999)
+        check(self.inversion_steps <= 999, "inversion_steps",
+              f"must be <= 999 (each inversion step goes to the next timestep of the 1000-step training "
+              f"schedule), got {self.inversion_steps}")
         check(self.guidance >= 1, "guidance", f"must be >= 1 (1 = no guidance), got {self.guidance}")
         check_range(self, "strength", 0.0, 1.0, closed="right")
         check_range(self, "residual_injection", 0.0, 1.0)
