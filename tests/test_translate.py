@@ -62,7 +62,8 @@ def test_injection_changes_output_and_full_injection_reconstructs(towns):
     vae = bundle.decode_latents(bundle.encode_images(x))
     runs = {name: torch.cat(_translator(towns, residual_injection=r, attention_injection=a).translate(
         x, ["a", "b"], labels, targets)) for name, r, a in (("none", 0, 0), ("pnp", 0.8, 0.5), ("all", 1, 1))}
-    # measured: mean |translation - source| 0.218 without injection, 0.147 with the defaults, 0.118 with all steps
+    # measured: mean |translation - VAE reconstruction| 0.218 without injection, 0.168 with the defaults, 0.152
+    # with all steps (tiny mapping up_blocks.0.resnets.1; 0.147 / 0.118 with the earlier up_blocks.1.resnets.1)
     assert (runs["pnp"] - runs["none"]).abs().mean() > 0.03
     far = {k: float((v - vae).abs().mean()) for k, v in runs.items()}
     assert far["all"] < far["pnp"] < far["none"]
@@ -80,7 +81,7 @@ def test_injection_changes_output_and_full_injection_reconstructs(towns):
     assert (z_full - z_rec).abs().mean() < (z_rec - z0).abs().mean()
     # the scope left the UNet as it was: same processors, no hooks
     assert {k: type(v) for k, v in unet.attn_processors.items()} == procs_before
-    assert not unet.up_blocks[1].resnets[1]._forward_hooks
+    assert not unet.up_blocks[0].resnets[1]._forward_hooks
 
 
 def test_seeded_and_independent_of_batch_size(towns):
