@@ -1,0 +1,76 @@
+"""Choosing the demo's map blur on training images (issue 10): map metrics against the blur sigma.
+
+    python benchmarks/demo_map_blur.py [--per-label 20] [--split train] [--model assets/tiny-towns-model]
+
+Typicality with the demo's settings (mining/demo.json) on the first --per-label images per town of
+a split of the towns data (train: the images the recipe trained on, for choosing; test: the held-out
+split the demo reports), then the pointing game and mean per-image pixel AUROC of each map against
+its own label's characteristic elements, for Gaussian blurs of sigma (px at 256 px, scaled to the
+64 px maps as `diffmine mine --eval-sigma` does). Last line: {"sigma_at_256": [...],
+"pointing_game": [...], "pixel_auroc": [...]}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIGMAS = (0, 4, 8, 10, 12, 16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "assets" / "tiny-towns-model"))
+    ap.add_argument("--per-label", type=int, default=20)
+    ap.add_argument("--split", choices=("train", "test"), default="train")
+    ap.add_argument("--work", default="runs/bench-demo-map-blur")
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from benchmarks.translation_quality import subset
+    from evaluation.groundtruth import record_elements
+    from evaluation.metrics import pixel_auroc, pointing_game
+    from evaluation.pictures import gaussian_blur
+    from finetune.config import load_config
+    from finetune.dataset import LabeledImages
+    from mining.demo import demo_settings, towns_data
+    from typicality.config import TypicalityConfig
+    from typicality.engine import run_typicality
+    from typicality.store import TypicalityStore
+
+    start = time.time()
+    work = Path(args.work)
+    split = towns_data(work / "towns", n_train=args.per_label) / args.split
+    data = subset(split, work / "data", args.per_label)
+    shutil.rmtree(work / "typ", ignore_errors=True)
+    run_typicality(load_config(TypicalityConfig, None, model=args.model, data=str(data), out=str(work / "typ"),
+                               **demo_settings()["typicality"]), progress=False)
+    store, ds = TypicalityStore.open(work / "typ"), LabeledImages(data)
+    res = int(store.meta["resolution"])
+    maps, masks = [], []
+    for r in ds.records:
+        el = record_elements(r, res, ds.root)
+        maps.append(np.asarray(store.map(r.image_id, r.labels[0]), dtype=np.float32))
+        masks.append(el.union(el.characteristic(r.labels[0])))
+    masks = np.stack(masks)
+    rows = []
+    print(f"{len(maps)} {args.split} images ({args.per_label} per town), model {args.model}")
+    print("| sigma (px at 256) | sigma (px here) | pointing game | pixel AUROC |\n|---|---|---|---|")
+    for s in SIGMAS:
+        blurred = np.stack([gaussian_blur(m, s * res / 256) for m in maps])
+        rows.append((s, pointing_game(blurred, masks), pixel_auroc(blurred, masks)))
+        print(f"| {s} | {s * res / 256:g} | {rows[-1][1]:.4f} | {rows[-1][2]:.4f} |")
+    print(f"wall time {time.time() - start:.0f} s")
+    print(json.dumps({"sigma_at_256": [r[0] for r in rows], "pointing_game": [round(r[1], 4) for r in rows],
+                      "pixel_auroc": [round(r[2], 4) for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
