@@ -95,10 +95,10 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
 
     def _model_folder(self) -> str:
-        """`model` as a folder: "tiny" stands for the shipped towns model."""
-        from finetune.models import SMALL_BASE, SMALL_BASE_DIR
+        """`model` as the project's loader reads it: "tiny" stands for the shipped towns model."""
+        from finetune.models import resolve_model
 
-        return str(SMALL_BASE_DIR) if str(self.model) == SMALL_BASE else str(self.model)
+        return resolve_model(self.model, "model")
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -186,12 +186,13 @@ class DiffusionDetector(BaseDetector):
         """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
         from tqdm.auto import tqdm
 
-        from mining.features import DiftExtractor, l2_normalize
+        from mining.features import DIFT_DRAWS, DiftExtractor, l2_normalize
 
         bundle, prompts, _ = self._load_runtime()
         # the normal label's prompt when the model was finetuned with it, else the null prompt
         prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
-        dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // 8))
+        # DIFT runs every image with all its draws: batch_size // draws images make batch_size UNet rows
+        dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // DIFT_DRAWS))
         fmaps = []
         for s in tqdm(range(0, len(inp), chunk), desc="anomaly features", disable=not self.progress):
             idx = list(range(s, min(s + chunk, len(inp))))
