@@ -93,12 +93,12 @@ def characteristic_kinds(label: str) -> list[str]:
         raise ValueError(f"unknown town {label!r}; towns are {', '.join(TOWNS)}") from None
 
 
-def kind_label(kind: str) -> str | None:
+def kind_label(kind: str, town_set: TownSet = TOWN_SETS["towns"]) -> str | None:
     """The town a kind is characteristic of, or None for a shared kind."""
-    for town, kinds in TOWNS.items():
+    for town, kinds in town_set.towns.items():
         if kind in kinds:
             return town
-    if kind in SHARED_KINDS:
+    if kind in town_set.shared:
         return None
     raise ValueError(f"unknown element kind {kind!r}")
 
@@ -470,8 +470,7 @@ def render_facade(rng: np.random.Generator, town: str, size: int = 64,
         ys, xs = np.nonzero(own)
         box = [int(xs.min()) // SUPERSAMPLE, int(ys.min()) // SUPERSAMPLE,
                -(-(int(xs.max()) + 1) // SUPERSAMPLE), -(-(int(ys.max()) + 1) // SUPERSAMPLE)]
-        label = next((t for t, ks in town_set.towns.items() if slot.kind in ks), None)
-        elements.append({"kind": slot.kind, "box": box, "label": label})
+        elements.append({"kind": slot.kind, "box": box, "label": kind_label(slot.kind, town_set)})
     image = big.resize((size, size), Image.LANCZOS)
     # Faint sensor-like noise so flat areas are not perfectly flat.
     arr = np.asarray(image, np.float32) + rng.normal(0.0, 2.0, (size, size, 3))
