@@ -47,29 +47,11 @@ def scratch_copy(base: Path, out: Path, seed: int) -> Path:
 
 
 def held_out_metrics(model: Path, test: Path, out: Path) -> dict:
-    import numpy as np
-
-    from evaluation.groundtruth import record_elements
+    from benchmarks.demo_map_blur import demo_maps
     from evaluation.metrics import pixel_auroc, pointing_game
-    from finetune.config import load_config
-    from finetune.dataset import LabeledImages
-    from mining.demo import demo_settings
-    from typicality.config import TypicalityConfig
-    from typicality.engine import run_typicality
-    from typicality.store import TypicalityStore
 
-    settings = dict(demo_settings()["typicality"])
-    shutil.rmtree(out, ignore_errors=True)
-    run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(test), out=str(out), **settings),
-                   progress=False)
-    store, ds = TypicalityStore.open(out), LabeledImages(test)
-    maps, masks = [], []
-    for r in ds.records:
-        el = record_elements(r, int(store.meta["resolution"]), ds.root)
-        maps.append(np.asarray(store.map(r.image_id, r.labels[0]), dtype=np.float64))
-        masks.append(el.union(el.characteristic(r.labels[0])))
-    return {"pointing_game": round(pointing_game(np.stack(maps), np.stack(masks)), 4),
-            "pixel_auroc": round(pixel_auroc(np.stack(maps), np.stack(masks)), 4)}
+    maps, masks = demo_maps(model, test, out)
+    return {"pointing_game": round(pointing_game(maps, masks), 4), "pixel_auroc": round(pixel_auroc(maps, masks), 4)}
 
 
 def main() -> None:

@@ -24,6 +24,33 @@ sys.path.insert(0, str(ROOT))
 SIGMAS = (0, 4, 8, 10, 12, 16)
 
 
+def demo_maps(model: str | Path, data: Path, out: Path):
+    """Typicality of every image of `data` with the demo's settings (mining/demo.json) into `out`;
+    returns (maps (n, R, R) float32 under each image's own label, masks (n, R, R) of that label's
+    characteristic elements)."""
+    import numpy as np
+
+    from evaluation.groundtruth import record_elements
+    from finetune.config import load_config
+    from finetune.dataset import LabeledImages
+    from mining.demo import demo_settings
+    from typicality.config import TypicalityConfig
+    from typicality.engine import run_typicality
+    from typicality.store import TypicalityStore
+
+    shutil.rmtree(out, ignore_errors=True)
+    run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(data), out=str(out),
+                               **demo_settings()["typicality"]), progress=False)
+    store, ds = TypicalityStore.open(out), LabeledImages(data)
+    res = int(store.meta["resolution"])
+    maps, masks = [], []
+    for r in ds.records:
+        el = record_elements(r, res, ds.root)
+        maps.append(np.asarray(store.map(r.image_id, r.labels[0]), dtype=np.float32))
+        masks.append(el.union(el.characteristic(r.labels[0])))
+    return np.stack(maps), np.stack(masks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "assets" / "tiny-towns-model"))
@@ -35,31 +62,16 @@ def main() -> None:
     import numpy as np
 
     from benchmarks.translation_quality import subset
-    from evaluation.groundtruth import record_elements
     from evaluation.metrics import pixel_auroc, pointing_game
     from evaluation.pictures import gaussian_blur
-    from finetune.config import load_config
-    from finetune.dataset import LabeledImages
-    from mining.demo import demo_settings, towns_data
-    from typicality.config import TypicalityConfig
-    from typicality.engine import run_typicality
-    from typicality.store import TypicalityStore
+    from mining.demo import towns_data
 
     start = time.time()
     work = Path(args.work)
     split = towns_data(work / "towns", n_train=args.per_label) / args.split
     data = subset(split, work / "data", args.per_label)
-    shutil.rmtree(work / "typ", ignore_errors=True)
-    run_typicality(load_config(TypicalityConfig, None, model=args.model, data=str(data), out=str(work / "typ"),
-                               **demo_settings()["typicality"]), progress=False)
-    store, ds = TypicalityStore.open(work / "typ"), LabeledImages(data)
-    res = int(store.meta["resolution"])
-    maps, masks = [], []
-    for r in ds.records:
-        el = record_elements(r, res, ds.root)
-        maps.append(np.asarray(store.map(r.image_id, r.labels[0]), dtype=np.float32))
-        masks.append(el.union(el.characteristic(r.labels[0])))
-    masks = np.stack(masks)
+    maps, masks = demo_maps(args.model, data, work / "typ")
+    res = maps.shape[-1]
     rows = []
     print(f"{len(maps)} {args.split} images ({args.per_label} per town), model {args.model}")
     print("| sigma (px at 256) | sigma (px here) | pointing game | pixel AUROC |\n|---|---|---|---|")
