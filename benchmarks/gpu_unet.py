@@ -504,7 +504,7 @@ def run_train(ctx: Ctx, mode: str, batch: int, ckpt: bool, deadline: float):
         return None
     finally:
         set_tf32(False)
-        del opt
+        opt = None  # frees the optimizer state before the next configuration
         for p in unet.parameters():
             p.grad = None
         if ckpt:

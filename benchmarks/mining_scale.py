@@ -36,7 +36,6 @@ def _peak_rss_mb() -> float:
 
 
 def patch_stage(a) -> dict:
-    import numpy as np
     import torch
 
     from mining.patches import Patches, default_patch_size, top_patches, top_per_label

@@ -3,7 +3,8 @@
 Every held-out image of a subset (the first N per town, `--per-label`, default 10: 40 images,
 120 translations per method) is translated to every other town with the shipped model
 `assets/tiny-towns-model` by `run_translate` (defaults: 50 steps, CFG 7.5; PnP inverts with
-50 steps and injects for 80 % / 50 % of the steps; SDEdit strength 0.6, and 0.4-0.8 for its trade-off curve). Then, with the
+50 steps and injects the layers and shares of translate/layers.json (for this tiny layout the residual for
+70 %, queries and keys for 50 % of the steps); SDEdit strength 0.6, and 0.4-0.8 for its trade-off curve). Then, with the
 typicality engine (64 stratified antithetic draws, t in [0.6T, 0.9T), the demo's range for
 this model: mining/demo.json), for each translation x_{A->B} of an image x of town A:
 
@@ -16,7 +17,9 @@ this model: mining/demo.json), for each translation x_{A->B} of an image x of to
 
 The VAE's own reconstruction is shown as the ceiling of "PSNR outside". Target: both gains > 0
 and PnP's PSNR outside above SDEdit's at an equal or larger gain. Last line, one JSON object:
-{"pnp_typicality_gain", "pnp_psnr_outside", "sdedit_typicality_gain", "sdedit_psnr_outside", "pnp_images_per_s"}.
+{"pnp_typicality_gain", "pnp_psnr_outside", "sdedit_typicality_gain", "sdedit_psnr_outside", "pnp_images_per_s"}
+(SDEdit at its default strength), plus "sdedit_psnr_at_pnp_gain": the PSNR SDEdit keeps on its strength
+curve at PnP's gain (null when PnP's gain is outside the strengths run).
 
     python benchmarks/translation_quality.py [--per-label 10] [--draws 64] [--work runs/bench-translation]
 """
@@ -73,6 +76,8 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="PnP layer mapping file (default: translate/layers.json)")
     ap.add_argument("--inversion-steps", type=int, default=None, help="PnP DDIM inversion steps (default: the "
                     "translate default)")
+    ap.add_argument("--residual-injection", type=float, default=None, help="PnP residual injection share (default: "
+                    "the translate default)")
     ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
                     help=f"SDEdit strengths (the JSON line reports {DEFAULT_STRENGTH}; must be among them)")
     args = ap.parse_args()
@@ -110,6 +115,8 @@ def main() -> None:
     pnp = {"method": "pnp", "layers": args.layers}
     if args.inversion_steps:
         pnp["inversion_steps"] = args.inversion_steps
+    if args.residual_injection is not None:
+        pnp["residual_injection"] = args.residual_injection
     runs = {"pnp": pnp,
             **{f"sdedit@{s:g}": {"method": "sdedit", "strength": s} for s in args.strengths}}
     for method, settings in runs.items():
@@ -180,8 +187,8 @@ def main() -> None:
                               for r in recs]))
 
     print()
-    print(f"| method | typicality gain T(x_AB|B)-T(x|B) | share of gains > 0 | A's element pixels where T(.|A) fell "
-          f"| PSNR outside A's elements (dB) | images/s |")
+    print("| method | typicality gain T(x_AB|B)-T(x|B) | share of gains > 0 | A's element pixels where T(.|A) fell "
+          "| PSNR outside A's elements (dB) | images/s |")
     print("|---|---|---|---|---|---|")
     for m, v in results.items():
         print(f"| {m} | {v['gain']:+.5f} | {v['gain_positive']:.3f} | {v['fell']:.3f} | {v['psnr']:.2f} "
@@ -195,6 +202,7 @@ def main() -> None:
     # on SDEdit's strength curve: the PSNR SDEdit keeps at PnP's gain (linear between the two nearest strengths)
     curve = sorted((v["gain"], v["psnr"]) for k, v in results.items() if k.startswith("sdedit"))
     g, q = np.array([c[0] for c in curve]), np.array([c[1] for c in curve])
+    at = None
     if g[0] <= p["gain"] <= g[-1]:
         at = float(np.interp(p["gain"], g, q))
         print(f"on SDEdit's strength curve, at PnP's gain {p['gain']:+.5f} SDEdit keeps {at:.2f} dB outside A's "
@@ -204,7 +212,8 @@ def main() -> None:
     print(f"wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}")
     print(json.dumps({"pnp_typicality_gain": round(p["gain"], 6), "pnp_psnr_outside": round(p["psnr"], 3),
                       "sdedit_typicality_gain": round(s["gain"], 6), "sdedit_psnr_outside": round(s["psnr"], 3),
-                      "pnp_images_per_s": round(p["speed"], 3)}))
+                      "pnp_images_per_s": round(p["speed"], 3),
+                      "sdedit_psnr_at_pnp_gain": None if at is None else round(at, 3)}))
 
 
 if __name__ == "__main__":

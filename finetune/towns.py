@@ -371,7 +371,7 @@ def _lamp(p, rng, x0, y0, x1, y1):
 
 
 def _crate(p, rng, x0, y0, x1, y1):
-    w, h = x1 - x0, y1 - y0
+    w = x1 - x0
     wood = _jitter(rng, (180, 140, 86), 0.15, 10)
     dark = _shade(wood, 0.62)
     p.rect(x0, y0, x1, y1, fill=dark)

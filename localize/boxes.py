@@ -88,7 +88,7 @@ def read_boxes(path: str | Path, labels: Sequence[str], skip_bad: bool = False) 
         rows = list(csv.reader(f))
     if not rows:
         raise DataError(f"{path}: boxes file is empty")
-    layout = _layout(rows[0], path)
+    _layout(rows[0], path)  # checks the header; both layouts carry the same fields in the same order
     known = set(labels)
     boxes, bad = [], []
     for n, cells in enumerate(rows[1:], start=2):
@@ -114,7 +114,6 @@ def read_boxes(path: str | Path, labels: Sequence[str], skip_bad: bool = False) 
         warnings.warn(f"skipped {len(bad)} bad box row(s): " + "; ".join(bad), stacklevel=2)
     if not boxes:
         raise DataError(f"{path}: no boxes")
-    _ = layout  # both layouts carry the same fields in the same order
     return boxes
 
 

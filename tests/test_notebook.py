@@ -1,5 +1,4 @@
 """The walkthrough notebook runs top to bottom on small settings and shows its pictures."""
-import os
 from pathlib import Path
 
 import nbformat

@@ -61,15 +61,16 @@ def test_injection_changes_output_and_full_injection_reconstructs(towns):
     targets = [["corran"], ["dunmore"]]
     vae = bundle.decode_latents(bundle.encode_images(x))
     runs = {name: torch.cat(_translator(towns, residual_injection=r, attention_injection=a).translate(
-        x, ["a", "b"], labels, targets)) for name, r, a in (("none", 0, 0), ("pnp", 0.8, 0.5), ("all", 1, 1))}
-    # measured: mean |translation - VAE reconstruction| 0.218 without injection, 0.168 with the defaults, 0.152
-    # with all steps (tiny mapping up_blocks.0.resnets.1; 0.147 / 0.118 with the earlier up_blocks.1.resnets.1)
+        x, ["a", "b"], labels, targets)) for name, r, a in (("none", 0, 0), ("pnp", None, None), ("all", 1, 1))}
+    # measured: mean |translation - VAE reconstruction| 0.218 without injection, 0.165 with the defaults (the
+    # tiny layout's up_blocks.1.resnets.0 residual branch for 70 % of the steps), 0.126 with all steps;
+    # mean |pnp - none| 0.156
     assert (runs["pnp"] - runs["none"]).abs().mean() > 0.03
     far = {k: float((v - vae).abs().mean()) for k, v in runs.items()}
     assert far["all"] < far["pnp"] < far["none"]
     # same prompt, no guidance, injection over all steps: the reconstruction (the source branch is the
     # inverted latent, the target's own latent drifts from it by the inversion error; measured latent
-    # mean |diff| 0.013, max 0.15, below the reconstruction's own error against the input)
+    # mean |diff| 0.007, max 0.13, below the reconstruction's own error against the input)
     z0 = bundle.encode_images(x).float()
     rec = _translator(towns, guidance=1.0, residual_injection=0, attention_injection=0)
     traj = rec.invert(z0, [prompts.prompt(s) for s in labels])
@@ -81,7 +82,7 @@ def test_injection_changes_output_and_full_injection_reconstructs(towns):
     assert (z_full - z_rec).abs().mean() < (z_rec - z0).abs().mean()
     # the scope left the UNet as it was: same processors, no hooks
     assert {k: type(v) for k, v in unet.attn_processors.items()} == procs_before
-    assert not unet.up_blocks[0].resnets[1]._forward_hooks
+    assert not any(m._forward_hooks for m in unet.modules())
 
 
 def test_seeded_and_independent_of_batch_size(towns):
@@ -93,7 +94,7 @@ def test_seeded_and_independent_of_batch_size(towns):
                  for i, n in enumerate("ab")]
         for t, a in zip(together, alone):
             assert t.shape == (2, 3, 64, 64)
-            torch.testing.assert_close(t, a, rtol=0, atol=1e-4)  # measured max 9e-6
+            torch.testing.assert_close(t, a, rtol=0, atol=1e-3)  # measured max 1.3e-4 (a uint8 level is 7.8e-3)
     s0 = _translator(towns, method="sdedit", seed=0).translate(x[:1], ["a"], labels[:1], [["brill"]])[0]
     s0b = _translator(towns, method="sdedit", seed=0).translate(x[:1], ["a"], labels[:1], [["brill"]])[0]
     s1 = _translator(towns, method="sdedit", seed=1).translate(x[:1], ["a"], labels[:1], [["brill"]])[0]
@@ -229,10 +230,30 @@ def test_unknown_layout_asks_for_a_mapping(tmp_path):
         "self_attention": ["up_blocks.1.attentions.0.transformer_blocks.0.attn1"]}]}))
     layers = injection_layers(unet, mapping)
     assert layers.name == "mine" and layers.residual == ("up_blocks.0.resnets.1",)
-    mapping.write_text(json.dumps({"layouts": [{"name": "bad", "match": {}, "residual": ["up_blocks.9.resnets.0"],
-                                                "self_attention": []}]}))
-    with pytest.raises(DataError, match="does not have"):
+    assert (layers.residual_injection, layers.attention_injection) == (0.8, 0.5)  # named none: the published
+    for bad, match in ((["up_blocks.9.resnets.0"], "does not have"),
+                       (["up_blocks.1.attentions.0"], "is not a residual block")):
+        mapping.write_text(json.dumps({"layouts": [{"name": "bad", "match": {}, "residual": bad,
+                                                    "self_attention": []}]}))
+        with pytest.raises(DataError, match=match):
+            injection_layers(unet, mapping)
+    mapping.write_text(json.dumps({"layouts": [{"name": "bad", "match": {}, "residual": [], "self_attention": [],
+                                                "residual_injection": 1.5}]}))
+    with pytest.raises(DataError, match=r"layers\.json: layout 'bad': residual_injection must be a share"):
         injection_layers(unet, mapping)
+
+
+def test_injection_shares_come_from_the_layout_and_flags_override(towns):
+    from translate.layers import injection_layers
+
+    bundle = towns[0]
+    layers = injection_layers(bundle.unet)
+    assert layers.name == "diffmine-tiny" and (layers.residual_injection, layers.attention_injection) == (0.7, 0.5)
+    tr = _translator(towns)
+    assert (tr.residual_injection, tr.n_residual, tr.attention_injection, tr.n_attention) == (0.7, 35, 0.5, 25)
+    tr = _translator(towns, residual_injection=0.8, steps=10)
+    assert (tr.n_residual, tr.n_attention) == (8, 5)
+    assert _translator(towns, method="sdedit").n_residual == 0
 
 
 # -- consistent changes ------------------------------------------------------------------------

@@ -23,10 +23,12 @@ class TranslateConfig:
     inversion_steps: int = option(50, "DDIM inversion steps (pnp); the sampling timesteps must be among them",
                                   source="METHOD.md §5 (the reference used 999)")
     strength: float = option(0.6, "sdedit: share of the noise schedule the image is noised to, in (0, 1]")
-    residual_injection: float = option(0.8, "pnp: share of the sampling steps that inject the source's "
-                                            "residual-block features", source="METHOD.md §5")
-    attention_injection: float = option(0.5, "pnp: share of the sampling steps that inject the source's "
-                                             "self-attention queries and keys", source="METHOD.md §5")
+    residual_injection: float | None = option(
+        None, "pnp: share of the sampling steps that inject the source's residual-block features; none = the "
+              "layer mapping's (SD v1.5: 0.8, as published)", source="METHOD.md §5")
+    attention_injection: float | None = option(
+        None, "pnp: share of the sampling steps that inject the source's self-attention queries and keys; "
+              "none = the layer mapping's (SD v1.5: 0.5, as published)", source="METHOD.md §5")
     layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
                                       "(default: translate/layers.json: SD v1.5 and the tiny model)")
     batch_size: int = option(8, "translations (image, target) per UNet forward")

@@ -3,9 +3,12 @@
 The source rows and the target rows of a translation run in ONE UNet forward. `rows` maps
 every row of that batch to the row whose features it should carry: a source row to itself,
 a target row (conditional or unconditional) to its image's source row. Injecting is then a
-gather, `features[rows]`: the residual block's output and the chosen self-attention layers'
-queries and keys of every target row are replaced by its source's (values stay the target's
-own, as in Tumanyan et al. 2023). The sampler switches the two kinds on and off per step.
+gather, `features[rows]`: the residual branch of the chosen residual blocks (the output of their
+second convolution, before the block adds its shortcut) and the chosen self-attention layers'
+queries and keys of every target row are replaced by its source's. The shortcut and the values
+stay the target's own, exactly as pnp-diffusers injects (Tumanyan et al. 2023): replacing the
+whole block output instead would also overwrite the target's skip path and hold the source's
+layout more rigidly than the published method. The sampler switches the two kinds on and off per step.
 
 `feature_injection(unet, layers, state)` installs a forward hook and attention processors
 and restores the UNet's own processors on exit, whatever happened: a model someone else
@@ -75,7 +78,8 @@ def feature_injection(unet, layers: InjectionLayers, state: InjectionState):
         if not _plain_attention(attn):
             raise DataError(f"self-attention layer '{name}' is not the plain SD layout the injection supports")
         procs[f"{name}.processor"] = QKInjection(before[f"{name}.processor"], state)
-    handles = [unet.get_submodule(name).register_forward_hook(_residual_hook(state)) for name in layers.residual]
+    handles = [unet.get_submodule(name).conv2.register_forward_hook(_residual_hook(state))
+               for name in layers.residual]
     try:
         unet.set_attn_processor(procs)  # diffusers pops from the dict it is given: `procs` is ours
         yield state

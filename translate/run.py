@@ -115,7 +115,9 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
         write_json(out / META, {"model": os.path.abspath(cfg.model), "model_fingerprint": model_fingerprint(cfg.model),
                                 "labels": labels, "resolution": res, "template": prompts.template,
                                 "null_prompt": prompts.null_prompt,
-                                "layers": getattr(getattr(translator, "layers", None), "name", None)})
+                                "layers": getattr(getattr(translator, "layers", None), "name", None),
+                                "residual_injection": translator.residual_injection,
+                                "attention_injection": translator.attention_injection})
 
     # Fixed groups of whole images (consecutive in id order, at most batch_size translations), shared
     # out i::n and redone whole when any of their files is missing: every output then comes from the
@@ -154,7 +156,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
     if state is not None:
         state.wait_for_everyone()
     if rank == 0:
-        _write_tables(out, cfg, dataset, targets, labels)
+        _write_tables(out, cfg, translator, dataset, targets, labels)
     return out
 
 
@@ -178,7 +180,7 @@ def _groups(todo, batch_size: int):
         yield group
 
 
-def _write_tables(out: Path, cfg: TranslateConfig, dataset, targets, labels) -> None:
+def _write_tables(out: Path, cfg: TranslateConfig, translator, dataset, targets, labels) -> None:
     rows, grids = [], []
     for r in dataset:
         for t in targets[r.image_id]:
@@ -192,8 +194,9 @@ def _write_tables(out: Path, cfg: TranslateConfig, dataset, targets, labels) -> 
     summary = {"method": cfg.method, "to": cfg.to, "labels": ", ".join(labels), "translations": len(rows),
                "images": len(grids), "steps": cfg.steps, "guidance": cfg.guidance}
     if cfg.method == "pnp":
-        summary.update({"inversion steps": cfg.inversion_steps, "residual injection": cfg.residual_injection,
-                        "attention injection": cfg.attention_injection})
+        summary.update({"inversion steps": cfg.inversion_steps, "layers": translator.layers.name,
+                        "residual injection": translator.residual_injection,
+                        "attention injection": translator.attention_injection})
     else:
         summary["strength"] = cfg.strength
     write_index(out / "index.html", grids, summary)

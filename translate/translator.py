@@ -3,9 +3,11 @@
 Plug-and-Play (Tumanyan et al. 2023): DDIM inversion of the image under its source prompt
 (no guidance), then DDIM sampling from the inverted noise under the target prompt with
 classifier-free guidance (null prompt as the negative), injecting the source's residual-block
-features for the first `residual_injection` share of the steps and its self-attention queries
-and keys for the first `attention_injection` share. The source branch is the inverted latent
-at each sampling timestep, run in the same forward as the target rows:
+features (the residual branch) for the first `residual_injection` share of the steps and its
+self-attention queries and keys for the first `attention_injection` share; both shares default to
+the UNet layout's in the layer mapping (the published 80 % / 50 % unless it names others). The
+source branch is the inverted latent at each sampling timestep, run in the same forward as the
+target rows:
 
     rows = [ source of each image | target rows, conditional | target rows, null prompt ]
 
@@ -42,7 +44,7 @@ def steps_share(share: float, steps: int) -> int:
 class Translator:
     def __init__(self, bundle, prompts: PromptTemplate | None = None, *, method: str = "pnp", steps: int = 50,
                  guidance: float = 7.5, inversion_steps: int = 50, strength: float = 0.6,
-                 residual_injection: float = 0.8, attention_injection: float = 0.5,
+                 residual_injection: float | None = None, attention_injection: float | None = None,
                  layers: InjectionLayers | str | None = None, seed: int = 0):
         if method not in ("pnp", "sdedit"):
             raise ConfigError("method", f"must be pnp or sdedit, got {method!r}")
@@ -52,9 +54,8 @@ class Translator:
         self.sampler = DDIMScheduler.from_config(cfg)
         self.sampler.set_timesteps(int(steps))
         self.timesteps = [int(t) for t in self.sampler.timesteps]
-        self.n_residual = steps_share(residual_injection, steps)
-        self.n_attention = steps_share(attention_injection, steps)
         self.start = 0
+        self.residual_injection = self.attention_injection = 0.0  # sdedit injects nothing
         if method == "pnp":
             self.inverter = DDIMInverseScheduler.from_config(cfg)
             self.inverter.set_timesteps(int(inversion_steps))
@@ -64,11 +65,18 @@ class Translator:
                 raise ConfigError("inversion_steps", f"{inversion_steps} leaves no inverted latent at timestep "
                                   f"{missing[0]} of the {steps} sampling steps; use a multiple of steps")
             self.layers = layers if isinstance(layers, InjectionLayers) else injection_layers(bundle.unet, layers)
+            # None: the layout's own shares (the published 80 % / 50 % unless its mapping names others)
+            self.residual_injection = float(self.layers.residual_injection if residual_injection is None
+                                            else residual_injection)
+            self.attention_injection = float(self.layers.attention_injection if attention_injection is None
+                                             else attention_injection)
         else:
             noised = min(int(steps * strength), steps)
             if noised < 1:
                 raise ConfigError("strength", f"{strength} of {steps} steps leaves no step to denoise")
             self.start = steps - noised
+        self.n_residual = steps_share(self.residual_injection, steps)
+        self.n_attention = steps_share(self.attention_injection, steps)
         self._emb: dict[str, torch.Tensor] = {}
 
     # -- helpers --------------------------------------------------------------------------
