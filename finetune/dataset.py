@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, SkippedInputs
 from .images import IMAGE_SUFFIXES, check_header, load_rgb, resize_crop, to_tensor_array
 
 MULTI_LABEL_SEP = "|"
@@ -110,17 +109,14 @@ class LabeledImages:
         return records
 
     def _drop_bad(self, records: list[Record], check) -> list[Record]:
-        good, bad = [], []
+        good, skipped = [], SkippedInputs(self.skip_bad, "bad image(s)")
         for r in records:
             try:
                 check(r.path)
                 good.append(r)
             except DataError as exc:
-                if not self.skip_bad:
-                    raise
-                bad.append(str(exc))
-        if bad:
-            warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(bad), stacklevel=3)
+                skipped.add(exc)
+        skipped.warn(stacklevel=3)
         return good
 
     # -- access ---------------------------------------------------------------------------
@@ -149,17 +145,14 @@ class LabeledImages:
         from tqdm.auto import tqdm
 
         records = list(self.records if records is None else records)
-        arrays, good, bad = [], [], []
+        arrays, good, skipped = [], [], SkippedInputs(self.skip_bad, "bad image(s)")
         for r in tqdm(records, desc="decoding images", disable=not progress):
             try:
                 arrays.append(to_tensor_array(resize_crop(load_rgb(r.path), resolution)))
                 good.append(r)
             except DataError as exc:
-                if not self.skip_bad:
-                    raise
-                bad.append(str(exc))
-        if bad:
-            warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(bad), stacklevel=2)
+                skipped.add(exc)
+        skipped.warn()
         if not good:
             raise DataError(f"{self.root}: no readable images")
         return good, np.stack(arrays)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from evaluation.groundtruth import image_size, transform_boxes
-from finetune.errors import DataError
+from finetune.errors import DataError, SkippedInputs
 
 # The one known spelling mismatch of the NIH files (METHOD.md §6): boxes say Infiltrate, labels Infiltration.
 ALIASES = {"Infiltrate": "Infiltration"}
@@ -90,7 +89,7 @@ def read_boxes(path: str | Path, labels: Sequence[str], skip_bad: bool = False) 
         raise DataError(f"{path}: boxes file is empty")
     _layout(rows[0], path)  # checks the header; both layouts carry the same fields in the same order
     known = set(labels)
-    boxes, bad = [], []
+    boxes, skipped = [], SkippedInputs(skip_bad, "bad box row(s)")
     for n, cells in enumerate(rows[1:], start=2):
         cells = [c.strip() for c in cells]
         while cells and not cells[-1]:  # NIH rows may end in empty cells
@@ -107,11 +106,8 @@ def read_boxes(path: str | Path, labels: Sequence[str], skip_bad: bool = False) 
         try:
             boxes.append(Box(n, name, finding, _check(where, name, finding, cells[2:])))
         except DataError as exc:
-            if not skip_bad:
-                raise
-            bad.append(str(exc))
-    if bad:
-        warnings.warn(f"skipped {len(bad)} bad box row(s): " + "; ".join(bad), stacklevel=2)
+            skipped.add(exc)
+    skipped.warn()
     if not boxes:
         raise DataError(f"{path}: no boxes")
     return boxes
@@ -130,7 +126,7 @@ def place_boxes(boxes: Sequence[Box], dataset, resolution: int, boxes_path: str 
     for r in dataset:
         by_name.setdefault(r.path.name, []).append(r)
     sizes: dict[Path, tuple[int, int]] = {}
-    inside, outside, bad = [], [], []
+    inside, outside, skipped = [], [], SkippedInputs(skip_bad, "box row(s) without a usable image")
     for b in boxes:
         where = f"{boxes_path} row {b.row}"
         rec = by_rel.get(b.file_name) or (by_name[b.file_name][0] if len(by_name.get(b.file_name, [])) == 1 else None)
@@ -152,9 +148,7 @@ def place_boxes(boxes: Sequence[Box], dataset, resolution: int, boxes_path: str 
                     raise DataError(f"{where}: cannot read image '{b.file_name}' ({type(exc).__name__}: {exc})") \
                         from None
         except DataError as exc:
-            if not skip_bad:
-                raise
-            bad.append(str(exc))
+            skipped.add(exc)
             continue
         w, h = sizes[rec.path]
         x, y, bw, bh = b.xywh
@@ -162,6 +156,5 @@ def place_boxes(boxes: Sequence[Box], dataset, resolution: int, boxes_path: str 
         placed = PlacedBox(b, rec.image_id, rec.path, xyxy)
         clipped = np.clip(np.array(xyxy), 0, resolution)
         (inside if clipped[2] > clipped[0] and clipped[3] > clipped[1] else outside).append(placed)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} box row(s) without a usable image: " + "; ".join(bad), stacklevel=2)
+    skipped.warn()
     return inside, outside

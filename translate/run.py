@@ -115,7 +115,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
         write_json(out / META, {"model": os.path.abspath(cfg.model), "model_fingerprint": model_fingerprint(cfg.model),
                                 "labels": labels, "resolution": res, "template": prompts.template,
                                 "null_prompt": prompts.null_prompt,
-                                "layers": getattr(getattr(translator, "layers", None), "name", None),
+                                "layers": translator.layers.name if translator.layers else None,
                                 "residual_injection": translator.residual_injection,
                                 "attention_injection": translator.attention_injection})
 

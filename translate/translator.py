@@ -55,6 +55,7 @@ class Translator:
         self.sampler.set_timesteps(int(steps))
         self.timesteps = [int(t) for t in self.sampler.timesteps]
         self.start = 0
+        self.layers: InjectionLayers | None = None
         self.residual_injection = self.attention_injection = 0.0  # sdedit injects nothing
         if method == "pnp":
             self.inverter = DDIMInverseScheduler.from_config(cfg)
