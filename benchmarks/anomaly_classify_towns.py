@@ -3,7 +3,7 @@ and the label audit's precision / recall at finding 5% flipped labels.
 
     python -m benchmarks.anomaly_classify_towns [--first-draws 4] [--draws 12] [--keep 2]
 
-The shipped model (assets/tiny-towns-model) classifies the held-out towns images (mining.demo's
+The shipped model (assets/tiny-towns-model) classifies the held-out towns images (diffmine.apps.demo.run's
 towns data, 40 per town). 5% of the images (seeded) get another town's label in the metadata;
 accuracy is measured against the TRUE labels, the audit (images more typical of another label
 than of their given one) against the set of flipped images. Last line: one JSON object.
@@ -43,10 +43,10 @@ def flipped_copy(test: Path, out: Path, rate: float, seed: int) -> tuple[dict, s
 
 
 def main(argv=None) -> None:
-    from anomaly.classify import run_classify
-    from anomaly.config import ClassifyConfig
-    from finetune.models import SMALL_BASE_DIR as TINY_BASE
-    from mining.demo import towns_data
+    from diffmine.apps.classify.run import run_classify
+    from diffmine.apps.classify.config import ClassifyConfig
+    from diffmine.core.models import SMALL_BASE_DIR as TINY_BASE
+    from diffmine.apps.demo.run import towns_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--draws", type=int, default=12, help="adaptive: extra draws for the finalists")

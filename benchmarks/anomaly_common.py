@@ -77,8 +77,8 @@ def run_diffusion(x_train, y_train, x_test, y_test, classes, args, work) -> tupl
 
     The features kind needs no finetuning: it reads the base model's DIFT features as they are
     (the class's training images are its nearest-neighbour reference)."""
-    from anomaly.detector import DiffusionDetector
-    from finetune.models import resolve_model
+    from diffmine.apps.anomaly.detector import DiffusionDetector
+    from diffmine.core.models import resolve_model
 
     out = {f"diffusion-{k}": {} for k in args.scores}
     seconds = {}
@@ -116,14 +116,14 @@ def run_shared(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[d
     import torch
     from PIL import Image
 
-    from anomaly.detector import DRAW_KEY
-    from finetune.bundle import SDBundle
-    from finetune.prompts import PromptTemplate
+    from diffmine.apps.anomaly.detector import DRAW_KEY
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.prompts import PromptTemplate
     from finetune.train import train
-    from finetune.train_config import TrainConfig
+    from finetune.config import TrainConfig
     from typicality.draws import make_draws
     from typicality.engine import TypicalityEstimator
-    from anomaly.images import ImageInput
+    from diffmine.core.inputs import ImageInput
 
     start = time.time()
     labels = [str(c) for c in sorted(set(y_train.tolist()))]

@@ -48,7 +48,7 @@ def scratch_copy(base: Path, out: Path, seed: int) -> Path:
 
 def held_out_metrics(model: Path, test: Path, out: Path) -> dict:
     from benchmarks.demo_map_blur import demo_maps
-    from evaluation.metrics import pixel_auroc, pointing_game
+    from diffmine.evaluation.metrics import pixel_auroc, pointing_game
 
     maps, masks = demo_maps(model, test, out)
     return {"pointing_game": round(pointing_game(maps, masks), 4), "pixel_auroc": round(pixel_auroc(maps, masks), 4)}
@@ -62,10 +62,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="the shipped recipe's (assets/tiny-towns-recipe.json)")
     args = ap.parse_args()
 
-    from finetune.models import SMALL_BASE_DIR
-    from finetune.towns import generate_towns
+    from diffmine.core.models import SMALL_BASE_DIR
+    from diffmine.datasets.towns import generate_towns
     from finetune.train import train
-    from finetune.train_config import TrainConfig
+    from finetune.config import TrainConfig
 
     start = time.time()
     work = Path(args.work)

@@ -30,10 +30,10 @@ def demo_maps(model: str | Path, data: Path, out: Path):
     characteristic elements)."""
     import numpy as np
 
-    from evaluation.groundtruth import record_elements
-    from finetune.config import load_config
-    from finetune.dataset import LabeledImages
-    from mining.demo import demo_settings
+    from diffmine.evaluation.groundtruth import record_elements
+    from diffmine.core.settings import load_config
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.apps.demo.run import demo_settings
     from typicality.config import TypicalityConfig
     from typicality.engine import run_typicality
     from typicality.store import TypicalityStore
@@ -62,9 +62,9 @@ def main() -> None:
     import numpy as np
 
     from benchmarks.translation_quality import subset
-    from evaluation.metrics import pixel_auroc, pointing_game
-    from evaluation.pictures import gaussian_blur
-    from mining.demo import towns_data
+    from diffmine.evaluation.metrics import pixel_auroc, pointing_game
+    from diffmine.report.pictures import gaussian_blur
+    from diffmine.apps.demo.run import towns_data
 
     start = time.time()
     work = Path(args.work)

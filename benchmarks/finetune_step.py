@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from finetune.train import train
-from finetune.train_config import TrainConfig
-from mining.demo import recipe, towns_data
+from finetune.config import TrainConfig
+from diffmine.apps.demo.run import recipe, towns_data
 
 
 def main() -> None:

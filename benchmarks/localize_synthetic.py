@@ -1,6 +1,6 @@
 """Finetuned vs base localisation on synthetic radiographs (issue 12; METHOD.md §5).
 
-Generates the synthetic chest X-ray data (localize.synthetic: 600 training, 100 held-out images),
+Generates the synthetic chest X-ray data (diffmine.datasets.radiographs: 600 training, 100 held-out images),
 finetunes the shipped towns model (our stand-in for a pretrained base) on the training split with
 the published chest X-ray prompts ("Chest X-Ray with {findings}." / "Chest X-Ray.") — no box is
 used for training — then localises every boxed finding of the held-out split with the finetuned
@@ -27,7 +27,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 def finetune(data: Path, out: Path, steps: int, batch: int, lr: float) -> float:
     from finetune.train import train
-    from finetune.train_config import TrainConfig
+    from finetune.config import TrainConfig
 
     info = out / "diffmine_train.json"
     if info.exists():
@@ -55,11 +55,11 @@ def main() -> None:
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
 
-    from finetune.dataset import LabeledImages
-    from localize.boxes import place_boxes, read_boxes
-    from localize.config import LocalizeConfig
-    from localize.run import compute_maps, format_table, localization_table, model_labels, run_localize
-    from localize.synthetic import xray_data
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.apps.localize.boxes import place_boxes, read_boxes
+    from diffmine.apps.localize.config import LocalizeConfig
+    from diffmine.apps.localize.run import compute_maps, format_table, localization_table, model_labels, run_localize
+    from diffmine.datasets.radiographs import xray_data
 
     start = time.time()
     work = Path(a.work)
@@ -70,8 +70,8 @@ def main() -> None:
     train_s = finetune(data / "train", model, a.steps, a.batch_size, a.lr)
 
     # -- the map threshold, on training images only --------------------------------------
-    from finetune.bundle import SDBundle
-    from finetune.prompts import PromptTemplate
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.prompts import PromptTemplate
 
     train_set = LabeledImages(data / "train")
     placed, _ = place_boxes(read_boxes(data / "train" / "BBox_List_2017.csv", model_labels(model)), train_set, 64)

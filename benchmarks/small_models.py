@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--skip-demo", action="store_true", help="only the first-run time")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from finetune.towns import generate_towns
+    from diffmine.datasets.towns import generate_towns
 
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_towns(Path(tmp) / "towns", n_train=30, n_test=1, size=64, seed=7, progress=False) / "train"

@@ -86,13 +86,13 @@ def main() -> None:
 
     from PIL import Image
 
-    from evaluation.groundtruth import record_elements
-    from finetune.bundle import SDBundle
-    from finetune.dataset import LabeledImages
-    from finetune.prompts import PromptTemplate
-    from mining.demo import demo_settings, towns_data
-    from translate.config import TranslateConfig
-    from translate.run import run_translate
+    from diffmine.evaluation.groundtruth import record_elements
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.core.prompts import PromptTemplate
+    from diffmine.apps.demo.run import demo_settings, towns_data
+    from diffmine.apps.translate.config import TranslateConfig
+    from diffmine.apps.translate.run import run_translate
     from typicality.engine import TypicalityEstimator
     from typicality.formula import upsample
 
@@ -138,7 +138,7 @@ def main() -> None:
     # sources under every label; each translation under its source and its target
     src_maps = {r.image_id: upsample(torch.from_numpy(m.diff), (res, res)).numpy()
                 for r, m in zip(recs, est.estimate(arrays, [r.image_id for r in recs], [[(lab,) for lab in labels]] * len(recs)))}
-    from translate.outputs import translation_file
+    from diffmine.apps.translate.outputs import translation_file
     tr_ids, tr_imgs, tr_conds, tr_u8 = [], [], [], {}
     for method in outs:
         for r in recs:

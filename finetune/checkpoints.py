@@ -7,7 +7,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from .atomic import write_json
+from diffmine.core.files import write_json
 
 KEEP = 2  # older checkpoints are deleted once a newer one is complete
 

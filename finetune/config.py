@@ -1,206 +1,79 @@
-"""Settings as data: every stage's options are one dataclass, each default written once.
-
-A stage declares its settings with `option(...)` fields; the CLI generates its flags from them
-(help text and default included), `load_config` reads a JSON/TOML file with overrides on top,
-and `save_config` writes the resolved settings beside a run's output so it can be repeated:
-
-    @dataclass
-    class MineConfig:
-        patch: int | None = option(None, "patch size in px (default: 50 px at 256 px)", source="METHOD.md §3")
-
-Library code validates with `check(...)`, which raises `ConfigError` naming the parameter
-(`patch`); the CLI turns the name into its flag (`--patch`).
-"""
+"""The finetuner's settings (`diffmine finetune`), each default once, with its source."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from dataclasses import dataclass
 
-from .errors import DataError
+from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
+from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
 
-C = TypeVar("C")
-CONFIG_FILE = "config.json"
-
-
-class ConfigError(DataError):
-    """A bad setting; `param` is the config field it concerns."""
-
-    def __init__(self, param: str, message: str):
-        self.param = param
-        self.detail = message
-        super().__init__(f"{param} {message}")
-
-    def for_flag(self, flag: str) -> str:
-        return f"{flag} {self.detail}"
+# Settings a resumed run must share with the checkpoint it continues (the rest may change:
+# how long to train, how often to save, what to print).
+RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
+               "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
+               "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps")
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, source: str | None = None,
-           choices: Sequence[Any] | None = None, required: bool = False, affects_maps: bool = False,
-           cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None):
-    """A config field with its help line. `source` names where the default comes from (METHOD.md §n);
-    `affects_maps` marks typicality settings that change the maps (the store's resume key);
-    `cli=False` keeps a field out of the command line (Python-only knobs)."""
-    meta = {"help": help, "source": source, "choices": tuple(choices) if choices else None,
-            "required": required, "affects_maps": affects_maps, "cli": cli, "metavar": metavar}
-    if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    if required and default is dataclasses.MISSING:
-        default = None
-    return dataclasses.field(default=default, metadata=meta)
+@dataclass
+class TrainConfig:
+    data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
+    out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
+    base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
+                       "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
+                       source="METHOD.md §1")
+    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="METHOD.md §1")
+    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="METHOD.md §1")
+    prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
+    null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
+    null_rate: float | None = option(None, "fraction of samples given the null prompt (default: the preset's, else 0.05)",
+                                     source="METHOD.md §1")
+    resolution: int | None = option(None, "training image size in px (default: the base model's)")
+    batch_size: int = option(32, "images per step and process", source="METHOD.md §1: 8-64 per GPU")
+    lr: float = option(1e-4, "AdamW learning rate (constant)", source="METHOD.md §1")
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="METHOD.md §1")
+    weight_decay: float = option(1e-2, "AdamW weight decay", source="METHOD.md §1")
+    adam_eps: float = option(1e-8, "AdamW epsilon", source="METHOD.md §1")
+    grad_clip: float = option(1.0, "gradient norm clipping", source="METHOD.md §1")
+    max_steps: int | None = option(None, "stop after this many steps (default: --epochs)")
+    epochs: int | None = option(None, "epochs when --max-steps is not given (default: 100)", source="METHOD.md §1")
+    max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
+    random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
+                               "per sample)", source="METHOD.md §1")
+    vae_steps: int | None = option(None, "VAE training steps (--base tiny-scratch only; default 1000)")
+    mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
+    ema: bool = option(False, "export an exponential moving average of the weights")
+    ema_decay: float = option(0.999, "EMA decay")
+    lora_rank: int = option(0, "train LoRA adapters of this rank instead of the full UNet (0: full finetune)")
+    checkpoint_every: int = option(500, "steps between atomic checkpoints")
+    resume: bool = option(False, "continue from the latest checkpoint in --out")
+    seed: int = option(0, "seed of every random draw (data order, noise, timesteps, null prompts)")
+    samples_per_label: int = option(4, "samples per label in samples.png (0: none)")
+    log_every: int = option(10, "steps per line of train_log.jsonl")
 
+    @property
+    def epochs_or_default(self) -> int:
+        return self.epochs or 100  # METHOD.md §1: ~100 epochs
 
-def defaults(cls) -> dict[str, Any]:
-    """Each field's default, for code that takes the same settings as keyword arguments."""
-    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for f in fields(cls)}
+    def prompt_template(self) -> PromptTemplate:
+        return resolve_prompts(self.preset, self.prompt, self.null_prompt, self.null_rate)
 
-
-def fields(cls_or_obj) -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(cls_or_obj)
-
-
-def field_types(cls) -> dict[str, Any]:
-    """Resolved annotations (configs use `from __future__ import annotations`)."""
-    return typing.get_type_hints(cls)
-
-
-def base_type(tp) -> tuple[Any, bool]:
-    """(the type inside Optional[...], whether None is allowed)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return (args[0] if len(args) == 1 else tp), True
-    return tp, False
-
-
-def _coerce(cls, name: str, value):
-    """JSON/TOML values to the field's type (lists to tuples), with one-line errors."""
-    tp, optional = base_type(field_types(cls)[name])
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    try:
-        if origin is tuple:
-            inner = typing.get_args(tp)
-            kind = inner[0] if inner else (lambda v: v)
-            return tuple(kind(v) for v in value)
-        if tp is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if tp in (int, float, str):
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return tp(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"must be {getattr(tp, '__name__', tp)}, got {value!r}") from None
-    return value
-
-
-def from_dict(cls: type[C], values: dict, source: str = "settings") -> C:
-    """Build `cls` from a mapping, refusing unknown keys (a typo should not pass silently)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise DataError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
-
-
-def read_config_file(path: str | Path) -> dict:
-    """A JSON or TOML file of settings (a run's own config.json works)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: config file does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-            values = tomllib.loads(text)
-        else:
-            values = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one line
-        raise DataError(f"{path}: not a valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} "
-                        f"config ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise DataError(f"{path}: a config file holds one object of settings")
-    values.pop("diffmine_config", None)  # the header save_config writes
-    return values
-
-
-def load_config(cls: type[C], path: str | Path | None = None, **overrides) -> C:
-    """Settings from `path` (JSON/TOML) with `overrides` on top; both checked against `cls`'s fields."""
-    values = read_config_file(path) if path else {}
-    values.update(overrides)
-    return from_dict(cls, values, str(path) if path else cls.__name__)
-
-
-def to_dict(cfg) -> dict:
-    """Plain JSON-ready values (tuples as lists, paths as strings)."""
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        if dataclasses.is_dataclass(v):
-            return to_dict(v)
-        return v
-    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
-
-
-def save_config(cfg, folder: str | Path, name: str = CONFIG_FILE) -> Path:
-    """Write the resolved settings beside a run's output (atomically); `--config` reads it back."""
-    from .atomic import write_json
-
-    path = Path(folder, name)
-    write_json(path, {"diffmine_config": type(cfg).__name__, **to_dict(cfg)})
-    return path
-
-
-def map_keys(cls) -> tuple[str, ...]:
-    """The fields marked `affects_maps`: what a typicality store must agree on to be resumed."""
-    return tuple(f.name for f in fields(cls) if f.metadata.get("affects_maps"))
-
-
-# -- validation helpers: each raises ConfigError naming the parameter -----------------------
-def check(condition: bool, param: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(param, message)
-
-
-def check_positive(cfg, names: Iterable[str], minimum: float = 1) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None:
-            check(value >= minimum, name, f"must be >= {minimum}, got {value}")
-
-
-def check_range(cfg, name: str, low: float, high: float, closed: str = "both") -> None:
-    """`closed`: which ends are allowed ("both", "left", "right", "neither")."""
-    value = getattr(cfg, name)
-    if value is None:
-        return
-    ok_low = value >= low if closed in ("both", "left") else value > low
-    ok_high = value <= high if closed in ("both", "right") else value < high
-    lo = "[" if closed in ("both", "left") else "("
-    hi = "]" if closed in ("both", "right") else ")"
-    check(ok_low and ok_high, name, f"must be in {lo}{low}, {high}{hi}, got {value}")
-
-
-def check_choice(cfg, name: str) -> None:
-    choices = next(f.metadata.get("choices") for f in fields(cfg) if f.name == name)
-    value = getattr(cfg, name)
-    if value is None and base_type(field_types(type(cfg))[name])[1]:
-        return  # an optional setting left unset
-    if choices and value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
-def check_required(cfg) -> None:
-    for f in fields(cfg):
-        if f.metadata.get("required") and getattr(cfg, f.name) in (None, ""):
-            raise ConfigError(f.name, "is required")
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "preset")
+        check_choice(self, "mixed_precision")
+        check_positive(self, ("batch_size", "max_steps", "epochs", "checkpoint_every", "log_every"))
+        check_positive(self, ("lora_rank", "samples_per_label", "vae_steps"), minimum=0)
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be > 0, got {self.max_minutes}")
+        check_range(self, "null_rate", 0.0, 1.0, closed="left")
+        check_range(self, "ema_decay", 0.0, 1.0, closed="left")
+        if self.resolution is not None:
+            check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution",
+                  f"must be a multiple of 8 px, got {self.resolution}")
+        check(self.prompt is None or "{label}" in self.prompt, "prompt",
+              f"must contain the placeholder {{label}}, got {self.prompt!r}")
+        check(self.vae_steps is None or self.base == SCRATCH_BASE, "vae_steps",
+              f"only applies to --base {SCRATCH_BASE}, not to {self.base}")

@@ -7,8 +7,8 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
-from .bundle import SDBundle
-from .prompts import PromptTemplate
+from diffmine.core.bundle import SDBundle
+from diffmine.core.prompts import PromptTemplate
 
 
 def sample_grid(bundle: SDBundle, prompts: PromptTemplate, labels: list[str], path: str | Path,

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import checkpoints
-from .atomic import replace_dir, write_json
-from .bundle import SDBundle
-from .config import ConfigError, read_config_file, save_config, to_dict
-from .dataset import LabeledImages
-from .errors import DataError
-from .models import SCRATCH_BASE, load_bundle, resolve_model
-from .seeds import stable_seed
-from .train_config import RESUME_KEYS, TrainConfig
+from finetune import checkpoints
+from diffmine.core.files import replace_dir, write_json
+from diffmine.core.bundle import SDBundle
+from diffmine.core.settings import ConfigError, read_config_file, save_config, to_dict
+from diffmine.core.dataset import LabeledImages
+from diffmine.core.errors import DataError
+from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
+from diffmine.core.seeds import stable_seed
+from finetune.config import RESUME_KEYS, TrainConfig
 
 DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
@@ -52,8 +52,8 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
     cached = Path(cfg.out, "cache", f"base-{key:012d}")
     if not cached.exists():
         if acc.is_main_process:
-            from .tiny import build_tiny_bundle
-            from .vae_train import train_vae
+            from diffmine.core.tiny import build_tiny_bundle
+            from finetune.vae_train import train_vae
 
             _phase(f"training the small VAE from scratch ({steps} steps; slow on a CPU, once per "
                    "resolution/seed)", progress)
@@ -330,7 +330,7 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1))
     write_json(out / "diffmine_train.json", info)
     if cfg.samples_per_label:
-        from .samples import sample_grid
+        from finetune.samples import sample_grid
 
         _phase("drawing samples.png", progress)
         sample_grid(bundle, prompts, data.labels, out / "samples.png", per_label=cfg.samples_per_label,

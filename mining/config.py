@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune.config import check, check_choice, check_positive, check_required, option
+from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
-from .features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+from mining.features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
 
 
 @dataclass

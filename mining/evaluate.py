@@ -3,7 +3,7 @@
 Reads each map once more from the store (in the miner's chunk order, so every sum is the
 same), and scores the maps (pointing game, pixel AUROC, shared / characteristic), the patches
 (which element each top / least-typical / random patch lands on) and the clusters (purity,
-elements recovered) with `evaluation.metrics`.
+elements recovered) with `diffmine.evaluation.metrics`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.groundtruth import record_elements
-from evaluation.metrics import MetricsAccumulator, cluster_purity, patch_kinds
-from evaluation.pictures import gaussian_blur
+from diffmine.evaluation.groundtruth import record_elements
+from diffmine.evaluation.metrics import MetricsAccumulator, cluster_purity, patch_kinds
+from diffmine.report.pictures import gaussian_blur
 
-from .mine import LabelClusters, PatchSelection, read_maps
+from mining.stages import LabelClusters, PatchSelection, read_maps
 
 
 @dataclass

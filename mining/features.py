@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune.errors import DataError
+from diffmine.core.errors import DataError
 
 DIFT_T = 161  # METHOD.md §4
 DIFT_BLOCK = 1  # METHOD.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)

@@ -24,25 +24,23 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from evaluation.groundtruth import has_ground_truth
-from evaluation.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
-from finetune.atomic import finish_swap, swap_in, write_json, write_text
-from finetune.config import load_config, save_config, to_dict
-from finetune.dataset import LabeledImages
-from finetune.errors import DataError
+from diffmine.evaluation.groundtruth import has_ground_truth
+from diffmine.report.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
+from diffmine.core.files import finish_swap, swap_in, write_json, write_text
+from diffmine.core.settings import load_config, save_config, to_dict
+from diffmine.core.dataset import LabeledImages
+from diffmine.core.errors import DataError
 
-from .cluster import FaissKMeans
-from .config import MineConfig
-from .features import ClipPatchFeatures, DiftExtractor, pool_boxes
-from .patches import Patches, default_patch_size, patch_scores, select_patches, top_per_label_index
-from .report import render_html
+from mining.config import MineConfig
+from mining.features import ClipPatchFeatures, DiftExtractor
+from mining.report import render_html
+from mining.stages import (LabelClusters, PatchFeatures, PatchSelection, cluster_stage, features_stage,
+                           select_patches_stage)
 
 CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "cluster_size", "cluster_images",
                "member_rank", "image_id", "x0", "y0", "x1", "y1", "typicality", "distance", "element_kind",
@@ -50,53 +48,6 @@ CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "clus
 # What a mining run owns inside its output folder (a rerun replaces exactly these).
 OUTPUTS = ("report.html", "clusters.csv", "clusters.json", "metrics.json", "config.json", "grids", "patches",
            "images")
-
-
-# -- typed results ------------------------------------------------------------------------------
-@dataclass
-class PatchSelection:
-    """Stage 1. Patches' `image` field indexes the map pairs (pair_image / pair_label)."""
-    resolution: int
-    patch: int
-    pair_image: np.ndarray          # (P,) record index of each (image, label) map
-    pair_label: np.ndarray          # (P,) label of each map (object array)
-    labels: list[str]
-    top: Patches                    # per-image top patches of every map
-    least: Patches                  # per-image least-typical patches (baseline)
-    random: Patches                 # per-image random patches (baseline)
-    label_rows: dict[str, np.ndarray]  # rows of `top` kept per label (the per_label most typical)
-    baseline_rows: dict[str, dict[str, tuple[Patches, np.ndarray]]]
-
-    def record_of(self, patches: Patches, rows) -> np.ndarray:
-        return self.pair_image[patches.image[rows]]
-
-
-@dataclass
-class PatchFeatures:
-    """Stage 2: one feature row per kept top patch, and the decoded pixels of every shown image."""
-    features: np.ndarray            # (R, d) float32
-    row_of: dict[int, int]          # row of selection.top -> row of features
-    pixels: np.ndarray              # (n, res, res, 3) uint8 (a memory map)
-    slot: dict[int, int]            # record index -> row of pixels
-
-
-@dataclass
-class Cluster:
-    id: int
-    members: np.ndarray             # rows of selection.top, nearest to the centroid first
-    distances: np.ndarray           # distance of each member to the centroid
-    median: float                   # median typicality of the members (the rank key)
-    n_images: int
-
-
-@dataclass
-class LabelClusters:
-    """Stage 3, for one label: the kept clusters, best first."""
-    label: str
-    candidates: int
-    k: int
-    inertia: float
-    clusters: list[Cluster]
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -120,7 +71,7 @@ def check_store_matches(store, dataset: LabeledImages, model, force: bool = Fals
         problems.append(f"its images differ from those in {dataset.root} (ids, labels or files changed)")
     want = store.meta.get("model_fingerprint")
     if want and model is not None and not hasattr(model, "unet"):
-        from finetune.models import resolve_model
+        from diffmine.core.models import resolve_model
 
         if want != model_fingerprint(resolve_model(model)):
             problems.append(f"it was computed with another model than {model}")
@@ -131,9 +82,9 @@ def check_store_matches(store, dataset: LabeledImages, model, force: bool = Fals
 
 
 def _load_bundle(model):
-    from finetune.bundle import SDBundle
-    from finetune.models import load_bundle, resolve_model
-    from finetune.prompts import PromptTemplate
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.models import load_bundle, resolve_model
+    from diffmine.core.prompts import PromptTemplate
 
     if isinstance(model, SDBundle):
         return model.eval(), PromptTemplate()
@@ -149,128 +100,6 @@ def _make_extractor(cfg: MineConfig, model, res: int):
         warnings.warn(f"the model was built for {bundle.resolution} px, the maps are {res} px", stacklevel=3)
     return DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed,
                          batch_size=cfg.batch_size), prompts
-
-
-def map_pairs(store, dataset: LabeledImages) -> tuple[np.ndarray, np.ndarray]:
-    """(record index, label) of every map to mine: each image with each of its own labels."""
-    stored = {tuple(p) for p in store.pairs()}
-    pairs = [(i, lab) for i, r in enumerate(dataset.records) for lab in r.labels]
-    found = [p for p in pairs if (dataset.records[p[0]].image_id, p[1]) in stored]
-    if not found:
-        raise DataError(f"{store.root}: no typicality map for any image of {dataset.root} "
-                        "(was the store computed on this data?)")
-    if len(found) < len(pairs):
-        missing = [f"{dataset.records[i].image_id} ({lab})" for i, lab in pairs
-                   if (dataset.records[i].image_id, lab) not in stored]
-        warnings.warn(f"{len(missing)} (image, label) pair(s) of the data have no typicality map and are "
-                      f"skipped: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", stacklevel=3)
-    return (np.array([i for i, _ in found], dtype=np.int64), np.array([lab for _, lab in found], dtype=object))
-
-
-def read_maps(store, dataset: LabeledImages, pair_image, pair_label, idx, res: int) -> np.ndarray:
-    maps = np.stack([np.asarray(store.map(dataset.records[pair_image[j]].image_id, pair_label[j]),
-                                dtype=np.float32) for j in idx])
-    if maps.shape[1:] != (res, res):
-        raise DataError(f"{store.root}: maps are {maps.shape[1]}x{maps.shape[2]}, expected {res}x{res}")
-    return maps
-
-
-# -- 1. patches ----------------------------------------------------------------------------------
-def select_patches_stage(store, dataset: LabeledImages, cfg: MineConfig, progress: bool = True) -> PatchSelection:
-    res = int(store.meta["resolution"])
-    k = int(cfg.patch or default_patch_size(res))
-    if k > res:
-        raise DataError(f"--patch {k} px is larger than the processing resolution {res} px")
-    pair_img, pair_lab = map_pairs(store, dataset)
-    tops, lows, rands = [], [], []
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for start in tqdm(range(0, len(pair_img), cfg.map_batch), desc="patch typicality", unit="chunk",
-                      disable=not progress):
-        idx = range(start, min(start + cfg.map_batch, len(pair_img)))
-        scores = patch_scores(read_maps(store, dataset, pair_img, pair_lab, idx, res), k)
-        tops.append(select_patches(scores, k, cfg.per_image, "top", offset=start))
-        lows.append(select_patches(scores, k, cfg.per_image, "bottom", offset=start))
-        rands.append(select_patches(scores, k, cfg.per_image, "random", generator=gen, offset=start))
-    tops, lows, rands = Patches.concat(tops), Patches.concat(lows), Patches.concat(rands)
-    labels = sorted(set(pair_lab))
-    label_rows, baseline_rows = {}, {}
-    rng = np.random.default_rng(cfg.seed)
-    for lab in labels:
-        rows = np.flatnonzero(pair_lab[tops.image] == lab)
-        label_rows[lab] = rows[top_per_label_index(tops.take(rows), cfg.per_label)]
-        low_rows = np.flatnonzero(pair_lab[lows.image] == lab)
-        low_rows = low_rows[np.argsort(lows.score[low_rows], kind="stable")[:cfg.baselines]]
-        rand_rows = np.flatnonzero(pair_lab[rands.image] == lab)
-        rand_rows = np.sort(rng.choice(rand_rows, size=min(cfg.baselines, len(rand_rows)), replace=False))
-        baseline_rows[lab] = {"random": (rands, rand_rows), "least typical": (lows, low_rows)}
-    return PatchSelection(res, k, pair_img, pair_lab, labels, tops, lows, rands, label_rows, baseline_rows)
-
-
-# -- 2. features ---------------------------------------------------------------------------------
-def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, cache_dir: Path,
-                   progress: bool = True) -> PatchFeatures:
-    """Decode every needed image once (into a memory map); features of every kept top patch."""
-    all_rows = np.concatenate([sel.label_rows[lab] for lab in sel.labels])
-    feat_images = np.unique(sel.record_of(sel.top, all_rows))
-    base_images = [sel.record_of(p, rr) for lab in sel.labels for p, rr in sel.baseline_rows[lab].values()]
-    needed = np.union1d(feat_images, np.concatenate(base_images + [np.zeros(0, np.int64)]))
-    res = sel.resolution
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    pixels = np.lib.format.open_memmap(cache_dir / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(needed), res, res, 3))
-    extractor, prompts = extractor
-    is_feat = np.isin(needed, feat_images)
-    row_img = sel.record_of(sel.top, all_rows)  # record index of each patch row
-    features = None
-    for s in tqdm(range(0, len(needed), cfg.batch_size), desc=f"images + {cfg.feature} features", unit="batch",
-                  disable=not progress):
-        ids = needed[s:s + cfg.batch_size]
-        recs, arr = dataset.load_arrays(res, [dataset.records[i] for i in ids])
-        if len(recs) != len(ids):
-            raise DataError(f"{dataset.root}: an image became unreadable between the passes")
-        pixels[s:s + len(ids)] = np.round((arr.transpose(0, 2, 3, 1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        fmask = is_feat[s:s + cfg.batch_size]
-        if not fmask.any():
-            continue
-        fid = ids[fmask]
-        local = {int(i): n for n, i in enumerate(fid)}
-        rows = np.flatnonzero(np.isin(row_img, fid))
-        img_local = np.array([local[int(i)] for i in row_img[rows]], dtype=np.int64)
-        if cfg.feature == "dift":
-            fmaps = extractor(torch.from_numpy(arr[fmask]), [prompts.prompt(dataset.records[i].labels) for i in fid])
-            f = pool_boxes(fmaps, img_local, sel.top.box[all_rows[rows]], res).numpy()
-        else:
-            f = extractor(torch.from_numpy(arr[fmask]), img_local, sel.top.box[all_rows[rows]]).numpy()
-        if features is None:
-            features = np.zeros((len(all_rows), f.shape[1]), dtype=np.float32)
-        features[rows] = f
-    return PatchFeatures(features, {int(r): n for n, r in enumerate(all_rows)}, pixels,
-                         {int(i): n for n, i in enumerate(needed)})
-
-
-# -- 3. clusters ---------------------------------------------------------------------------------
-def cluster_stage(sel: PatchSelection, feats: PatchFeatures, cfg: MineConfig,
-                  progress: bool = True) -> dict[str, LabelClusters]:
-    result = {}
-    for lab in tqdm(sel.labels, desc="clustering", unit="label", disable=not progress):
-        rows = sel.label_rows[lab]
-        X = feats.features[[feats.row_of[int(r)] for r in rows]]
-        km = FaissKMeans(n_clusters=cfg.clusters, n_iter=cfg.kmeans_iter, spherical=cfg.spherical,
-                         random_state=cfg.seed).fit(X)
-        dist = np.sqrt(((X - km.cluster_centers_[km.labels_]) ** 2).sum(1))
-        recs = sel.record_of(sel.top, rows)
-        scores = sel.top.score[rows]
-        clusters = []
-        for c in range(km.n_clusters_):
-            m = np.flatnonzero(km.labels_ == c)
-            n_img = len(np.unique(recs[m]))
-            if len(m) < cfg.min_members or n_img < cfg.min_images:
-                continue
-            m = m[np.lexsort((-scores[m], dist[m]))]  # nearest to the centroid first
-            clusters.append(Cluster(c, rows[m], dist[m], float(np.median(scores[m])), n_img))
-        clusters.sort(key=lambda cl: (-cl.median, -len(cl.members), cl.id))
-        result[lab] = LabelClusters(lab, len(rows), km.n_clusters_, km.inertia_, clusters)
-    return result
 
 
 # -- the whole stage -------------------------------------------------------------------------------
@@ -306,7 +135,7 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
         clusters = cluster_stage(sel, feats, cfg, progress)
         evaluation = None
         if has_ground_truth(dataset.records):
-            from .evaluate import evaluate_mining
+            from mining.evaluate import evaluate_mining
 
             evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
         write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)

@@ -6,14 +6,14 @@ by relative paths, so the folder can be moved or zipped as a whole:
     MINE_DIR/images/<image>__<label>.png the image beside its typicality heatmap overlay
     MINE_DIR/grids/<label>.png          top clusters as rows
 
-The pictures themselves are drawn by `evaluation.pictures`.
+The pictures themselves are drawn by `diffmine.report.pictures`.
 """
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-from finetune.atomic import write_text
+from diffmine.core.files import write_text
 
 
 # -- HTML ---------------------------------------------------------------------------------

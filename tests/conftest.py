@@ -13,7 +13,7 @@ from PIL import Image
 
 @pytest.fixture(scope="session")
 def tiny_bundle():
-    from finetune.tiny import build_tiny_bundle
+    from diffmine.core.tiny import build_tiny_bundle
 
     return build_tiny_bundle(resolution=32)
 

@@ -13,22 +13,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly.classify import predictions
-from anomaly.audit import audit_margins
-from anomaly.config import AnomalyFitConfig, AnomalyScoreConfig, ClassifyConfig
-from anomaly.detector import DiffusionDetector
-from finetune.models import SMALL_BASE_DIR as TINY_BASE
-from anomaly.folder import DETECTOR_FILE, load_detector
-from anomaly.run import fit_detector, score_images
-from finetune.config import ConfigError
-from finetune.errors import DataError
+from diffmine.apps.classify.run import predictions
+from diffmine.apps.classify.audit import audit_margins
+from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
+from diffmine.apps.classify.config import ClassifyConfig
+from diffmine.apps.anomaly.detector import DiffusionDetector
+from diffmine.core.models import SMALL_BASE_DIR as TINY_BASE
+from diffmine.apps.anomaly.folder import DETECTOR_FILE, load_detector
+from diffmine.apps.anomaly.run import fit_detector, score_images
+from diffmine.core.settings import ConfigError
+from diffmine.core.errors import DataError
 
 TOWNS_MODEL = TINY_BASE
 
 
 @pytest.fixture(scope="module")
 def towns(tmp_path_factory):
-    from finetune.towns import generate_towns
+    from diffmine.datasets.towns import generate_towns
 
     return generate_towns(tmp_path_factory.mktemp("towns") / "towns", n_train=1, n_test=6, seed=3)
 
@@ -249,7 +250,7 @@ def test_predictions_and_margins_known_values():
 
 
 def test_classify_towns_known_answer(towns, tmp_path):
-    from anomaly.classify import run_classify
+    from diffmine.apps.classify.run import run_classify
 
     data = tmp_path / "data"
     for town in ("ashford", "dunmore"):  # two towns, 3 images each, one of them given the wrong label

@@ -13,7 +13,7 @@ import pytest
 
 from diffmine.cli import COMMANDS, build_parser, main
 from diffmine.cli.options import config_from_args
-from finetune.config import ConfigError, fields, load_config
+from diffmine.core.settings import ConfigError, fields, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

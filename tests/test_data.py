@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.dataset import LabeledImages
-from finetune.errors import DataError
-from finetune.images import load_rgb, resize_crop
-from finetune.prompts import PRESETS, PromptTemplate, resolve_prompts
+from diffmine.core.dataset import LabeledImages
+from diffmine.core.errors import DataError
+from diffmine.core.images import load_rgb, resize_crop
+from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
 
 
 def _png(path, size=(40, 30), color=(10, 200, 30)):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mining.demo import AssetsConfig, DemoConfig, build_assets, run_demo
+from diffmine.apps.demo.run import AssetsConfig, DemoConfig, build_assets, run_demo
 
 
 @pytest.mark.slow

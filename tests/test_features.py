@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.errors import DataError
+from diffmine.core.errors import DataError
 from mining.features import DiftExtractor, feature_boxes, l2_normalize, load_clip, pool_boxes
 
 

@@ -5,9 +5,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from finetune.prompts import PromptTemplate
+from diffmine.core.prompts import PromptTemplate
 from finetune.train import train
-from finetune.train_config import TrainConfig
+from finetune.config import TrainConfig
 
 
 def _cfg(data, out, **kw):

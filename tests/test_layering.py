@@ -1,42 +1,153 @@
-"""The floors: finetune <- typicality <- evaluation <- mining / applications <- CLI (diffmine).
-No package imports one above it, and there is no cycle, not even a lazy import inside a function."""
+"""The floors: diffmine.core <- diffmine.datasets <- finetune <- typicality <- diffmine.evaluation /
+diffmine.report <- mining / diffmine.apps.* <- the CLI. No module imports a floor above its own, no
+application imports another, and there is no cycle between modules, not even through a lazy import
+inside a function or a relative import."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# package -> floor; a package may import only packages on lower floors (and itself)
-FLOORS = {"finetune": 0, "typicality": 1, "evaluation": 2, "mining": 3, "diffmine": 5}
-APPLICATIONS = ("localize", "anomaly", "translate")  # top floor, beside each other, above mining
-FLOORS.update({app: 4 for app in APPLICATIONS if (ROOT / app).is_dir()})
+ROOF = 7
+# module prefix -> floor; the longest matching prefix decides a module's floor
+FLOORS = {
+    "diffmine.core": 0,
+    "diffmine.datasets": 1,
+    "finetune": 2,
+    "typicality": 3,
+    "diffmine.evaluation": 4, "diffmine.report": 4,  # shared kits of mining and the applications
+    "mining": 5,
+    "diffmine.apps": 6,  # the applications: on the stages, each on its own
+    "diffmine.cli": ROOF, "diffmine": ROOF,  # the roof: `diffmine` and its `python -m diffmine`
+}
+PACKAGES = ("finetune", "typicality", "mining", "diffmine")
 
 
-def _imports(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def floor_of(module: str) -> tuple[str, int] | None:
+    for prefix in sorted(FLOORS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, FLOORS[prefix]
+    return None
+
+
+def app_of(module: str) -> str | None:
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["diffmine", "apps"] and len(parts) > 2 else None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every project module a file imports, lazy ones and relative ones (resolved) included."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
     names = set()
-    for node in ast.walk(tree):  # every import, also the ones inside functions
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)  # `from pkg import submodule`
+    return {n for n in names if n.split(".")[0] in PACKAGES}
 
 
-def test_no_package_imports_a_floor_above_it():
+def project_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def _existing(name: str, modules: set[str]) -> str | None:
+    """The project module an imported name stands for (a name imported from a module maps to it)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def violations(files: list[Path]) -> list[str]:
+    modules = {module_name(p) for p in project_files() + files}
     bad = []
-    for pkg, floor in FLOORS.items():
-        for path in (ROOT / pkg).rglob("*.py"):
-            for name in _imports(path) & set(FLOORS):
-                if name != pkg and FLOORS[name] >= floor:
-                    bad.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert bad == []
+    for path in files:  # (sorted imports: one line per offending module)
+        me = module_name(path)
+        mine = floor_of(me)
+        for name in sorted(imports_of(path)):
+            other = _existing(name, modules)
+            if other is None or other == me:
+                continue
+            theirs = floor_of(other)
+            if mine is None or theirs is None:
+                bad.append(f"{me} imports {other}: a module outside the floors")
+            elif theirs[1] > mine[1] or (theirs[1] == mine[1] != ROOF and theirs[0] != mine[0]):
+                bad.append(f"{me} imports {other} (floor {theirs[0]} is not below {mine[0]})")
+            elif app_of(me) and app_of(other) and app_of(me) != app_of(other):
+                bad.append(f"{me} imports {other}: one application imports another")
+    return list(dict.fromkeys(bad))
 
 
-def test_the_contract_itself_would_catch_an_upward_import(tmp_path):
-    probe = tmp_path / "probe.py"
+def cycles(files: list[Path]) -> list[list[str]]:
+    modules = {module_name(p) for p in files}
+    graph = {module_name(p): {o for n in imports_of(p) if (o := _existing(n, modules)) and o != module_name(p)
+                              and not module_name(p).startswith(o + ".")}  # a package's own __init__
+             for p in files}
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return found
+
+
+def test_no_module_imports_a_floor_above_it_or_another_application():
+    assert violations(project_files()) == []
+
+
+def test_no_import_cycle_between_modules():
+    assert cycles(project_files()) == []
+
+
+def test_the_contract_catches_upward_relative_and_cross_application_imports():
+    probe = ROOT / "typicality" / "_layering_probe.py"
     probe.write_text("def f():\n    from mining.mine import run_mining\n")
-    assert "mining" in _imports(probe)
+    app_probe = ROOT / "diffmine" / "apps" / "localize" / "_layering_probe.py"
+    app_probe.write_text("from ..translate import run\n")
+    try:
+        bad = violations([probe, app_probe])
+    finally:
+        probe.unlink()
+        app_probe.unlink()
+    assert bad == ["typicality._layering_probe imports mining.mine (floor mining is not below typicality)",
+                   "diffmine.apps.localize._layering_probe imports diffmine.apps.translate: "
+                   "one application imports another",
+                   "diffmine.apps.localize._layering_probe imports diffmine.apps.translate.run: "
+                   "one application imports another"]
+
+
+def test_the_cycle_check_sees_a_cycle_through_relative_imports():
+    a = ROOT / "mining" / "_probe_a.py"
+    b = ROOT / "mining" / "_probe_b.py"
+    a.write_text("from ._probe_b import x\n")
+    b.write_text("def x():\n    from . import _probe_a\n")
+    try:
+        found = cycles([a, b])
+    finally:
+        a.unlink()
+        b.unlink()
+    assert found == [["mining._probe_a", "mining._probe_b", "mining._probe_a"]]
 
 
 def _project_names_imported(path: Path) -> list[tuple[str, str]]:
@@ -45,27 +156,31 @@ def _project_names_imported(path: Path) -> list[tuple[str, str]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                and node.module.split(".")[0] in set(FLOORS) | {"benchmarks"}:
+                and node.module.split(".")[0] in set(PACKAGES) | {"benchmarks"}:
             out += [(node.module, a.name) for a in node.names]
     return out
 
 
 def test_benchmarks_import_only_names_that_exist():
     """The benchmarks are run by hand, so a refactor that renames a constant they import (as
-    mining.demo.DEMO_T_RANGE once was) would only show up when someone reruns them."""
+    the demo's DEMO_T_RANGE once was) would only show up when someone reruns them."""
     import importlib
 
     missing = []
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
         for module, name in _project_names_imported(path):
-            if not hasattr(importlib.import_module(module), name):
-                missing.append(f"{path.name}: {module}.{name}")
+            mod = importlib.import_module(module)
+            if not hasattr(mod, name):
+                try:
+                    importlib.import_module(f"{module}.{name}")
+                except ImportError:
+                    missing.append(f"{path.name}: {module}.{name}")
     assert missing == []
 
 
 def test_the_benchmark_import_check_would_catch_a_missing_name(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def main():\n    from mining.demo import DEMO_T_RANGE\n")
-    assert _project_names_imported(probe) == [("mining.demo", "DEMO_T_RANGE")]
+    probe.write_text("def main():\n    from diffmine.apps.demo.run import DEMO_T_RANGE\n")
+    assert _project_names_imported(probe) == [("diffmine.apps.demo.run", "DEMO_T_RANGE")]
     import importlib
-    assert not hasattr(importlib.import_module("mining.demo"), "DEMO_T_RANGE")
+    assert not hasattr(importlib.import_module("diffmine.apps.demo.run"), "DEMO_T_RANGE")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.localization import auc_pr, iobb, pointing_hit, predicted_box, score_map, summarize
-from finetune.errors import DataError
+from diffmine.evaluation.localization import auc_pr, iobb, pointing_hit, predicted_box, score_map, summarize
+from diffmine.core.errors import DataError
 
 warnings.filterwarnings("ignore", message=".*download failure.*")
 
@@ -55,7 +55,7 @@ NIH = ("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
 
 
 def test_nih_and_plain_csv(tmp_path):
-    from localize.boxes import read_boxes
+    from diffmine.apps.localize.boxes import read_boxes
 
     (tmp_path / "nih.csv").write_text(NIH)
     boxes = read_boxes(tmp_path / "nih.csv", FINDINGS)
@@ -66,7 +66,7 @@ def test_nih_and_plain_csv(tmp_path):
 
 
 def test_bad_box_rows(tmp_path):
-    from localize.boxes import read_boxes
+    from diffmine.apps.localize.boxes import read_boxes
 
     p = tmp_path / "b.csv"
     p.write_text("file_name,label,x,y,w,h\na.png,Nodule,1,2,3,4\nb.png,Nodule,1,2,0,4\n")
@@ -91,9 +91,9 @@ def test_bad_box_rows(tmp_path):
 
 def test_box_geometry_follows_the_loader_on_non_square_images(tmp_path):
     """A box drawn on a 200x100 original lands where resize_crop puts its pixels (64 px crop)."""
-    from finetune.dataset import LabeledImages
-    from finetune.images import load_rgb, resize_crop
-    from localize.boxes import Box, place_boxes
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.core.images import load_rgb, resize_crop
+    from diffmine.apps.localize.boxes import Box, place_boxes
 
     img = np.zeros((100, 200), np.uint8)
     img[40:60, 110:130] = 255  # x 110..129, y 40..59 in the original
@@ -110,13 +110,13 @@ def test_box_geometry_follows_the_loader_on_non_square_images(tmp_path):
     crop = np.asarray(resize_crop(load_rgb(root / "wide.png"), 64))[..., 0]
     ys, xs = np.nonzero(crop > 127)  # the square's pixels after the loader's resize + crop
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (38, 26, 51, 38)
-    from evaluation.groundtruth import rasterize_boxes
+    from diffmine.evaluation.groundtruth import rasterize_boxes
     assert (rasterize_boxes([inside[0].xyxy], 64)[0] == (crop > 127)).all()
 
 
 def test_box_rows_naming_missing_images(tmp_path):
-    from finetune.dataset import LabeledImages
-    from localize.boxes import Box, place_boxes
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.apps.localize.boxes import Box, place_boxes
 
     root = tmp_path / "data"
     root.mkdir()
@@ -141,7 +141,7 @@ def test_dicom_mr_window_ct_full_range_and_monochrome1(tmp_path):
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from finetune.images import load_rgb
+    from diffmine.core.images import load_rgb
 
     mr_path = get_testdata_file("MR_small.dcm")
     mr = pydicom.dcmread(mr_path)
@@ -167,8 +167,8 @@ def test_dicom_errors_and_dataset(tmp_path):
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from finetune.dataset import LabeledImages
-    from finetune.images import load_rgb
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.core.images import load_rgb
 
     with pytest.raises(DataError, match=r"rtplan.dcm: DICOM holds no image"):
         load_rgb(get_testdata_file("rtplan.dcm"))
@@ -193,9 +193,9 @@ def test_dicom_errors_and_dataset(tmp_path):
 
 # -- synthetic data and the command end to end ---------------------------------------------------
 def test_synthetic_radiographs_are_deterministic_and_boxed(tmp_path):
-    from finetune.dataset import LabeledImages
-    from localize.boxes import place_boxes, read_boxes
-    from localize.synthetic import write_split
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.apps.localize.boxes import place_boxes, read_boxes
+    from diffmine.datasets.radiographs import write_split
 
     a = write_split(tmp_path / "a", 20, seed=3, dicom_every=5)
     b = write_split(tmp_path / "b", 20, seed=3, dicom_every=5)
@@ -214,8 +214,8 @@ def test_synthetic_radiographs_are_deterministic_and_boxed(tmp_path):
 
 @pytest.fixture(scope="module")
 def xray_model(tmp_path_factory):
-    from finetune.tiny import build_tiny_bundle
-    from finetune.prompts import PRESETS
+    from diffmine.core.tiny import build_tiny_bundle
+    from diffmine.core.prompts import PRESETS
 
     out = tmp_path_factory.mktemp("xray_model")
     build_tiny_bundle(resolution=32).save_pretrained(out)
@@ -225,9 +225,9 @@ def xray_model(tmp_path_factory):
 
 
 def test_run_localize_end_to_end(tmp_path, xray_model):
-    from localize.config import LocalizeConfig
-    from localize.run import localization_table, run_localize
-    from localize.synthetic import write_split
+    from diffmine.apps.localize.config import LocalizeConfig
+    from diffmine.apps.localize.run import localization_table, run_localize
+    from diffmine.datasets.radiographs import write_split
 
     data = write_split(tmp_path / "xray", 8, seed=1, dicom_every=4)
     out = tmp_path / "loc"
@@ -248,8 +248,8 @@ def test_run_localize_end_to_end(tmp_path, xray_model):
     assert figs and all((out / f).is_file() for f in figs)
     assert json.loads((out / "config.json").read_text())["draws"] == 4
     # the Python entry: a store and boxes -> the same table
-    from finetune.dataset import LabeledImages
-    from localize.boxes import place_boxes, read_boxes
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.apps.localize.boxes import place_boxes, read_boxes
 
     placed, _ = place_boxes(read_boxes(data / "BBox_List_2017.csv", FINDINGS), LabeledImages(data), 32)
     table, rows = localization_table(out / "typicality", placed)
@@ -258,9 +258,9 @@ def test_run_localize_end_to_end(tmp_path, xray_model):
 
 
 def test_run_localize_bad_input_leaves_nothing(tmp_path, xray_model):
-    from localize.config import LocalizeConfig
-    from localize.run import run_localize
-    from localize.synthetic import write_split
+    from diffmine.apps.localize.config import LocalizeConfig
+    from diffmine.apps.localize.run import run_localize
+    from diffmine.datasets.radiographs import write_split
 
     data = write_split(tmp_path / "xray", 4, seed=1)
     boxes = tmp_path / "boxes.csv"

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.dataset import LabeledImages
-from finetune.errors import DataError
-from finetune.images import load_rgb, resize_crop
-from evaluation.groundtruth import parse_elements, rasterize_boxes, record_elements, transform_boxes
-from evaluation.metrics import (MetricsAccumulator, auroc, box_mask_overlap, cluster_purity, elements_recovered,
+from diffmine.core.dataset import LabeledImages
+from diffmine.core.errors import DataError
+from diffmine.core.images import load_rgb, resize_crop
+from diffmine.evaluation.groundtruth import parse_elements, rasterize_boxes, record_elements, transform_boxes
+from diffmine.evaluation.metrics import (MetricsAccumulator, auroc, box_mask_overlap, cluster_purity, elements_recovered,
                             patch_kinds, pixel_auroc, pointing_game)
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.dataset import LabeledImages
-from finetune.errors import DataError
-from finetune.config import ConfigError
-from evaluation.groundtruth import record_elements
+from diffmine.core.dataset import LabeledImages
+from diffmine.core.errors import DataError
+from diffmine.core.settings import ConfigError
+from diffmine.evaluation.groundtruth import record_elements
 from mining.config import MineConfig
 from mining.mine import run_mining
 from mining.patches import boxes_overlap
@@ -190,7 +190,7 @@ def test_non_overlap_and_determinism(tiny_model_dir, gt_data, gt_store, tmp_path
 
 def test_towns_ground_truth_from_mask_files(tiny_model_dir, tmp_path):
     """The embedded towns data (mask files, several kinds per label) with oracle maps."""
-    from finetune.towns import generate_towns
+    from diffmine.datasets.towns import generate_towns
 
     data = generate_towns(tmp_path / "towns", n_train=3, n_test=1, size=RES, seed=1) / "train"
     ds = LabeledImages(data)
@@ -238,7 +238,7 @@ def test_no_ground_truth_no_metrics(tiny_model_dir, color_dataset, tmp_path):
 
 def test_cli_mine_after_real_typicality(tiny_model_dir, tmp_path):
     """The README flow: diffmine typicality, then diffmine mine, on the towns data with the tiny model."""
-    from finetune.towns import generate_towns
+    from diffmine.datasets.towns import generate_towns
     from diffmine.cli import main
 
     data = generate_towns(tmp_path / "towns", n_train=3, n_test=1, size=RES, seed=2) / "train"

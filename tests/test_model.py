@@ -2,8 +2,8 @@
 import torch
 from diffusers import StableDiffusionPipeline
 
-from finetune.bundle import SDBundle
-from finetune.tiny import build_tiny_bundle
+from diffmine.core.bundle import SDBundle
+from diffmine.core.tiny import build_tiny_bundle
 
 
 def test_tokenizer_matches_real_clip(tiny_bundle):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from diffmine.cli import main
-from finetune.errors import DataError
+from diffmine.core.errors import DataError
 from mining.config import MineConfig
 from mining.mine import run_mining
 from typicality.engine import run_typicality
@@ -97,9 +97,9 @@ def test_item3_and_10_out_of_range_parameters_are_one_line_errors_before_any_wor
 
 
 def test_item3_resume_with_other_settings_and_overwriting_a_model_are_refused(tiny_model_dir, color_dataset, tmp_path):
-    from finetune.config import ConfigError
+    from diffmine.core.settings import ConfigError
     from finetune.train import train
-    from finetune.train_config import TrainConfig
+    from finetune.config import TrainConfig
 
     cfg = TrainConfig(data=str(color_dataset), out=str(tmp_path / "m"), base=str(tiny_model_dir), batch_size=4,
                       max_steps=2, samples_per_label=0, checkpoint_every=1, log_every=1)
@@ -175,7 +175,7 @@ def test_item7_vae_training_resumes_from_its_checkpoint(monkeypatch, tmp_path):
     import torch
 
     from finetune import vae_train
-    from finetune.tiny import build_tiny_bundle
+    from diffmine.core.tiny import build_tiny_bundle
 
     monkeypatch.setattr(vae_train, "CHECKPOINT_EVERY", 2)
     images = torch.rand(8, 3, 16, 16) * 2 - 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from evaluation.pictures import display_heatmap, gaussian_blur, safe_name, save_grid, save_heatmap_pair
+from diffmine.report.pictures import display_heatmap, gaussian_blur, safe_name, save_grid, save_heatmap_pair
 from mining.report import render_html
 
 

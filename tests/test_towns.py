@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.dataset import LabeledImages
-from finetune.towns import (SHARED_KINDS, TOWNS, characteristic_kinds, contact_sheet, generate_towns,
+from diffmine.core.dataset import LabeledImages
+from diffmine.datasets.towns import (SHARED_KINDS, TOWNS, characteristic_kinds, contact_sheet, generate_towns,
                             render_facade)
 
 N_TRAIN, N_TEST = 3, 2
@@ -135,7 +135,7 @@ def test_remix_is_another_dataset_from_the_same_renderer(tmp_path):
     """remix: other labels, its own characteristic kinds in the ground truth; towns unchanged."""
     import json
 
-    from finetune.towns import TOWN_SETS
+    from diffmine.datasets.towns import TOWN_SETS
 
     remix = TOWN_SETS["remix"]
     kinds = [k for ks in remix.towns.values() for k in ks]

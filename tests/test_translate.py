@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.config import ConfigError
-from finetune.errors import DataError
+from diffmine.core.settings import ConfigError
+from diffmine.core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOWNS_MODEL = ROOT / "assets" / "tiny-towns-model"
@@ -20,10 +20,10 @@ FAST = dict(steps=5, inversion_steps=5, batch_size=4)  # random-weight runs: the
 # -- in memory, on the shipped towns model ---------------------------------------------------
 @pytest.fixture(scope="module")
 def towns():
-    from finetune.bundle import SDBundle
-    from finetune.images import to_tensor_array
-    from finetune.prompts import PromptTemplate
-    from finetune.towns import render_facade
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.images import to_tensor_array
+    from diffmine.core.prompts import PromptTemplate
+    from diffmine.datasets.towns import render_facade
 
     bundle = SDBundle.from_pretrained(TOWNS_MODEL).eval()
     rng = np.random.default_rng(123)
@@ -33,7 +33,7 @@ def towns():
 
 
 def _translator(towns, **kw):
-    from translate.translator import Translator
+    from diffmine.apps.translate.translator import Translator
 
     bundle, prompts, _, _ = towns
     return Translator(bundle, prompts, **kw)
@@ -110,7 +110,7 @@ def three_colors(tmp_path):
 
 
 def _cfg(model, data, out, **kw):
-    from translate.config import TranslateConfig
+    from diffmine.apps.translate.config import TranslateConfig
 
     return TranslateConfig(model=str(model), data=str(data), out=str(out), **{"to": "all", **FAST,
                                                                                "process_index": 0,
@@ -124,8 +124,8 @@ def _pngs(out: Path) -> dict[str, np.ndarray]:
 
 
 def test_to_all_outputs_resume_and_processes(tiny_model_dir, three_colors, tmp_path, monkeypatch):
-    from translate import run as run_mod
-    from translate.run import run_translate
+    from diffmine.apps.translate import run as run_mod
+    from diffmine.apps.translate.run import run_translate
 
     a = run_translate(_cfg(tiny_model_dir, three_colors, tmp_path / "a"), progress=False)
     rows = list(csv.DictReader(open(a / "translations.csv")))
@@ -180,7 +180,7 @@ def test_to_all_outputs_resume_and_processes(tiny_model_dir, three_colors, tmp_p
 
 def test_bad_input_one_line_each(tiny_model_dir, three_colors, tmp_path):
     from conftest import make_color_dataset
-    from translate.run import run_translate
+    from diffmine.apps.translate.run import run_translate
 
     def err(exc, **kw):
         with pytest.raises(exc) as e:
@@ -206,7 +206,7 @@ def test_bad_input_one_line_each(tiny_model_dir, three_colors, tmp_path):
 
 def test_labels_come_from_the_model(tmp_path):
     from conftest import make_color_dataset
-    from translate.run import run_translate
+    from diffmine.apps.translate.run import run_translate
 
     data = make_color_dataset(tmp_path / "d", n_per_label=1, size=64, labels=("red",))
     with pytest.raises(ConfigError, match="ashford, brill, corran, dunmore"):
@@ -216,7 +216,7 @@ def test_labels_come_from_the_model(tmp_path):
 def test_unknown_layout_asks_for_a_mapping(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from translate.layers import injection_layers
+    from diffmine.apps.translate.layers import injection_layers
 
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -244,7 +244,7 @@ def test_unknown_layout_asks_for_a_mapping(tmp_path):
 
 
 def test_injection_shares_come_from_the_layout_and_flags_override(towns):
-    from translate.layers import injection_layers
+    from diffmine.apps.translate.layers import injection_layers
 
     bundle = towns[0]
     layers = injection_layers(bundle.unet)
@@ -258,7 +258,7 @@ def test_injection_shares_come_from_the_layout_and_flags_override(towns):
 
 # -- consistent changes ------------------------------------------------------------------------
 def test_cotypicality_known_answer():
-    from translate.cotypicality import cotypical_patches, cotypicality_scores
+    from diffmine.apps.changes.cotypicality import cotypical_patches, cotypicality_scores
 
     # three translations of one 20 px image; each is typical in its own corner, and two of three at (8, 8)
     maps = np.zeros((3, 20, 20), np.float32)
@@ -275,9 +275,9 @@ def test_cotypicality_known_answer():
 
 
 def test_changes_report_and_other_model(tiny_model_dir, three_colors, tmp_path):
-    from translate.changes import run_changes
-    from translate.config import ChangesConfig
-    from translate.run import run_translate
+    from diffmine.apps.changes.run import run_changes
+    from diffmine.apps.changes.config import ChangesConfig
+    from diffmine.apps.translate.run import run_translate
 
     tr = run_translate(_cfg(tiny_model_dir, three_colors, tmp_path / "tr"), progress=False)
     out = run_changes(ChangesConfig(model=str(tiny_model_dir), translations=str(tr), out=str(tmp_path / "ch"),

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.bundle import SDBundle
-from finetune.errors import DataError
-from finetune.seeds import stable_seed
+from diffmine.core.bundle import SDBundle
+from diffmine.core.errors import DataError
+from diffmine.core.seeds import stable_seed
 from typicality.draws import make_draws, sample_timesteps
 from typicality.engine import TypicalityEstimator, run_typicality
 from typicality.formula import error_map, noisy_latents, to_epsilon, upsample
@@ -165,7 +165,7 @@ def test_trained_model_typicality_peaks_where_the_label_decides():
     """Train a real tiny UNet briefly: the left half of each image is its label's colour, the right
     half noise shared by both labels. The label helps (T > 0) on the left, much less on the right,
     and the other label hurts (T < 0)."""
-    from finetune.tiny import build_tiny_bundle
+    from diffmine.core.tiny import build_tiny_bundle
 
     b = build_tiny_bundle(resolution=32, unet_channels=(32, 32, 64)).eval()
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """Typicality maps T(x|c) (METHOD.md §2): draw schedule, formula, batched estimator, sharded store."""
-from .engine import TypicalityEstimator, run_typicality
-from .store import TypicalityStore
+from typicality.engine import TypicalityEstimator, run_typicality
+from typicality.store import TypicalityStore
 
 __all__ = ["TypicalityEstimator", "TypicalityStore", "run_typicality"]

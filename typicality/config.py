@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune.config import check, check_choice, check_positive, check_required, option
+from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
-from .draws import SCHEDULES
+from typicality.draws import SCHEDULES
 
 # METHOD.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
 # takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls

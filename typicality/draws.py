@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finetune.seeds import generator
+from diffmine.core.seeds import generator
 
 SCHEDULES = ("stratified", "uniform")
 

@@ -19,16 +19,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from finetune.config import defaults, load_config, map_keys, save_config, to_dict
-from finetune.errors import DataError
-from finetune.prompts import PromptTemplate
+from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
+from diffmine.core.errors import DataError
+from diffmine.core.prompts import PromptTemplate
 
-from .attention import shared_prompt_projections
-from .config import TypicalityConfig
-from .draws import Draws, image_generator, make_draws
-from .fingerprints import data_fingerprint, model_fingerprint
-from .formula import error_map, noisy_latents, to_epsilon
-from .store import (ImageResult, ShardWriter, check_resumable, finished_images, merge_manifests,
+from typicality.attention import shared_prompt_projections
+from typicality.config import TypicalityConfig
+from typicality.draws import Draws, image_generator, make_draws
+from typicality.fingerprints import data_fingerprint, model_fingerprint
+from typicality.formula import error_map, noisy_latents, to_epsilon
+from typicality.store import (ImageResult, ShardWriter, check_resumable, finished_images, merge_manifests,
                     verify_shards)
 
 _D = defaults(TypicalityConfig)  # the estimator's keyword defaults are the stage's config defaults
@@ -288,8 +288,8 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
     """
     from tqdm.auto import tqdm
 
-    from finetune.dataset import LabeledImages
-    from finetune.models import load_bundle, model_labels, resolve_model
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.core.models import load_bundle, model_labels, resolve_model
 
     cfg = config if config is not None else load_config(TypicalityConfig, None, **settings)
     if config is not None and settings:

@@ -28,10 +28,10 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from finetune.atomic import write_bytes, write_json
-from finetune.errors import DataError
+from diffmine.core.files import write_bytes, write_json
+from diffmine.core.errors import DataError
 
-from .formula import upsample
+from typicality.formula import upsample
 
 FORMAT, VERSION = "diffmine-typicality", 1
 MANIFEST = "manifest.json"

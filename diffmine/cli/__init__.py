@@ -39,9 +39,9 @@ def _quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.errors import DataError
+    from diffmine.core.errors import DataError
 
-    from .options import error_line
+    from diffmine.cli.options import error_line
 
     parser = build_parser()
     args = parser.parse_args(argv)

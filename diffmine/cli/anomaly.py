@@ -1,7 +1,7 @@
 """diffmine anomaly fit | score: a PyOD-compatible anomaly detector from a diffusion model."""
-from anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
+from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "anomaly detection: `fit` on normal images, `score` new ones (higher = more anomalous)"
 SUBCOMMANDS = {"fit": AnomalyFitConfig, "score": AnomalyScoreConfig}
@@ -15,7 +15,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from anomaly.run import fit_detector, score_images
+    from diffmine.apps.anomaly.run import fit_detector, score_images
 
     if args.action == "fit":
         cfg = config_from_args(AnomalyFitConfig, args)

@@ -1,7 +1,7 @@
 """diffmine assets: regenerate the embedded dataset and retrain the shipped model from its recipe."""
-from mining.demo import AssetsConfig
+from diffmine.apps.demo.run import AssetsConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "regenerate the embedded dataset and retrain the shipped model (make assets)"
 
@@ -12,6 +12,6 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from mining.demo import build_assets
+    from diffmine.apps.demo.run import build_assets
 
     build_assets(config_from_args(AssetsConfig, args))

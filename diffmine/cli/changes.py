@@ -1,7 +1,7 @@
 """diffmine changes: the changes a translation makes consistently, mined by co-typicality."""
-from translate.config import ChangesConfig
+from diffmine.apps.changes.config import ChangesConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "consistent changes across translations: co-typicality -> patch sequences -> clusters -> report"
 
@@ -12,6 +12,6 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from translate.changes import run_changes
+    from diffmine.apps.changes.run import run_changes
 
     print(f"report: {run_changes(config_from_args(ChangesConfig, args)) / 'report.html'}")

@@ -1,7 +1,7 @@
 """diffmine classify: each image's label is the one it is most typical of."""
-from anomaly.config import ClassifyConfig
+from diffmine.apps.classify.config import ClassifyConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "classify images by argmax over labels of T(x|c), with adaptive pruning and a label audit"
 
@@ -12,7 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from anomaly.classify import run_classify
+    from diffmine.apps.classify.run import run_classify
 
     cfg = config_from_args(ClassifyConfig, args)
     res = run_classify(cfg)

@@ -1,7 +1,7 @@
 """diffmine demo: the whole pipeline on the embedded towns dataset and the shipped model."""
-from mining.demo import DemoConfig
+from diffmine.apps.demo.run import DemoConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "the whole pipeline on the embedded dataset and shipped model (make demo)"
 
@@ -12,6 +12,6 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from mining.demo import run_demo
+    from diffmine.apps.demo.run import run_demo
 
     run_demo(config_from_args(DemoConfig, args))

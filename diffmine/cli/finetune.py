@@ -1,7 +1,7 @@
 """diffmine finetune: adapt a Stable Diffusion model to labeled images."""
-from finetune.train_config import TrainConfig
+from finetune.config import TrainConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "adapt a Stable Diffusion model to labeled images (METHOD.md §1)"
 

@@ -1,7 +1,7 @@
 """diffmine localize: where each finding is, from the typicality map of its prompt (X-ray application)."""
-from localize.config import LocalizeConfig
+from diffmine.apps.localize.config import LocalizeConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "abnormality localisation: finding maps vs boxes (AUC-PR, IoBB, pointing game), finetuned vs base"
 
@@ -14,7 +14,7 @@ def register(parser) -> None:
 def run(args) -> None:
     from pathlib import Path
 
-    from localize.run import run_localize
+    from diffmine.apps.localize.run import run_localize
 
     cfg = config_from_args(LocalizeConfig, args)
     run_localize(cfg)  # prints the boxes scored per finding and the metrics table itself

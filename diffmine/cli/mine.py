@@ -1,7 +1,7 @@
 """diffmine mine: typical patches -> features -> ranked clusters -> report."""
 from mining.config import MineConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "typical patches -> DIFT features -> ranked clusters -> report.html (METHOD.md §3-4)"
 

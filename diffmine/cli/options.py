@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import typing
 
-from finetune.config import ConfigError, base_type, field_types, fields, load_config
+from diffmine.core.settings import ConfigError, base_type, field_types, fields, load_config
 
 CONFIG_FLAG_HELP = "JSON or TOML file of settings (e.g. a run's own config.json); flags override it"
 

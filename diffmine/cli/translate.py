@@ -1,7 +1,7 @@
 """diffmine translate: each image under another label (Plug-and-Play or SDEdit)."""
-from translate.config import TranslateConfig
+from diffmine.apps.translate.config import TranslateConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "translate images to other labels: Plug-and-Play (DDIM inversion + feature injection) or SDEdit"
 
@@ -12,6 +12,6 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    from translate.run import run_translate
+    from diffmine.apps.translate.run import run_translate
 
     print(f"translations: {run_translate(config_from_args(TranslateConfig, args)) / 'index.html'}")

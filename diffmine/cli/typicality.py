@@ -1,7 +1,7 @@
 """diffmine typicality: per-pixel typicality maps T(x|c) into a resumable store."""
 from typicality.config import TypicalityConfig
 
-from .options import add_config_options, config_from_args
+from diffmine.cli.options import add_config_options, config_from_args
 
 HELP = "per-pixel typicality maps T(x|c) of every image (METHOD.md §2)"
 

@@ -1,7 +1,0 @@
-"""Anomaly detection and classification from a diffusion model's denoising errors.
-
-`detector.DiffusionDetector` is a PyOD detector (fit on normal images, decision_function higher
-= more anomalous); `run.fit_detector` / `run.score_images` are `diffmine anomaly fit/score`;
-`classify.run_classify` is `diffmine classify` (argmax over labels of T(x|c), with adaptive
-candidate pruning and the label audit).
-"""

@@ -1,0 +1,62 @@
+"""Settings of `diffmine anomaly fit`, `diffmine anomaly score` and `diffmine classify`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+
+from diffmine.apps.anomaly.detector import SCORES
+
+# Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
+# draws than a per-pixel map to rank images stably.
+ANOMALY_DRAWS = 16
+
+
+@dataclass
+class AnomalyFitConfig:
+    data: str | None = option(None, "folder of normal images (any layout; every image under it)", required=True)
+    out: str | None = option(None, "detector folder to write", required=True)
+    model: str | None = option(None, "model folder to score with, or 'tiny' (the shipped towns model; enough "
+                               "for --score features) (give this or --base)")
+    base: str | None = option(None, "model to finetune on the normal images: 'tiny' (the shipped towns model) "
+                              "or a model folder")
+    score: str = option("reconstruction", "anomaly score", choices=SCORES)
+    contamination: float = option(0.1, "expected share of anomalies: the threshold is the training scores' "
+                                  "1 - contamination quantile (PyOD's rule)")
+    normal_label: str = option("normal", "label of the normal data (the label --base finetunes with; "
+                               "atypicality scores -T(x | this label))")
+    draws: int = option(ANOMALY_DRAWS, "noise draws per image (trajectory: noise draws per trajectory)")
+    t_range: tuple[float, float] = option((0.1, 0.7), "timestep range as fractions of T", source="METHOD.md §2")
+    trajectory_start: float = option(0.3, "trajectory: partial noising level as a fraction of T")
+    trajectory_steps: int = option(10, "trajectory: DDIM steps back to t = 0")
+    finetune_steps: int = option(200, "finetuning steps with --base")
+    finetune_lr: float = option(1e-4, "finetuning learning rate with --base", source="METHOD.md §1")
+    finetune_batch: int = option(16, "finetuning batch size with --base")
+    resolution: int | None = option(None, "image size the model sees (default: the model's)")
+    batch_size: int = option(64, "UNet rows per forward")
+    seed: int = option(0, "seed of draws and finetuning")
+    n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (PyOD KNN's default)")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "score")
+        check_range(self, "contamination", 0, 0.5, closed="right")
+        check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
+        check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
+                              "n_neighbors"))
+        check_range(self, "trajectory_start", 0, 1, closed="right")
+        check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
+              f"got {self.t_range}")
+        check_positive(self, ("resolution",), minimum=8)
+
+
+@dataclass
+class AnomalyScoreConfig:
+    detector: str | None = option(None, "detector folder written by `diffmine anomaly fit`", required=True)
+    data: str | None = option(None, "folder of images to score (every image under it)", required=True)
+    out: str | None = option(None, "CSV of scores to write (image_id, path, score, outlier, probability)",
+                             required=True)
+    maps: str | None = option(None, "folder for per-pixel anomaly map overlays (PNG), optional")
+
+    def validate(self) -> None:
+        check_required(self)

@@ -1,0 +1,309 @@
+"""`DiffusionDetector`: a PyOD detector whose anomaly score is a diffusion model's denoising error.
+
+It follows PyOD's conventions (BaseDetector does thresholds, labels_, predict, predict_proba,
+predict_confidence) and scikit-learn's estimator contract (hyper-parameters stored untouched in
+`__init__`, validated in `fit`, learned state in trailing-underscore attributes), so it drops in
+where `IForest()` was. Score kinds (higher = more anomalous, each the spatial mean of its map):
+
+* reconstruction: the null prompt's mean denoising error over the draws (seed 004), the store's
+  `err_null`;
+* atypicality: -T(x | normal label); when the model knows other labels, the margin
+  max_{c != normal} T(x | c) - T(x | normal) (how much better another label explains x);
+* trajectory: seed 000's error accumulated along a reverse DDIM trajectory (trajectory.py);
+* features: the distance of the image's diffusion features (DIFT, METHOD.md §4: UNet up_blocks[1]
+  at t = 161, 8 draws; the whole feature map, flattened and L2-normalised) to its nearest
+  normal images, by PyOD's KNN (seed 000's "intermediate states of the diffusion process as a
+  representation"). Scale-free: unlike a denoising error it does not grow with how much an image
+  contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
+  the nearest normal image at the same cell.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from pyod.models.base import BaseDetector
+
+from diffmine.core.settings import ConfigError
+from diffmine.core.errors import DataError
+
+from diffmine.core.inputs import ImageInput
+
+SCORES = ("reconstruction", "atypicality", "trajectory", "features")
+DRAW_KEY = "anomaly"  # the one draw stream every image shares
+
+
+def model_labels(model: str | Path) -> list[str]:
+    """The labels a diffmine-finetuned model was trained on ([] when unknown)."""
+    from diffmine.core.models import model_labels as labels_of
+
+    return labels_of(model) or []
+
+
+class DiffusionDetector(BaseDetector):
+    """Anomaly detector from a diffusion model (a diffusers SD folder), fitted on normal images.
+
+    model: a finetuned model folder to score with; or base: a model folder (or "tiny", the shipped
+    towns model) finetuned here on the normal images under `normal_label` for `finetune_steps`.
+    X: an array (N, H, W[, C]) of uint8 0..255 / float 0..1 images, a list of paths, or a folder.
+    """
+
+    def __init__(self, model=None, base=None, score="reconstruction", contamination=0.1, normal_label="normal",
+                 draws=16, t_range=(0.1, 0.7), trajectory_start=0.3, trajectory_steps=10, finetune_steps=200,
+                 finetune_lr=1e-4, finetune_batch=16, resolution=None, batch_size=64, seed=0, work_dir=None,
+                 progress=False, n_neighbors=5):
+        self.model = model
+        self.base = base
+        self.score = score
+        self.contamination = contamination
+        self.normal_label = normal_label
+        self.draws = draws
+        self.t_range = t_range
+        self.trajectory_start = trajectory_start
+        self.trajectory_steps = trajectory_steps
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.finetune_batch = finetune_batch
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.seed = seed
+        self.work_dir = work_dir
+        self.progress = progress
+        self.n_neighbors = n_neighbors  # features: PyOD KNN's default
+
+    # -- validation ----------------------------------------------------------------------
+    def _check_params(self) -> None:
+        c = self.contamination
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and not 0 < c <= 0.5:
+            raise ConfigError("contamination", f"must be in (0, 0.5], got {c}")
+        if self.score not in SCORES:
+            raise ConfigError("score", f"must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if (self.model is None) == (self.base is None):
+            raise ConfigError("model", "give either a model to score with or a base to finetune (not both)")
+        if self.model is not None and not Path(self._model_folder()).is_dir():
+            raise ConfigError("model", f"{self.model}: model folder does not exist")
+        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        lo, hi = self.t_range
+        if not 0 <= lo < hi <= 1:
+            raise ConfigError("t_range", f"must satisfy 0 <= low < high <= 1, got {self.t_range}")
+        if not 0 < self.trajectory_start <= 1:
+            raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
+
+    def _model_folder(self) -> str:
+        """`model` as the project's loader reads it: "tiny" stands for the shipped towns model."""
+        from diffmine.core.models import resolve_model
+
+        return resolve_model(self.model, "model")
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Fit on normal images X: finetune (with `base`), score X, set the threshold from `contamination`."""
+        self._check_params()
+        inp = ImageInput(X)
+        self.geometry_ = inp.geometry
+        self.model_path_ = str(self._finetune(inp) if self.base is not None else Path(self._model_folder()).resolve())
+        self.labels_known_ = model_labels(self.model_path_)
+        if self.score == "atypicality" and self.labels_known_ and self.normal_label not in self.labels_known_:
+            raise ConfigError("normal_label", f"'{self.normal_label}' is not a label of {self.model_path_} "
+                              f"(labels: {', '.join(self.labels_known_)})")
+        self._runtime = None
+        self._memo = None
+        if self.score == "features":
+            self.train_features_ = self._features(inp)[0]
+            if len(self.train_features_) <= int(self.n_neighbors):
+                raise ConfigError("n_neighbors", f"needs more than {self.n_neighbors} normal images, "
+                                  f"got {len(self.train_features_)}")
+            self._fit_knn()
+            self.decision_scores_ = self.knn_.decision_scores_.copy()  # leave-one-out: not 0 for itself
+        else:
+            self.decision_scores_ = self._scores_and_maps(inp)[0]
+        self._set_n_classes(y)
+        self._process_decision_scores()
+        return self
+
+    def _finetune(self, inp: ImageInput) -> Path:
+        """Finetune `base` on the normal images (written as NORMAL_LABEL/*.png) with the project's finetuner."""
+        from PIL import Image
+
+        from diffmine.core.models import resolve_model
+        from diffmine.core.prompts import PromptTemplate
+        from finetune.train import train
+        from finetune.config import TrainConfig
+
+        base = Path(resolve_model(self.base, "base"))  # "tiny": the shipped pretrained small SD
+        if not base.is_dir():
+            raise ConfigError("base", f"{base}: base model folder does not exist")
+        work = Path(self.work_dir) if self.work_dir else Path(tempfile.mkdtemp(prefix="diffmine-anomaly-"))
+        data = work / "data" / self.normal_label
+        shutil.rmtree(work / "data", ignore_errors=True)
+        data.mkdir(parents=True)
+        for i, image_id in enumerate(inp.ids):
+            Image.fromarray(np.asarray(inp.rgb(i))).save(data / f"{i:06d}.png")
+        prompts = PromptTemplate.load(base)
+        train(TrainConfig(data=str(work / "data"), out=str(work / "model"), base=str(base), prompt=prompts.template,
+                          null_prompt=prompts.null_prompt, null_rate=prompts.null_rate, resolution=self.resolution,
+                          batch_size=int(self.finetune_batch), lr=float(self.finetune_lr),
+                          max_steps=int(self.finetune_steps), checkpoint_every=10 ** 9, seed=int(self.seed),
+                          samples_per_label=0), progress=bool(self.progress))
+        shutil.rmtree(work / "model" / "cache", ignore_errors=True)
+        shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
+        return (work / "model").resolve()
+
+    def _fit_knn(self) -> None:
+        from pyod.models.knn import KNN
+
+        self.knn_ = KNN(n_neighbors=int(self.n_neighbors), contamination=self.contamination).fit(self.train_features_)
+
+    # -- scoring -------------------------------------------------------------------------
+    def _load_runtime(self):
+        if getattr(self, "_runtime", None) is None:
+            from diffmine.core.bundle import SDBundle
+            from diffmine.core.prompts import PromptTemplate
+            from typicality.draws import make_draws
+            from typicality.engine import TypicalityEstimator
+
+            bundle = SDBundle.from_pretrained(self.model_path_).eval()
+            prompts = PromptTemplate.load(self.model_path_)
+            est = TypicalityEstimator(bundle, prompts, draws=int(self.draws), t_range=tuple(self.t_range),
+                                      seed=int(self.seed), batch_size=int(self.batch_size))
+            # Common random numbers: every image sees the same (t, eps) draws, so score differences
+            # between images are not draw noise, and a score does not depend on a file's name.
+            est.draw_fn = lambda _id, shape: make_draws(est.draws, shape, est.seed, DRAW_KEY, est.t_range,
+                                                        est.num_train_timesteps, est.schedule, est.antithetic)
+            self._runtime = (bundle, prompts, est)
+        return self._runtime
+
+    @property
+    def resolution_(self) -> int:
+        return int(self.resolution or self._load_runtime()[0].resolution)
+
+    def _features(self, inp: ImageInput, chunk: int = 64) -> tuple[np.ndarray, torch.Tensor]:
+        """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
+        from tqdm.auto import tqdm
+
+        from mining.features import DIFT_DRAWS, DiftExtractor, l2_normalize
+
+        bundle, prompts, _ = self._load_runtime()
+        # the normal label's prompt when the model was finetuned with it, else the null prompt
+        prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
+        # DIFT runs every image with all its draws: batch_size // draws images make batch_size UNet rows
+        dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // DIFT_DRAWS))
+        fmaps = []
+        for s in tqdm(range(0, len(inp), chunk), desc="anomaly features", disable=not self.progress):
+            idx = list(range(s, min(s + chunk, len(inp))))
+            fmaps.append(dift(torch.from_numpy(inp.load(self.resolution_, idx)), [prompt] * len(idx)))
+        fmaps = torch.cat(fmaps)
+        flat = l2_normalize(fmaps.reshape(len(fmaps), -1)).numpy()
+        return flat, torch.nn.functional.normalize(fmaps, dim=1)
+
+    def _feature_maps(self, flat: np.ndarray, cells: torch.Tensor) -> torch.Tensor:
+        """Per cell, 1 - cosine similarity to the nearest normal image's features at that cell."""
+        train = torch.from_numpy(self.train_features_)
+        nearest = torch.cdist(torch.from_numpy(flat), train).argmin(dim=1)
+        train_cells = torch.nn.functional.normalize(train[nearest].reshape(cells.shape), dim=1)
+        return 1 - (cells * train_cells).sum(dim=1)
+
+    def _conditions(self) -> list[str]:
+        if self.score != "atypicality":
+            return []
+        others = [c for c in self.labels_known_ if c != self.normal_label]
+        return [self.normal_label] + others
+
+    def _latent_maps(self, inp: ImageInput, chunk: int = 64) -> torch.Tensor:
+        """(n, h, w) anomaly maps at latent resolution (higher = more anomalous)."""
+        from tqdm.auto import tqdm
+
+        from diffmine.apps.anomaly.trajectory import trajectory_maps
+
+        bundle, prompts, est = self._load_runtime()
+        res = self.resolution_
+        conds = self._conditions()
+        out = []
+        for s in tqdm(range(0, len(inp), chunk), desc=f"anomaly scores ({self.score})", disable=not self.progress):
+            idx = list(range(s, min(s + chunk, len(inp))))
+            images, ids = torch.from_numpy(inp.load(res, idx)), [inp.ids[i] for i in idx]
+            if self.score == "trajectory":
+                z0 = est.encode(images, ids)
+                null = bundle.encode_prompts([prompts.null_prompt])
+                out.append(trajectory_maps(bundle, z0, [DRAW_KEY] * len(ids), null, self.trajectory_start,
+                                           int(self.trajectory_steps),
+                                           int(self.draws), int(self.seed), int(self.batch_size)))
+                continue
+            results = est.estimate(images, ids, [conds] * len(ids))
+            if self.score == "reconstruction":
+                out.append(torch.stack([torch.from_numpy(r.err_null) for r in results]))
+            else:
+                maps = []
+                for r in results:
+                    diff = torch.from_numpy(r.diff)  # (L, h, w): row 0 the normal label
+                    if len(diff) == 1:
+                        maps.append(-diff[0])
+                    else:  # margin to the label that explains x best (chosen on the whole image)
+                        best = 1 + int(diff[1:].mean(dim=(1, 2)).argmax())
+                        maps.append(diff[best] - diff[0])
+                out.append(torch.stack(maps))
+        return torch.cat(out)
+
+    def _check_geometry(self, inp: ImageInput) -> None:
+        g = inp.geometry
+        if tuple(g) != tuple(self.geometry_):
+            fh, fw, fc = self.geometry_
+            raise DataError(f"images are {g[0]}x{g[1]} with {g[2]} channel(s); the detector was fitted on "
+                            f"{fh}x{fw} with {fc} channel(s)")
+
+    def _scores_and_maps(self, inp: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
+        key = inp.digest()
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1], memo[2]
+        if self.score == "features":
+            flat, cells = self._features(inp)
+            scores, maps = self.knn_.decision_function(flat), self._feature_maps(flat, cells)
+        else:
+            maps = self._latent_maps(inp)
+            scores = maps.double().mean(dim=(1, 2)).numpy()
+        self._memo = (key, scores, maps)
+        return scores, maps
+
+    def decision_function(self, X):
+        """Anomaly scores of X (higher = more anomalous), shape (n,)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, ["decision_scores_", "threshold_", "labels_"])
+        inp = ImageInput(X)
+        self._check_geometry(inp)
+        return self._scores_and_maps(inp)[0].copy()
+
+    def anomaly_maps(self, X) -> np.ndarray:
+        """(n, R, R) per-pixel anomaly maps at the model's resolution: the scores before the spatial mean."""
+        from typicality.formula import upsample
+
+        inp = ImageInput(X)
+        self._check_geometry(inp)
+        maps = self._scores_and_maps(inp)[1]
+        return upsample(maps, (self.resolution_,) * 2).numpy()
+
+    # PyOD's predict_proba reads X.shape[0]: give a list of paths a shape (an object array).
+    def predict_proba(self, X, method="linear", return_confidence=False):
+        return super().predict_proba(_shaped(X), method=method, return_confidence=return_confidence)
+
+    def predict(self, X, return_confidence=False):
+        return super().predict(_shaped(X), return_confidence=return_confidence)
+
+    def predict_confidence(self, X):
+        return super().predict_confidence(_shaped(X))
+
+
+def _shaped(X):
+    if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, Path)):
+        return np.array([str(x) for x in X], dtype=object)
+    if isinstance(X, (str, Path)):
+        from diffmine.core.inputs import list_images
+
+        return np.array([str(p) for p in list_images(X)[0]], dtype=object)
+    return X

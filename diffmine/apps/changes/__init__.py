@@ -1,0 +1,1 @@
+"""Consistent changes: co-typicality of translated patches, clustered: run_changes(ChangesConfig(...))."""

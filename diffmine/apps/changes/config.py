@@ -1,0 +1,38 @@
+"""Settings of `diffmine changes`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffmine.core.settings import ConfigError, check_positive, check_required, option
+
+
+@dataclass
+class ChangesConfig:
+    model: str | None = option(None, "the model folder the translations were made with", required=True)
+    translations: str | None = option(None, "output folder of `diffmine translate --to all`", required=True)
+    out: str | None = option(None, "output folder (report.html, clusters.csv, patches)", required=True)
+    clusters: int = option(32, "k-means clusters", source="METHOD.md §4")
+    patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, proportional)",
+                               source="METHOD.md §3")
+    per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="METHOD.md §3")
+    top: int = option(1000, "most co-typical patches kept overall", source="METHOD.md §3")
+    draws: int = option(64, "typicality draws per translation (engine default: stratified, antithetic)")
+    t_range: tuple[float, float] = option((0.1, 0.7), "typicality timestep range, fractions of T",
+                                          source="METHOD.md §2", metavar="LO HI")
+    dift_t: int = option(161, "DIFT timestep", source="METHOD.md §4")
+    dift_block: int = option(1, "DIFT UNet up block", source="METHOD.md §4")
+    dift_draws: int = option(8, "DIFT noise draws", source="METHOD.md §4")
+    min_members: int = option(3, "clusters with fewer patches are dropped")
+    min_images: int = option(2, "clusters from fewer images are dropped")
+    show: int = option(8, "patch sequences shown per cluster in the report")
+    batch_size: int = option(64, "UNet rows per typicality forward")
+    seed: int = option(0, "seed (typicality draws, DIFT noise, k-means)")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_positive(self, ("clusters", "per_image", "top", "draws", "dift_draws", "min_members", "min_images",
+                              "show", "batch_size"))
+        check_positive(self, ("patch",))
+        lo, hi = self.t_range
+        if not 0 <= lo < hi <= 1:
+            raise ConfigError("t_range", f"must satisfy 0 <= lo < hi <= 1, got {tuple(self.t_range)}")

@@ -1,0 +1,1 @@
+"""Classification by typicality (argmax over labels of T(x|c)), with the label audit."""

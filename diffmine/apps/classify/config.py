@@ -1,0 +1,32 @@
+"""Settings of `diffmine classify`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffmine.core.settings import check, check_choice, check_positive, check_required, option
+
+
+@dataclass
+class ClassifyConfig:
+    model: str | None = option(None, "finetuned model folder (its labels are the classes)", required=True)
+    data: str | None = option(None, "images to classify; label folders / metadata give the true labels "
+                              "(then accuracy, confusion matrix and the label audit)", required=True)
+    out: str | None = option(None, "output folder", required=True)
+    draws: int = option(32, "draws per label for the finalists (the exhaustive run: for every label)")
+    prune: str = option("adaptive", "adaptive: a few draws for every label, more for the best k, then the "
+                        "best 1 (diffusion classifier); off: every label with every draw", choices=("adaptive", "off"))
+    first_draws: int = option(8, "adaptive: draws per label in the first round (every label)")
+    keep: int = option(3, "adaptive: labels kept after the first round")
+    t_range: tuple[float, float] = option((0.1, 0.7), "timestep range as fractions of T", source="METHOD.md §2")
+    label_column: str = option("label", "metadata column of the labels")
+    audit: bool = option(True, "write the label audit (audit.html): images more typical of another label")
+    audit_top: int = option(50, "images shown in the audit page")
+    batch_size: int = option(64, "UNet rows per forward")
+    seed: int = option(0, "seed of the draws")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "prune")
+        check_positive(self, ("draws", "first_draws", "keep", "batch_size", "audit_top"))
+        check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
+              f"got {self.t_range}")

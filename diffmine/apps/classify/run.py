@@ -1,0 +1,176 @@
+"""`diffmine classify`: each image's label is the argmax over labels of T(x | c) (diffusion classifier view).
+
+T(x | c) = E[err_null - err_c] differs between labels only by -E[err_c] (the null term is shared
+per draw), so the argmax of T is the label whose prompt denoises x best (Li et al. 2023).
+
+Pruning (`prune adaptive`, as the diffusion classifier does): a first round of `first_draws`
+draws scores every label; the `keep` best labels get `draws` more draws (other seeds); the best
+finalist, by the draw-weighted mean of both rounds, is the prediction. Cost per image in UNet
+rows: first_draws x (1 + L) + draws x (1 + keep), against draws x (1 + L) for `prune off`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffmine.core.files import replace_dir, write_json, write_text
+from diffmine.core.settings import save_config
+from diffmine.core.errors import DataError
+
+from diffmine.apps.classify.config import ClassifyConfig
+from diffmine.core.models import model_labels
+from diffmine.core.inputs import ImageInput
+
+
+def load_data(data: str, label_column: str) -> tuple[ImageInput, list[str] | None]:
+    """Images and their true labels when the folder has them (label folders or metadata), else None."""
+    from diffmine.core.dataset import METADATA_NAMES, LabeledImages
+
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder does not exist")
+    labeled = any((root / n).exists() for n in METADATA_NAMES) or any(
+        p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    if not labeled:
+        return ImageInput(root), None
+    ds = LabeledImages(root, label_column)
+    multi = [r.image_id for r in ds if len(r.labels) != 1]
+    if multi:
+        raise DataError(f"{root}: image '{multi[0]}' has {len(ds[ds.index(multi[0])].labels)} labels; "
+                        "classify expects one label per image")
+    return ImageInput([r.path for r in ds], ids=[r.image_id for r in ds]), [r.labels[0] for r in ds]
+
+
+class LabelScorer:
+    """T(x | c) for chosen labels per image, accumulated over rounds of draws (draw-weighted means)."""
+
+    def __init__(self, bundle, prompts, labels: list[str], t_range, seed: int, batch_size: int):
+        self.bundle, self.prompts, self.labels = bundle, prompts, labels
+        self.t_range, self.seed, self.batch_size = tuple(t_range), int(seed), int(batch_size)
+        self.rows = 0  # UNet rows spent
+
+    def round(self, images: torch.Tensor, ids: list[str], candidates: list[list[int]], draws: int, seed: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L) scores (NaN where not a candidate) and (n, L, h, w) maps from `draws` new draws."""
+        from typicality.engine import TypicalityEstimator
+
+        est = TypicalityEstimator(self.bundle, self.prompts, draws=draws, t_range=self.t_range, seed=seed,
+                                  batch_size=self.batch_size)
+        conds = [[self.labels[j] for j in c] for c in candidates]
+        results = est.estimate(images, ids, conds)
+        h, w = results[0].diff.shape[1:]
+        scores = np.full((len(ids), len(self.labels)), np.nan)
+        maps = np.zeros((len(ids), len(self.labels), h, w), np.float32)
+        for i, (r, c) in enumerate(zip(results, candidates)):
+            scores[i, c] = r.diff.astype(np.float64).mean(axis=(1, 2))
+            maps[i, c] = r.diff
+            self.rows += draws * (1 + len(c))
+        return scores, maps
+
+
+def classify_arrays(scorer: LabelScorer, images: torch.Tensor, ids: list[str], cfg: ClassifyConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores (n, L), draws per score (n, L), maps (n, L, h, w)) for one chunk of images."""
+    L = len(scorer.labels)
+    everyone = [list(range(L))] * len(ids)
+    if cfg.prune == "off" or cfg.keep >= L:
+        s, m = scorer.round(images, ids, everyone, cfg.draws, cfg.seed)
+        return s, np.full(s.shape, cfg.draws), m
+    s1, m1 = scorer.round(images, ids, everyone, cfg.first_draws, cfg.seed)
+    finalists = [list(np.argsort(-row)[:cfg.keep]) for row in s1]
+    s2, m2 = scorer.round(images, ids, finalists, cfg.draws, cfg.seed + 1)  # other seed: new draws
+    n1, n2 = cfg.first_draws, cfg.draws
+    final = ~np.isnan(s2)
+    scores = np.where(final, (n1 * s1 + n2 * np.nan_to_num(s2)) / (n1 + n2), s1)
+    maps = np.where(final[..., None, None], (n1 * m1 + n2 * m2) / (n1 + n2), m1)
+    return scores, np.where(final, n1 + n2, n1), maps
+
+
+def predictions(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax among the labels with the most draws (the finalists), and its margin over the runner-up."""
+    finalist = counts == counts.max(axis=1, keepdims=True)
+    masked = np.where(finalist, scores, -np.inf)
+    pred = masked.argmax(axis=1)
+    second = np.sort(masked, axis=1)[:, -2]  # L >= 2 (run_classify checks)
+    second = np.where(np.isfinite(second), second, np.sort(scores, axis=1)[:, -2])  # a single finalist
+    margin = masked.max(axis=1) - second
+    return pred, margin
+
+
+def run_classify(config: ClassifyConfig, progress: bool = True) -> dict:
+    """Classify every image of `config.data`; write predictions.csv, classification.json (and the audit).
+
+    Returns the classification.json content; the CLI can print
+    f"{n} images, accuracy {accuracy:.3f}, {images_per_s:.2f} images/s; written to {out}".
+    """
+    from tqdm.auto import tqdm
+
+    from diffmine.core.bundle import SDBundle
+    from diffmine.core.prompts import PromptTemplate
+
+    config.validate()
+    model = Path(config.model)
+    if not model.is_dir():
+        raise DataError(f"{model}: model folder does not exist")
+    labels = model_labels(model) or []
+    if len(labels) < 2:
+        raise DataError(f"{model}: the model knows {len(labels)} label(s) (diffmine_train.json); classify needs 2 or more")
+    inp, truth = load_data(config.data, config.label_column)
+    if truth is not None:
+        unknown = sorted(set(truth) - set(labels))
+        if unknown:
+            raise DataError(f"{config.data}: label '{unknown[0]}' is not one the model knows ({', '.join(labels)})")
+    bundle = SDBundle.from_pretrained(model).eval()
+    scorer = LabelScorer(bundle, PromptTemplate.load(model), labels, config.t_range, config.seed, config.batch_size)
+    res = bundle.resolution
+    start = time.time()
+    parts = []
+    chunk = 32
+    for s in tqdm(range(0, len(inp), chunk), desc=f"classify ({config.prune})", disable=not progress):
+        idx = list(range(s, min(s + chunk, len(inp))))
+        parts.append(classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), [inp.ids[i] for i in idx], config))
+    seconds = time.time() - start
+    scores, counts, maps = (np.concatenate(p) for p in zip(*parts))
+    pred, margin = predictions(scores, counts)
+    result = {"labels": labels, "images": len(inp), "prune": config.prune, "draws": config.draws,
+              "first_draws": config.first_draws if config.prune == "adaptive" else None,
+              "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": scorer.rows,
+              "unet_rows_per_image": scorer.rows / len(inp), "seconds": round(seconds, 2),
+              "images_per_s": round(len(inp) / seconds, 4), "accuracy": None, "confusion": None}
+    if truth is not None:
+        t = np.array([labels.index(x) for x in truth])
+        conf = np.zeros((len(labels), len(labels)), int)
+        np.add.at(conf, (t, pred), 1)
+        result["accuracy"] = float((t == pred).mean())
+        result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
+                               "matrix": conf.tolist()}
+
+    out = Path(config.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
+        for i, image_id in enumerate(inp.ids):
+            w.writerow([image_id, truth[i] if truth else "", labels[pred[i]], f"{margin[i]:.6g}"]
+                       + [f"{v:.6g}" for v in scores[i]])
+        write_text(tmp / "predictions.csv", buf.getvalue())
+        if truth is not None and config.audit:
+            from diffmine.apps.classify.audit import write_audit
+
+            result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
+        write_json(tmp / "classification.json", result)
+        save_config(config, tmp)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

@@ -1,0 +1,124 @@
+"""The main job on the embedded default: the towns dataset, the shipped tiny model, the whole pipeline.
+
+`build_assets` is how the shipped model was made (`make assets`, recipe in
+assets/tiny-towns-recipe.json); `run_demo` is `make demo` (settings in mining/demo.json).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffmine.core.settings import load_config, option
+from diffmine.core.models import ASSETS, SMALL_BASE_DIR
+
+MODEL_NAME = SMALL_BASE_DIR.name
+RECIPE_FILE = ASSETS / "tiny-towns-recipe.json"
+DEMO_FILE = Path(__file__).with_name("demo.json")
+MODEL_FILES = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+               "diffmine_prompts.json", "diffmine_train.json", "samples.png", "train_log.jsonl")
+
+
+def _settings(path: Path) -> dict:
+    """A settings file without its prose ('about', 'why...' keys)."""
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items()
+                if k != "about" and not k.startswith("why")}
+    return strip(json.loads(path.read_text(encoding="utf-8")))
+
+
+def recipe() -> dict:
+    return _settings(RECIPE_FILE)
+
+
+def demo_settings() -> dict:
+    return _settings(DEMO_FILE)
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("runs/demo", "output folder: data/, typicality/, report.html, metrics.json")
+    model: str | None = option(None, "model folder (default: the shipped tiny model)")
+    fast: bool = option(False, "reduced settings (tests)")
+
+
+@dataclass
+class AssetsConfig:
+    out: str = option(str(ASSETS), "folder to write the towns data and the retrained model into")
+    minutes: float | None = option(None, "stop after this many minutes (run again to resume)")
+    work: str = option("runs/assets-train", "training folder (checkpoints; resumed when run again)")
+
+
+def towns_data(root: str | Path, **params) -> Path:
+    """Generate (or reuse) the embedded dataset under `root`; returns the folder with train/ and test/."""
+    from diffmine.datasets.towns import generate_towns
+
+    return generate_towns(Path(root), progress=True, **{**recipe()["towns"], **params})
+
+
+def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, progress: bool = True,
+                 **overrides) -> Path:
+    """Retrain the shipped model with the finetuner, following its recipe; copy it into `out`."""
+    from diffmine.core.files import replace_dir
+    from finetune.train import train
+    from finetune.config import TrainConfig
+
+    cfg = config or AssetsConfig()
+    out, work = Path(cfg.out), Path(cfg.work)
+    data = towns_data(out / "towns", **(towns or {}))
+    start = time.time()
+    train(TrainConfig(data=str(data / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
+                      **{**recipe()["train"], **overrides}), progress=progress)
+    model = out / MODEL_NAME
+    tmp = out / f".{MODEL_NAME}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in MODEL_FILES:
+        src = work / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
+    replace_dir(tmp, model)
+    print(f"shipped model written to {model} ({(time.time() - start) / 60:.1f} min)")
+    return model
+
+
+def run_demo(config: DemoConfig | None = None, progress: bool = True) -> dict:
+    """Embedded dataset -> typicality on the held-out split -> mining -> report.html + metrics.json."""
+    from diffmine.core.files import write_json
+    from diffmine.core.errors import DataError
+    from typicality.config import TypicalityConfig
+    from typicality.engine import run_typicality
+
+    from mining.config import MineConfig
+    from mining.mine import run_mining
+
+    cfg = config or DemoConfig()
+    start = time.time()
+    out = Path(cfg.out)
+    model = Path(cfg.model) if cfg.model else SMALL_BASE_DIR
+    if not (model / "model_index.json").exists():
+        raise DataError(f"{model}: no shipped model here (run `make assets` to rebuild it)")
+    settings = demo_settings()
+    typ_settings, mine_settings = dict(settings["typicality"]), dict(settings["mine"])
+    if cfg.fast:  # tests: the same pipeline on fewer draws, features and clusters
+        typ_settings.update(settings["fast"]["typicality"])
+        mine_settings.update(settings["fast"]["mine"])
+    test = towns_data(out / "data") / "test"
+    typ = run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(test),
+                                     out=str(out / "typicality"), **typ_settings), progress=progress)
+    run_mining(MineConfig(model=str(model), data=str(test), typicality=str(typ), out=str(out), **mine_settings),
+               progress=progress)
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["wall_s"] = round(time.time() - start, 1)
+    metrics["settings"] = {"typicality": typ_settings, "mine": mine_settings, "model": str(model)}
+    metrics["targets"] = {k: {"target": f"{op} {v}", "value": metrics.get(k),
+                              "met": metrics.get(k) is not None and (metrics[k] >= v if op == ">=" else metrics[k] < v)}
+                          for k, (op, v) in settings["targets"].items()}
+    write_json(metrics_path, metrics)
+    print(f"\nreport:  {(out / 'report.html').resolve()}\nmetrics: {metrics_path.resolve()}")
+    for k, t in metrics["targets"].items():
+        print(f"  {k:28s} {t['value']!s:>8.8}  target {t['target']:8s} {'met' if t['met'] else 'NOT met'}")
+    print(f"  wall time {metrics['wall_s']} s")
+    return metrics

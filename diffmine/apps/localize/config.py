@@ -1,0 +1,37 @@
+"""Settings of `diffmine localize`: one dataclass, each default written once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD
+from diffmine.core.settings import check, check_positive, check_range, check_required, option
+
+
+@dataclass
+class LocalizeConfig:
+    model: str | None = option(None, "finetuned model folder (diffusers SD layout, with diffmine_train.json labels)",
+                               required=True)
+    data: str | None = option(None, "data folder holding the boxed images (PNG or DICOM)", required=True)
+    boxes: str | None = option(None, "boxes CSV: NIH BBox_List_2017.csv as distributed, or file_name,label,x,y,w,h",
+                               required=True)
+    out: str | None = option(None, "output folder (metrics.json, per_image.csv, report.html)", required=True)
+    base_model: str | None = option(None, "non-finetuned model to score the same way, side by side")
+    t_range: tuple[float, float] = option((0.0, 1.0), "timestep range as fractions of T; the full range for X-ray",
+                                          source="METHOD.md §2", affects_maps=True)
+    draws: int | None = option(None, "noise draws per map (default: the typicality engine's, 64 stratified, "
+                               "antithetic)", affects_maps=True)
+    threshold: float = option(DEFAULT_MAP_THRESHOLD, "fraction of the min-max normalised map above which pixels "
+                              "form the predicted box (IoBB)")
+    label_column: str = option("label", "label column of the data folder's metadata")
+    skip_bad: bool = option(False, "skip bad box rows and unreadable images with one warning instead of stopping")
+    seed: int = option(0, "seed of the noise draws", affects_maps=True)
+    batch_size: int = option(64, "UNet rows per forward")
+    show: int = option(24, "overlays per finding in report.html (best to worst; 0 = all)")
+
+    def validate(self) -> None:
+        check_required(self)
+        check(len(self.t_range) == 2 and 0.0 <= self.t_range[0] < self.t_range[1] <= 1.0, "t_range",
+              f"must be two fractions 0 <= low < high <= 1, got {self.t_range}")
+        check_positive(self, ["draws", "batch_size"])
+        check_positive(self, ["show"], minimum=0)
+        check_range(self, "threshold", 0.0, 1.0, closed="right")

@@ -1,0 +1,62 @@
+"""The settings of `diffmine translate` and `diffmine changes` (METHOD.md §5), one dataclass each."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+
+METHODS = ("pnp", "sdedit")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TranslateConfig:
+    model: str | None = option(None, "finetuned diffusers model folder", required=True)
+    data: str | None = option(None, "labeled image folder (the images to translate)", required=True)
+    out: str | None = option(None, "output folder (PNGs, grids, translations.csv, index.html)", required=True)
+    to: str | None = option(None, "target label, or 'all' for every other label", required=True, metavar="LABEL|all")
+    method: str = option("pnp", "pnp (Plug-and-Play feature injection) or sdedit (noise, then denoise)",
+                         choices=METHODS, source="METHOD.md §5")
+    steps: int = option(50, "DDIM sampling steps", source="METHOD.md §5")
+    guidance: float = option(7.5, "classifier-free guidance scale (null prompt as the negative); 1 = none",
+                             source="METHOD.md §5")
+    inversion_steps: int = option(50, "DDIM inversion steps (pnp); the sampling timesteps must be among them",
+                                  source="METHOD.md §5 (the reference used 999)")
+    strength: float = option(0.6, "sdedit: share of the noise schedule the image is noised to, in (0, 1]")
+    residual_injection: float | None = option(
+        None, "pnp: share of the sampling steps that inject the source's residual-block features; none = the "
+              "layer mapping's (SD v1.5: 0.8, as published)", source="METHOD.md §5")
+    attention_injection: float | None = option(
+        None, "pnp: share of the sampling steps that inject the source's self-attention queries and keys; "
+              "none = the layer mapping's (SD v1.5: 0.5, as published)", source="METHOD.md §5")
+    layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
+                                      "(default: translate/layers.json: SD v1.5 and the tiny model)")
+    batch_size: int = option(8, "translations (image, target) per UNet forward")
+    seed: int = option(0, "seed (sdedit noise, per image and target)")
+    label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
+    skip_bad: bool = option(False, "skip unreadable images (one warning) instead of stopping")
+    dtype: str = option("auto", "UNet dtype: auto = bf16 on a GPU that has it, fp32 elsewhere", choices=DTYPES)
+    process_index: int | None = option(None, "simulated process index (tests); default: accelerate's",
+                                       cli=False)
+    num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
+
+    def validate(self) -> None:
+        check_required(self)
+        check_choice(self, "method")
+        check_choice(self, "dtype")
+        check_positive(self, ("steps", "inversion_steps", "batch_size"))
+        check(self.steps <= 1000, "steps", f"must be <= 1000 (the training schedule), got {self.steps}")
+        # 1000 would step the last inverted latent to t = 1000, past the schedule (the reference used 999)
+        check(self.inversion_steps <= 999, "inversion_steps",
+              f"must be <= 999 (each inversion step goes to the next timestep of the 1000-step training "
+              f"schedule), got {self.inversion_steps}")
+        check(self.guidance >= 1, "guidance", f"must be >= 1 (1 = no guidance), got {self.guidance}")
+        check_range(self, "strength", 0.0, 1.0, closed="right")
+        check_range(self, "residual_injection", 0.0, 1.0)
+        check_range(self, "attention_injection", 0.0, 1.0)
+        check(str(self.to).strip() != "", "to", "must be a label or 'all'")
+
+
+# Settings that change the pictures: a resumed run must agree on them (out already holding others' output).
+OUTPUT_KEYS = ("model", "data", "to", "method", "steps", "guidance", "inversion_steps", "strength",
+               "residual_injection", "attention_injection", "layers", "seed", "label_column", "dtype")

@@ -1,0 +1,158 @@
+"""Labeled image collections in the two layouts people already use.
+
+* folder per label:   DATA/<label>/<any/sub/path>.png
+* metadata table:     DATA/metadata.csv or DATA/metadata.jsonl with a `file_name` column and a
+                      label column (Hugging Face imagefolder convention); multi-label values are
+                      separated by '|' as in NIH ChestX-ray14's "Finding Labels".
+
+Image ids are the file's path relative to DATA without its suffix: stable across runs, machines
+and orderings.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from diffmine.core.errors import DataError, SkippedInputs
+from diffmine.core.images import IMAGE_SUFFIXES, check_header, load_rgb, resize_crop, to_tensor_array
+
+MULTI_LABEL_SEP = "|"
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+
+
+@dataclass(frozen=True)
+class Record:
+    image_id: str
+    path: Path
+    labels: tuple[str, ...]
+    row: dict | None = None  # the metadata row, for extra columns (ground truth, boxes...)
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+class LabeledImages:
+    """A validated, ordered list of (image id, path, labels) for one data folder.
+
+    Bad input raises DataError with one line naming the file or row; with `skip_bad=True`
+    unreadable images are dropped instead, with one warning listing them all.
+    """
+
+    def __init__(self, root: str | Path, label_column: str = "label", skip_bad: bool = False,
+                 check_images: bool = True):
+        self.root = Path(root)
+        self.label_column = label_column
+        self.skip_bad = skip_bad
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data folder does not exist")
+        metadata = [self.root / n for n in METADATA_NAMES if (self.root / n).exists()]
+        records = self._scan_metadata(metadata[0]) if metadata else self._scan_folders()
+        if check_images:
+            records = self._drop_bad(records, check_header)
+        if not records:
+            raise DataError(f"{self.root}: no images found")
+        self.records: list[Record] = sorted(records, key=lambda r: r.image_id)
+        self.labels: list[str] = sorted({lab for r in self.records for lab in r.labels})
+        self._by_id = {r.image_id: i for i, r in enumerate(self.records)}
+        if len(self._by_id) != len(self.records):
+            raise DataError(f"{self.root}: two files share an image id (same path but different suffix)")
+
+    # -- scanning -------------------------------------------------------------------------
+    def _image_id(self, path: Path) -> str:
+        return path.relative_to(self.root).with_suffix("").as_posix()
+
+    def _scan_folders(self) -> list[Record]:
+        records = []
+        for label_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(p for p in label_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"{label_dir}: label '{label_dir.name}' has no images")
+            records += [Record(self._image_id(p), p, (label_dir.name,)) for p in files]
+        return records
+
+    def _scan_metadata(self, path: Path) -> list[Record]:
+        rows = _read_metadata(path)
+        if not rows:
+            raise DataError(f"{path}: metadata has no rows")
+        columns = list(rows[0].keys())
+        for col in ("file_name", self.label_column):
+            if col not in columns:
+                raise DataError(f"{path}: no column '{col}' (columns are: {', '.join(columns)})")
+        records = []
+        for n, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
+            where = f"{path} {'row' if path.suffix == '.csv' else 'line'} {n}"
+            file = self.root / str(row["file_name"])
+            if not file.is_file():
+                raise DataError(f"{where}: file '{row['file_name']}' does not exist")
+            value = row[self.label_column]
+            labels = tuple(v.strip() for v in str(value if value is not None else "").split(MULTI_LABEL_SEP)
+                           if v.strip())
+            if not labels:
+                raise DataError(f"{where}: empty label in column '{self.label_column}'")
+            records.append(Record(self._image_id(file), file, labels, dict(row)))
+        return records
+
+    def _drop_bad(self, records: list[Record], check) -> list[Record]:
+        good, skipped = [], SkippedInputs(self.skip_bad, "bad image(s)")
+        for r in records:
+            try:
+                check(r.path)
+                good.append(r)
+            except DataError as exc:
+                skipped.add(exc)
+        skipped.warn(stacklevel=3)
+        return good
+
+    # -- access ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Record:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def index(self, image_id: str) -> int:
+        try:
+            return self._by_id[image_id]
+        except KeyError:
+            raise KeyError(f"{self.root}: no image with id '{image_id}'") from None
+
+    def load_arrays(self, resolution: int, records: list[Record] | None = None,
+                    progress: bool = False) -> tuple[list[Record], np.ndarray]:
+        """Decode, resize and centre-crop images to Nx3xRxR float32 in [-1, 1].
+
+        Returns the records actually loaded: with skip_bad, undecodable images are dropped
+        (one warning); without, the first one raises DataError naming the file.
+        """
+        from tqdm.auto import tqdm
+
+        records = list(self.records if records is None else records)
+        arrays, good, skipped = [], [], SkippedInputs(self.skip_bad, "bad image(s)")
+        for r in tqdm(records, desc="decoding images", disable=not progress):
+            try:
+                arrays.append(to_tensor_array(resize_crop(load_rgb(r.path), resolution)))
+                good.append(r)
+            except DataError as exc:
+                skipped.add(exc)
+        skipped.warn()
+        if not good:
+            raise DataError(f"{self.root}: no readable images")
+        return good, np.stack(arrays)

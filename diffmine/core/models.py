@@ -1,0 +1,82 @@
+"""Which model a name means: one loader for "tiny", "tiny-scratch", a local folder or a hub id.
+
+    load_bundle("stable-diffusion-v1-5/stable-diffusion-v1-5")  # METHOD.md §1, on a GPU
+    load_bundle("runs/my-model")                                # a diffusers SD folder
+    load_bundle("tiny")          # the shipped, pretrained small SD (assets/tiny-towns-model)
+    load_bundle("tiny-scratch")  # the same architecture with random weights (the trainer
+                                 # trains its VAE first: slow, only on purpose)
+
+A name that cannot be any of these fails at once with one line, before any network call:
+a mistyped folder is not sent to the hub as a repo id.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from diffmine.core.errors import DataError
+
+# METHOD.md §1: `runwayml/stable-diffusion-v1-5` was removed from the hub in 2024.
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's assets/ (shipped model, recipe)
+SMALL_BASE = "tiny"
+SCRATCH_BASE = "tiny-scratch"
+SMALL_BASE_DIR = ASSETS / "tiny-towns-model"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(name: str | Path, what: str = "model") -> str:
+    """The folder or hub id that `name` stands for, or one DataError line saying why it is none.
+
+    `what` names the option in messages ("base", "model")."""
+    spec = str(name).strip()
+    if spec == SMALL_BASE:
+        if not (SMALL_BASE_DIR / "model_index.json").exists():
+            raise DataError(f"{what} tiny: the shipped small model {SMALL_BASE_DIR} is missing "
+                            "(rebuild it with `make assets`)")
+        return str(SMALL_BASE_DIR)
+    if spec == SCRATCH_BASE:
+        return spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path)
+    looks_like_path = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.endswith("/")
+                       or spec.count("/") != 1 or Path(spec).parent.is_dir())
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise DataError(f"{what} {spec}: no such folder, and not a hub id (owner/name) or a small base "
+                        f"({SMALL_BASE}, {SCRATCH_BASE})")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
+            raise DataError(f"{what} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    return spec
+
+
+def load_bundle(name: str | Path, text_encoder: str | None = None, **kwargs):
+    """The SD components `name` stands for (see the module docstring)."""
+    spec = resolve_model(name)
+    if spec == SCRATCH_BASE:
+        from diffmine.core.tiny import build_tiny_bundle
+
+        return build_tiny_bundle(**kwargs)
+    from diffmine.core.bundle import SDBundle
+
+    if text_encoder is not None:
+        text_encoder = resolve_model(text_encoder, "text encoder")
+    return SDBundle.from_pretrained(spec, text_encoder=text_encoder, **kwargs)
+
+
+def model_labels(name: str | Path) -> list[str] | None:
+    """The labels a diffmine-finetuned folder was trained on (None when it does not say)."""
+    import json
+
+    info = Path(str(name), "diffmine_train.json")
+    if not info.is_file():
+        return None
+    return list(json.loads(info.read_text(encoding="utf-8")).get("labels") or []) or None
