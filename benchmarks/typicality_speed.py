@@ -54,11 +54,12 @@ def main() -> None:
     tc.warm_up(bundle, prompts, ids, images, labels)
     # "Defaults" include the precision `diffmine typicality` picks here (--dtype auto): fp32 on a CPU,
     # bf16 on a GPU that has it. Equal work stays in the reference's fp32.
-    auto = engine.resolve_dtype("auto", torch.device(args.device))
+    from diffmine.core.runtime import resolve_dtype
+    auto = resolve_dtype("auto", torch.device(args.device))
     plain = copy.deepcopy(bundle)  # diffusers' own attention processors, for the reference
     plain.unet.set_attn_processor(AttnProcessor2_0())
     tuned, plain_tuned = bundle, plain
-    if auto is not None:
+    if auto != torch.float32:
         tuned, plain_tuned = copy.deepcopy(bundle).to(dtype=auto), copy.deepcopy(plain).to(dtype=auto)
         tc.warm_up(tuned, prompts, ids, images, labels)
     low = copy.deepcopy(bundle).to(dtype=torch.bfloat16) if args.bf16 and auto != torch.bfloat16 else None

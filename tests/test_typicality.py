@@ -258,9 +258,9 @@ def test_prompt_shared_attention_equals_stock_attention(tiny_bundle):
 
 
 def test_dtype_auto_is_fp32_on_cpu():
-    from typicality.engine import resolve_dtype
+    from diffmine.core.runtime import resolve_dtype
 
-    assert resolve_dtype("auto", torch.device("cpu")) is None
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("fp8", torch.device("cpu"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
 from typicality.draws import SCHEDULES
@@ -20,11 +21,10 @@ from typicality.draws import SCHEDULES
 # reaches correlation 0.9899; stratified + antithetic reaches 0.9894 at N = 50 and 0.9913 at
 # N = 64, stratified alone 0.9859 at 64 (benchmarks/typicality_convergence.py). 64 keeps a margin.
 DEFAULT_DRAWS = 64
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class TypicalityConfig:
+class TypicalityConfig(RuntimeSettings):
     model: str = option(None, "finetuned diffusers SD folder (or 'tiny', a hub id)", required=True)
     data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
     out: str = option(None, "store folder (resumed when it holds a run with the same settings)", required=True)
@@ -41,8 +41,6 @@ class TypicalityConfig:
     antithetic: bool = option(True, "draw noise in (eps, -eps) pairs", affects_maps=True)
     sample_latents: bool = option(False, "seeded VAE posterior sample instead of its mean", affects_maps=True)
     resolution: int | None = option(None, "processing size in px (default: the model's)", affects_maps=True)
-    dtype: str = option("auto", "UNet/VAE precision (auto: bf16 on a GPU that has it, else fp32)",
-                        choices=DTYPE_CHOICES, affects_maps=True)
     seed: int = option(0, "seed of the per-image draws", affects_maps=True)
     batch_size: int = option(64, "UNet rows per forward (an image's draw takes 1 + its labels)")
     shard_size: int = option(256, "images per store shard: a kill loses at most the images since the last shard")
@@ -51,7 +49,8 @@ class TypicalityConfig:
 
     def validate(self) -> None:
         check_required(self)
-        for name in ("labels", "schedule", "dtype"):
+        self.validate_runtime()
+        for name in ("labels", "schedule"):
             check_choice(self, name)
         check_positive(self, ("draws", "batch_size", "shard_size", "resolution"))
         check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")

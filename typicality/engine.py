@@ -33,7 +33,6 @@ from typicality.store import (ImageResult, ShardWriter, check_resumable, finishe
 
 _D = defaults(TypicalityConfig)  # the estimator's keyword defaults are the stage's config defaults
 DEFAULT_DRAWS, DEFAULT_SCHEDULE, DEFAULT_ANTITHETIC = _D["draws"], _D["schedule"], _D["antithetic"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Condition = tuple[str, ...]  # the labels of one prompt: one label, or a multi-label set
 
@@ -244,25 +243,6 @@ class TypicalityEstimator:
                 yield r.result()
 
 
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
-    """"auto" (the default): bfloat16 on a GPU that has it, float32 elsewhere.
-
-    On an H100, bf16 at batch 256 ran an SD-v1.5 UNet 4.8x faster per draw than fp32 at batch 64
-    (benchmarks/results/GPU.md). Its rounding is small next to the draws' Monte-Carlo noise: on the
-    tiny model (CPU) the maps' correlation with precise fp32 maps went from 0.9920 to 0.9912
-    (benchmarks/typicality_speed.py --bf16). Error maps are always summed in float64. CPUs keep
-    fp32, so that maps there stay exact to float32 (bf16 was 1.46x on this project's 2-core CPU).
-    """
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if fast_bf16 else None
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or 'auto'")
-    return DTYPES[dtype]
-
-
 def model_identity(bundle, prompts: PromptTemplate, model: str, resolution: int) -> dict:
     """What the model fixes about the maps (recorded in the store and checked on resume / by mine)."""
     latent = resolution // bundle.vae_scale_factor
@@ -289,29 +269,23 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
     from tqdm.auto import tqdm
 
     from diffmine.core.dataset import LabeledImages
-    from diffmine.core.models import load_bundle, model_labels, resolve_model
+    from diffmine.core.models import resolve_model
+    from diffmine.core.runtime import Runtime
 
     cfg = config if config is not None else load_config(TypicalityConfig, None, **settings)
     if config is not None and settings:
         raise TypeError("pass either a TypicalityConfig or settings as keywords, not both")
     cfg.validate()
-    model = resolve_model(cfg.model)
-    out = Path(cfg.out)
+    overrides = {k: v for k, v in (("process_index", process_index), ("num_processes", num_processes))
+                 if v is not None}
+    rt = Runtime.start(cfg, **overrides)
+    resolve_model(cfg.model)  # a bad model name fails before the data is scanned
     dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    _check_labels(cfg, model, dataset.labels, model_labels(model))
-    state = None
-    if process_index is None:
-        from accelerate import PartialState
-        # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) a CPU-only machine
-        # then forms a gloo group instead of running n unaware copies.
-        state = PartialState(cpu=not torch.cuda.is_available())
-        rank, world, device = state.process_index, state.num_processes, state.device
-    else:
-        rank, world = int(process_index), int(num_processes or 1)
-        device = torch.device("cpu")
-    torch_dtype = resolve_dtype(cfg.dtype, torch.device(device))
-    bundle = load_bundle(model).eval().to(device, torch_dtype)
-    prompts = PromptTemplate.load(model) if Path(model).is_dir() else PromptTemplate()
+    loaded = rt.load(cfg.model)
+    model, bundle, prompts = loaded.path, loaded.bundle, loaded.prompts
+    _check_labels(cfg, model, dataset.labels, loaded.labels)
+    rank, world = rt.rank, rt.world
+    out = Path(cfg.out)
     est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic, cfg.seed,
                               cfg.batch_size, cfg.sample_latents)
     resolution = int(cfg.resolution or bundle.resolution)
@@ -367,9 +341,8 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
         raise
     writer.close()
     bar.close()
-    if state is not None:
-        state.wait_for_everyone()
-    if rank == 0 and (state is not None or world == 1):
+    rt.wait()
+    if rt.is_main and rt.launched:
         merge_manifests(out, compact_to=cfg.shard_size)
     return out
 

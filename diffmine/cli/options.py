@@ -28,7 +28,11 @@ def _show(value) -> str:
 def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One option per CLI field of `cls`, plus --config."""
     types = field_types(cls)
-    for f in fields(cls):
+    from diffmine.core.runtime import RuntimeSettings
+
+    shared = {f.name for f in fields(RuntimeSettings)} if issubclass(cls, RuntimeSettings) else set()
+    # a command's own options first, then the runtime's (--device, --dtype) that every command shares
+    for f in sorted(fields(cls), key=lambda f: f.name in shared):
         meta = f.metadata
         if not meta.get("cli", True) or f.name in skip:
             continue

@@ -1,0 +1,169 @@
+"""Where a command runs: one runtime under every command that touches a model.
+
+    rt = Runtime.start(cfg)                 # device, dtype, and this process's share under `accelerate launch`
+    model = rt.load(cfg.model)              # bundle on rt.device in rt.dtype, its prompts and labels
+    mine = rt.share(groups)                 # groups k with k % world == rank
+    rt.wait(); if rt.is_main: ...           # merge what every process wrote
+
+The device is the GPU when there is one (under `accelerate launch`, this process's GPU), else
+the CPU; `--device` overrides it. `--dtype auto` is bfloat16 on a GPU that has it, float32
+elsewhere. Without `accelerate launch` a run is one process; `process_index`/`num_processes`
+simulate a split in tests. Under `accelerate launch --multi_gpu` on a machine without CUDA the
+processes form a gloo group (CPU), so a split works the same on a laptop.
+
+`POLICY` turns the settings into (device, dtype); tests swap it to prove that every command's UNet
+runs where the runtime chose (the check is `check_placement`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+from diffmine.core.errors import DataError
+from diffmine.core.settings import check, option
+
+T = TypeVar("T")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+@dataclass
+class RuntimeSettings:
+    """The settings every model-running command shares (its config inherits them)."""
+    device: str = option("auto", "where the models run: auto = this process's GPU when there is one, else "
+                         "the CPU; or cpu, cuda, cuda:1, mps")
+    dtype: str = option("auto", "model precision: auto = bf16 on a GPU that has it, fp32 elsewhere",
+                        choices=DTYPE_CHOICES)
+    process_index: int | None = option(None, "simulated process index (tests); default: accelerate's", cli=False)
+    num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
+
+    def validate_runtime(self) -> None:
+        check(self.dtype in DTYPE_CHOICES, "dtype", f"must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
+        check(self.num_processes is None or self.num_processes >= 1, "num_processes", "must be >= 1")
+        if self.process_index is not None:
+            check(0 <= self.process_index < (self.num_processes or 1), "process_index",
+                  f"must be in 0..{(self.num_processes or 1) - 1}, got {self.process_index}")
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on a CUDA GPU that has it, float32 elsewhere (see `Runtime`).
+
+    On an H100, bf16 at batch 256 ran an SD-v1.5 UNet 4.8x faster per draw than fp32 at batch 64
+    (benchmarks/results/GPU.md); its rounding is small next to the draws' Monte-Carlo noise (maps'
+    correlation with fp32 maps 0.9912 vs 0.9920 for fp32 with other draws, tiny model). CPUs keep
+    fp32, so maps there stay exact to float32. Error maps are always summed in float64."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if fast_bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+def default_policy(device: str, dtype: str, accelerate_device: torch.device | None) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) for the settings: this process's GPU under accelerate, else the first GPU, else the CPU."""
+    if device in (None, "", "auto"):
+        if accelerate_device is not None:
+            dev = torch.device(accelerate_device)
+        elif torch.cuda.is_available():
+            dev = torch.device("cuda")
+        else:
+            dev = torch.device("cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise DataError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise DataError(f"--device {device}: this machine has no CUDA GPU (torch {torch.__version__})")
+    return dev, resolve_dtype(dtype, dev)
+
+
+# Swappable (tests): settings -> (device, dtype). Every command gets its placement from here.
+POLICY: Callable[[str, str, torch.device | None], tuple[torch.device, torch.dtype]] = default_policy
+
+
+@dataclass
+class LoadedModel:
+    """A model name made concrete: the bundle on the runtime's device, its prompts and labels."""
+    name: str                 # what the user wrote
+    path: str                 # the folder (or hub id) it resolved to
+    bundle: object            # diffmine.core.bundle.SDBundle, in eval mode
+    prompts: object           # diffmine.core.prompts.PromptTemplate the model was finetuned with
+    labels: list[str] | None  # the labels it was finetuned on (None: not a diffmine model)
+
+    @property
+    def is_folder(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    world: int = 1
+    state: object | None = None  # accelerate's PartialState when launched (None: simulated or single)
+
+    @classmethod
+    def start(cls, settings: RuntimeSettings | None = None, **overrides) -> "Runtime":
+        """The runtime for a command's settings (any object with device/dtype/process_index/num_processes)."""
+        get = lambda k, d=None: overrides.get(k, getattr(settings, k, d))  # noqa: E731
+        device, dtype = get("device", "auto"), get("dtype", "auto")
+        index, count = get("process_index"), get("num_processes")
+        state, accel_device = None, None
+        if index is None:
+            from accelerate import PartialState
+
+            # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) a CPU-only machine
+            # then forms a gloo group instead of running n unaware copies.
+            state = PartialState(cpu=not torch.cuda.is_available())
+            index, count = state.process_index, state.num_processes
+            accel_device = state.device if state.device.type != "cpu" else None
+        dev, dt = POLICY(device, dtype, accel_device)
+        return cls(torch.device(dev), dt, int(index), int(count or 1), state)
+
+    # -- the work share ------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def launched(self) -> bool:
+        """True when the processes can wait for each other (a real launch, or one process)."""
+        return self.state is not None or self.world == 1
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This process's items: every world-th, from its rank (fixed, whatever has been done)."""
+        return list(items[self.rank::self.world])
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    # -- models --------------------------------------------------------------------------------
+    def load(self, name: str | Path, text_encoder: str | None = None, what: str = "model") -> LoadedModel:
+        """The model `name` stands for ("tiny", "tiny-scratch", a folder, a hub id), placed here."""
+        from diffmine.core.models import load_bundle, model_labels, resolve_model
+        from diffmine.core.prompts import PromptTemplate
+
+        path = resolve_model(name, what)
+        bundle = load_bundle(path, text_encoder=text_encoder).eval()
+        return LoadedModel(str(name), path, self.place(bundle),
+                           PromptTemplate.load(path) if Path(path).is_dir() else PromptTemplate(),
+                           model_labels(path) if Path(path).is_dir() else None)
+
+    def place(self, bundle):
+        """A bundle on this runtime's device and dtype (also one a caller built in memory)."""
+        return bundle.to(self.device, self.dtype)
+
+    def check_placement(self, module: torch.nn.Module, what: str = "UNet") -> None:
+        """Raise if `module` is not where this runtime put its models (a command that bypassed it)."""
+        p = next(module.parameters())
+        if p.device.type != self.device.type or p.dtype != self.dtype:
+            raise RuntimeError(f"{what} is on {p.device} in {p.dtype}; the runtime chose {self.device} in {self.dtype}")
