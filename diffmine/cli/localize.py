@@ -17,5 +17,5 @@ def run(args) -> None:
     from diffmine.apps.localize.run import run_localize
 
     cfg = config_from_args(LocalizeConfig, args)
-    run_localize(cfg)  # prints the boxes scored per finding and the metrics table itself
-    print(f"report: {Path(cfg.out) / 'report.html'}")
+    if run_localize(cfg) is not None:  # prints the boxes scored per finding and the metrics table itself
+        print(f"report: {Path(cfg.out) / 'report.html'}")  # (the main process, under accelerate launch)

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD
 from diffmine.core.settings import check, check_positive, check_range, check_required, option
 
 
 @dataclass
-class LocalizeConfig:
-    model: str | None = option(None, "finetuned model folder (diffusers SD layout, with diffmine_train.json labels)",
+class LocalizeConfig(RuntimeSettings):
+    model: str | None = option(None, "finetuned model: a folder (diffusers SD layout, with diffmine_train.json labels), 'tiny' or a hub id",
                                required=True)
     data: str | None = option(None, "data folder holding the boxed images (PNG or DICOM)", required=True)
     boxes: str | None = option(None, "boxes CSV: NIH BBox_List_2017.csv as distributed, or file_name,label,x,y,w,h",
                                required=True)
     out: str | None = option(None, "output folder (metrics.json, per_image.csv, report.html)", required=True)
-    base_model: str | None = option(None, "non-finetuned model to score the same way, side by side")
+    base_model: str | None = option(None, "non-finetuned model to score the same way, side by side (folder, 'tiny' or hub id)")
     t_range: tuple[float, float] = option((0.0, 1.0), "timestep range as fractions of T; the full range for X-ray",
                                           source="METHOD.md §2", affects_maps=True)
     draws: int | None = option(None, "noise draws per map (default: the typicality engine's, 64 stratified, "
@@ -30,6 +31,7 @@ class LocalizeConfig:
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
         check(len(self.t_range) == 2 and 0.0 <= self.t_range[0] < self.t_range[1] <= 1.0, "t_range",
               f"must be two fractions 0 <= low < high <= 1, got {self.t_range}")
         check_positive(self, ["draws", "batch_size"])

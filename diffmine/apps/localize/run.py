@@ -8,15 +8,20 @@
     LOC_DIR/typicality_base/   the base model's maps (with base_model)
     LOC_DIR/config.json
 
-Maps come from the typicality engine: per image, one single-label condition per boxed finding,
-each scored with the finding's own prompt against the null prompt (METHOD.md §5), over the full
-t range by default. The whole folder is built beside LOC_DIR and moved into place at the end,
-so a failed run leaves nothing behind.
+Maps come from the typicality stage (`typicality.engine.run_typicality`): per boxed image, one
+single-label condition per boxed finding, each scored with the finding's own prompt against the
+null prompt (METHOD.md §5), over the full t range by default. The stage sees the boxed images
+through LOC_DIR/.images/ (links to the data files at their own relative paths, so image ids and
+hence draws are the data set's, and a metadata.csv naming each image's boxed findings); it splits
+them over the processes of `accelerate launch`, and a killed run resumes its stores. Once the
+stores are complete the main process scores the boxes and writes the tables and report, swapped
+in whole (`core.files.swap_in`). Input errors found before any map is computed leave no LOC_DIR.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import warnings
@@ -28,21 +33,24 @@ import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
 from diffmine.evaluation.localization import IOBB_THRESHOLDS, score_map, summarize
-from diffmine.core.files import replace_dir, write_json, write_text
-from diffmine.core.settings import save_config
+from diffmine.core.files import finish_swap, swap_in, write_json, write_text
+from diffmine.core.settings import map_keys, save_config, to_dict
 from diffmine.core.errors import DataError
 
 from diffmine.apps.localize.boxes import PlacedBox, place_boxes, read_boxes
 from diffmine.apps.localize.config import LocalizeConfig
 
 METRIC_KEYS = ("auc_pr",) + tuple(f"iobb_{t:g}" for t in IOBB_THRESHOLDS) + ("pointing_game", "n_boxes")
+OUTPUTS = ("metrics.json", "per_image.csv", "report.html", "overlays", "config.json")  # swapped in whole
+VIEW = ".images"  # the boxed images as the typicality stage reads them (removed once the maps are done)
+STORES = {"model": "typicality", "base_model": "typicality_base"}
 
 
-def model_labels(model: str | Path) -> list[str]:
-    """The labels a model was finetuned on (`diffmine_train.json`)."""
-    from diffmine.core.models import model_labels as labels_of
+def model_labels(model: str | Path, known: list[str] | None = None) -> list[str]:
+    """The labels a model was finetuned on (`diffmine_train.json`); `known`: already read (rt.load)."""
+    from diffmine.core.models import model_labels as labels_of, resolve_model
 
-    labels = labels_of(model)
+    labels = known if known is not None else labels_of(resolve_model(model))
     if labels is None:
         raise DataError(f"{model}: no diffmine_train.json with labels, so the model's labels are unknown "
                         "(localisation needs a model finetuned by `diffmine finetune`)")
@@ -50,31 +58,26 @@ def model_labels(model: str | Path) -> list[str]:
 
 
 # -- maps ----------------------------------------------------------------------------------
-def compute_maps(model, images: np.ndarray, image_ids: Sequence[str], findings: Sequence[Sequence[str]], out,
+def compute_maps(bundle, images: np.ndarray, image_ids: Sequence[str], findings: Sequence[Sequence[str]], out,
                  prompts=None, t_range=(0.0, 1.0), draws: int | None = None, seed: int = 0, batch_size: int = 64,
                  progress: bool = True, desc: str = "typicality"):
-    """Typicality store at `out` with, per image, one map per finding (each its own prompt vs null)."""
+    """Typicality store at `out` with, per image, one map per finding (each its own prompt vs null).
+
+    For images already in memory and a bundle a caller placed itself (benchmarks, notebooks): it
+    runs where `bundle` is. `run_localize` computes its maps with the typicality stage instead."""
     from tqdm.auto import tqdm
 
-    from diffmine.core.bundle import SDBundle
     from diffmine.core.prompts import PromptTemplate
     from typicality.engine import DEFAULT_DRAWS, TypicalityEstimator
     from typicality.store import ShardWriter, TypicalityStore, merge_manifests
 
-    from typicality.engine import resolve_dtype
-
-    bundle = model if isinstance(model, SDBundle) else SDBundle.from_pretrained(model)
     bundle = bundle.eval()
-    if torch.cuda.is_available():  # the engine runs where the model is: an accelerator when there is one
-        device = torch.device("cuda")
-        bundle = bundle.to(device, resolve_dtype("auto", device))
-    if prompts is None:
-        prompts = PromptTemplate.load(model) if not isinstance(model, SDBundle) else PromptTemplate()
+    prompts = prompts or PromptTemplate()
     est = TypicalityEstimator(bundle, prompts, draws=draws or DEFAULT_DRAWS, t_range=tuple(t_range), seed=seed,
                               batch_size=batch_size)
     res = images.shape[-1]
     latent = res // bundle.vae_scale_factor
-    meta = {"model": os.path.abspath(model) if not isinstance(model, SDBundle) else "in-memory",
+    meta = {"model": "in-memory",
             "resolution": res, "latent_size": [latent, latent], "draws": est.draws,
             "t_range": [float(x) for x in t_range], "schedule": est.schedule, "antithetic": est.antithetic,
             "seed": int(seed), "labels_mode": "boxes", "sample_latents": False, "template": prompts.template,
@@ -149,30 +152,100 @@ def format_table(metrics: dict) -> str:
 
 # -- the command -----------------------------------------------------------------------------
 def _check_paths(cfg: LocalizeConfig) -> None:
-    for name in ("model", "data", "base_model"):
-        value = getattr(cfg, name)
-        if value is not None and not Path(value).is_dir():
-            raise DataError(f"{value}: {name.replace('_', ' ')} folder does not exist")
+    from diffmine.core.models import resolve_model
+
+    resolve_model(cfg.model, "model")  # 'tiny', a folder or a hub id; one line naming a bad one
+    if cfg.base_model is not None:
+        resolve_model(cfg.base_model, "base model")
+    if not Path(cfg.data).is_dir():
+        raise DataError(f"{cfg.data}: data folder does not exist")
     if not Path(cfg.boxes).is_file():
         raise DataError(f"{cfg.boxes}: boxes file does not exist")
 
 
-def run_localize(config: LocalizeConfig, progress: bool = True) -> dict:
-    """Localise every boxed finding; write LOC_DIR (see module doc) and return the metrics dict."""
-    from diffmine.core.bundle import SDBundle
+def _write_view(view: Path, dataset, records, findings: Sequence[Sequence[str]]) -> None:
+    """`view`: links to `records`' files at their paths relative to the data folder (the same image
+    ids), and a metadata.csv giving each image its boxed findings (the typicality stage's labels)."""
+    from diffmine.core.dataset import MULTI_LABEL_SEP
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file_name", "label"])
+    for r, fs in zip(records, findings):
+        rel = Path(r.path).relative_to(dataset.root)
+        link = view / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not (link.is_symlink() or link.exists()):
+            tmp = link.with_name(f".{link.name}.{os.getpid()}")
+            try:
+                os.symlink(os.path.abspath(r.path), tmp)
+            except OSError:  # no symlinks here (some Windows setups): a copy reads the same
+                shutil.copyfile(r.path, tmp)
+            os.replace(tmp, link)
+        w.writerow([rel.as_posix(), MULTI_LABEL_SEP.join(fs)])
+    write_text(view / "metadata.csv", buf.getvalue())
+
+
+def _typicality_config(cfg: LocalizeConfig, model: str, view: Path, store: Path, res: int, force: bool):
+    from typicality.config import TypicalityConfig
+
+    kw = dict(model=model, data=str(view), out=str(store), labels="own", t_range=tuple(cfg.t_range), seed=cfg.seed,
+              batch_size=cfg.batch_size, resolution=res, force=force, device=cfg.device, dtype=cfg.dtype,
+              process_index=cfg.process_index, num_processes=cfg.num_processes)
+    if cfg.draws is not None:
+        kw["draws"] = cfg.draws
+    return TypicalityConfig(**kw)
+
+
+def _stale(tcfg, store: Path) -> bool:
+    """True when `store` holds maps of other settings (or of the older layout): recomputed, as before."""
+    from typicality.config import TypicalityConfig
+    from typicality.fingerprints import data_fingerprint, model_fingerprint
+    from typicality.store import read_manifests
+
+    if not store.exists():
+        return False
+    try:
+        found = json.loads((store / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return True
+    want = json.loads(json.dumps(to_dict(tcfg), default=list))
+    if any(found.get(k) != want.get(k) for k in (*map_keys(TypicalityConfig), "model")):
+        return True
+    manifests = read_manifests(store)
+    if manifests is None:
+        return False
     from diffmine.core.dataset import LabeledImages
-    from diffmine.core.prompts import PromptTemplate
+    from diffmine.core.models import resolve_model
+
+    view = LabeledImages(tcfg.data, check_images=False)  # other boxes, other images: other maps
+    return (manifests[0].get("data_fingerprint") != data_fingerprint(view.records, view.root)
+            or manifests[0].get("model_fingerprint") != model_fingerprint(resolve_model(tcfg.model)))
+
+
+def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
+    """Localise every boxed finding; write LOC_DIR (see module doc) and return the metrics dict.
+
+    Under `accelerate launch` every process computes its share of the maps and only the main
+    process scores them (the others return None); with a simulated split (process_index) each
+    call computes its share and returns None, and a later one-process run scores the stores."""
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.core.runtime import Runtime
+    from typicality.engine import run_typicality
+    from typicality.store import TypicalityStore
 
     cfg = config
     cfg.validate()
     _check_paths(cfg)
-    labels = model_labels(cfg.model)
+    rt = Runtime.start(cfg)
+    loaded = rt.load(cfg.model)  # labels and processing size; the stage loads its own copy
+    labels = model_labels(cfg.model, loaded.labels)
+    res = int(loaded.bundle.resolution)
+    del loaded
     dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
     boxes = read_boxes(cfg.boxes, labels, cfg.skip_bad)
-    bundle = SDBundle.from_pretrained(cfg.model).eval()
-    res = bundle.resolution
     inside, outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)
-    if outside:
+    if outside and rt.is_main:
         warnings.warn(f"{len(outside)} box(es) fall outside the {res} px centre crop and cannot be scored: "
                       + "; ".join(f"{cfg.boxes} row {b.box.row} ({b.box.file_name}, {b.finding})" for b in outside),
                       stacklevel=2)
@@ -180,52 +253,71 @@ def run_localize(config: LocalizeConfig, progress: bool = True) -> dict:
     records = [r for r in dataset if r.image_id in wanted]
     if not records:
         raise DataError(f"{cfg.boxes}: no box can be scored (none inside the images' centre crops)")
-    records, images = dataset.load_arrays(res, records, progress=progress)
-    loaded = {r.image_id for r in records}
-    dropped = [b for b in inside if b.image_id not in loaded]  # unreadable images, with skip_bad
-    inside = [b for b in inside if b.image_id in loaded]
+    records, images = dataset.load_arrays(res, records, progress=progress and rt.is_main)
+    loaded_ids = {r.image_id for r in records}
+    dropped = [b for b in inside if b.image_id not in loaded_ids]  # unreadable images, with skip_bad
+    inside = [b for b in inside if b.image_id in loaded_ids]
     findings = [sorted({b.finding for b in inside if b.image_id == r.image_id}) for r in records]
-    ids = [r.image_id for r in records]
-    prompts = PromptTemplate.load(cfg.model)
 
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    created = not out.exists()
+    view = out / VIEW
+    tcfgs = {name: _typicality_config(cfg, getattr(cfg, name), view, out / folder, res, force=name == "base_model")
+             for name, folder in STORES.items() if getattr(cfg, name)}
+    try:
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            finish_swap(out)  # a run killed while swapping its outputs in: complete it first
+            _write_view(view, dataset, records, findings)
+            for tcfg in tcfgs.values():
+                if _stale(tcfg, Path(tcfg.out)):
+                    shutil.rmtree(tcfg.out)
+        rt.wait()
+        if not rt.is_main and rt.state is None:  # a simulated split: the view is this call's to write
+            _write_view(view, dataset, records, findings)
+        for name, tcfg in tcfgs.items():
+            run_typicality(tcfg, progress=progress)  # returns merged on the main process of a launch
+    except BaseException:
+        if rt.is_main and created and not any(Path(t.out).exists() for t in tcfgs.values()):
+            shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave nothing behind
+        raise
+    if not (rt.is_main and rt.launched):
+        return None
+
+    store = TypicalityStore.open(out / STORES["model"])
+    table, rows = localization_table(store, inside, cfg.threshold)
+    base_store = None
+    if cfg.base_model:
+        base_store = TypicalityStore.open(out / STORES["base_model"])
+        base_table, base_rows = localization_table(base_store, inside, cfg.threshold)
+        for name, v in base_table.items():
+            table[name].update({f"base_{k}": x for k, x in v.items() if k != "n_boxes"})
+        for r, br in zip(rows, base_rows):
+            r.update({f"base_{k}": br[k] for k in ("auc_pr", "iobb", "pred_box", "pointing")})
+    overall = table.pop("overall")
+    metrics = _json_safe({
+        "findings": table, "overall": overall,
+        "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
+        "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
+        "iobb_box": f"tight box of the connected region (8-connectivity) holding the map's maximum, among pixels "
+                    f">= {cfg.threshold:g} of the min-max normalised map",
+        "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
+    })
+    tmp = out / f".outputs.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        kw = dict(prompts=prompts, t_range=cfg.t_range, draws=cfg.draws, seed=cfg.seed, batch_size=cfg.batch_size,
-                  progress=progress)
-        store = compute_maps(bundle, images, ids, findings, tmp / "typicality", desc="typicality (finetuned)", **kw)
-        table, rows = localization_table(store, inside, cfg.threshold)
-        base_store = None
-        if cfg.base_model:
-            base_store = compute_maps(SDBundle.from_pretrained(cfg.base_model), images, ids, findings,
-                                      tmp / "typicality_base", desc="typicality (base)", **kw)
-            base_table, base_rows = localization_table(base_store, inside, cfg.threshold)
-            for name, v in base_table.items():
-                table[name].update({f"base_{k}": x for k, x in v.items() if k != "n_boxes"})
-            for r, br in zip(rows, base_rows):
-                r.update({f"base_{k}": br[k] for k in ("auc_pr", "iobb", "pred_box", "pointing")})
-        overall = table.pop("overall")
-        metrics = _json_safe({
-            "findings": table, "overall": overall,
-            "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
-            "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
-            "iobb_box": f"tight box of the connected region (8-connectivity) holding the map's maximum, among pixels "
-                        f">= {cfg.threshold:g} of the min-max normalised map",
-            "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
-        })
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "per_image.csv", _per_image_csv(rows, records))
         from diffmine.apps.localize.report import write_report
 
         write_report(tmp, metrics, rows, records, images, store, base_store, cfg.show)
         save_config(cfg, tmp)
-        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, out, owned=OUTPUTS)
+    shutil.rmtree(view, ignore_errors=True)
     if progress:
         print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in table.items())
               + (f"; {len(outside)} outside the crop" if outside else ""))
