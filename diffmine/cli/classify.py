@@ -16,6 +16,8 @@ def run(args) -> None:
 
     cfg = config_from_args(ClassifyConfig, args)
     res = run_classify(cfg)
+    if res is None:  # under `accelerate launch`: the main process wrote the files
+        return
     acc = res.get("accuracy")
     print(f"{res.get('images', '?')} images" + (f", accuracy {acc:.4f}" if isinstance(acc, float) else "")
-          + f"; written to {cfg.out}")
+          + f", {res['images_per_s']:.2f} images/s; written to {cfg.out}")

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from diffmine.core.errors import DataError
-from diffmine.core.images import IMAGE_SUFFIXES, load_rgb, resize_crop, to_rgb, to_tensor_array
+from diffmine.core.images import (IMAGE_SUFFIXES, dicom_size, is_dicom, load_rgb, resize_crop, to_rgb,
+                                  to_tensor_array)
 
 Geometry = tuple[int, int, int]  # (height, width, channels)
 
@@ -40,6 +41,12 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def _file_geometry(path: Path) -> Geometry:
+    """(H, W, C) from the file's header: a DICOM's rows, columns and samples per pixel, else Pillow's."""
+    if is_dicom(path):
+        from diffmine.core.images import _dicom_header
+
+        width, height = dicom_size(path)  # checks one grey or RGB frame (DataError naming the file)
+        return height, width, int(_dicom_header(path).get("SamplesPerPixel", 1) or 1)
     try:
         with Image.open(path) as img:
             return img.size[1], img.size[0], len(img.getbands())

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
 
-from diffmine.apps.anomaly.detector import SCORES
+# The score kinds (detector.py documents each). Here, not in detector.py: the config must not
+# import PyOD, so every other command starts without the anomaly extra.
+SCORES = ("reconstruction", "atypicality", "trajectory", "features")
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -13,7 +16,7 @@ ANOMALY_DRAWS = 16
 
 
 @dataclass
-class AnomalyFitConfig:
+class AnomalyFitConfig(RuntimeSettings):
     data: str | None = option(None, "folder of normal images (any layout; every image under it)", required=True)
     out: str | None = option(None, "detector folder to write", required=True)
     model: str | None = option(None, "model folder to score with, or 'tiny' (the shipped towns model; enough "
@@ -39,6 +42,7 @@ class AnomalyFitConfig:
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
         check_choice(self, "score")
         check_range(self, "contamination", 0, 0.5, closed="right")
         check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
@@ -51,7 +55,7 @@ class AnomalyFitConfig:
 
 
 @dataclass
-class AnomalyScoreConfig:
+class AnomalyScoreConfig(RuntimeSettings):
     detector: str | None = option(None, "detector folder written by `diffmine anomaly fit`", required=True)
     data: str | None = option(None, "folder of images to score (every image under it)", required=True)
     out: str | None = option(None, "CSV of scores to write (image_id, path, score, outlier, probability)",
@@ -60,3 +64,4 @@ class AnomalyScoreConfig:
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()

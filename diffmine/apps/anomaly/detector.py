@@ -16,6 +16,11 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   representation"). Scale-free: unlike a denoising error it does not grow with how much an image
   contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
   the nearest normal image at the same cell.
+
+Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
+whatever the caller asks for, so an image's score does not depend on which images came with it
+(`diffmine anomaly score` splits and resumes by these groups). The model is loaded through
+`diffmine.core.runtime.Runtime` (`device`, `dtype`; a command hands its own with `use_runtime`).
 """
 from __future__ import annotations
 
@@ -25,14 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pyod.models.base import BaseDetector
+from pyod.models.base import BaseDetector  # PyOD: imported by the anomaly command only (the `anomaly` extra)
 
 from diffmine.core.settings import ConfigError
 from diffmine.core.errors import DataError
-
 from diffmine.core.inputs import ImageInput
+from diffmine.core.partial import fixed_groups
 
-SCORES = ("reconstruction", "atypicality", "trajectory", "features")
+from diffmine.apps.anomaly.config import SCORES
+
+__all__ = ["DiffusionDetector", "SCORES", "DRAW_KEY"]
 DRAW_KEY = "anomaly"  # the one draw stream every image shares
 
 
@@ -54,7 +61,7 @@ class DiffusionDetector(BaseDetector):
     def __init__(self, model=None, base=None, score="reconstruction", contamination=0.1, normal_label="normal",
                  draws=16, t_range=(0.1, 0.7), trajectory_start=0.3, trajectory_steps=10, finetune_steps=200,
                  finetune_lr=1e-4, finetune_batch=16, resolution=None, batch_size=64, seed=0, work_dir=None,
-                 progress=False, n_neighbors=5):
+                 progress=False, n_neighbors=5, device="auto", dtype="auto"):
         self.model = model
         self.base = base
         self.score = score
@@ -73,6 +80,22 @@ class DiffusionDetector(BaseDetector):
         self.work_dir = work_dir
         self.progress = progress
         self.n_neighbors = n_neighbors  # features: PyOD KNN's default
+        self.device = device  # where the model runs (diffmine.core.runtime: auto, cpu, cuda, ...)
+        self.dtype = dtype    # model precision (auto, fp32, fp16, bf16)
+
+    def use_runtime(self, runtime) -> "DiffusionDetector":
+        """Run on `runtime` (a command's `Runtime`) instead of one started from `device`/`dtype`."""
+        self._rt = runtime
+        self._runtime = None
+        return self
+
+    def _rt_(self):
+        if getattr(self, "_rt", None) is None:
+            from diffmine.core.runtime import Runtime
+
+            # the detector computes every image it is given: one process, whatever launched it
+            self._rt = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
+        return self._rt
 
     # -- validation ----------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -114,7 +137,7 @@ class DiffusionDetector(BaseDetector):
         self._runtime = None
         self._memo = None
         if self.score == "features":
-            self.train_features_ = self._features(inp)[0]
+            self.train_features_ = np.concatenate([self._features(inp, g)[0] for g in self.groups(inp)])
             if len(self.train_features_) <= int(self.n_neighbors):
                 raise ConfigError("n_neighbors", f"needs more than {self.n_neighbors} normal images, "
                                   f"got {len(self.train_features_)}")
@@ -162,13 +185,11 @@ class DiffusionDetector(BaseDetector):
     # -- scoring -------------------------------------------------------------------------
     def _load_runtime(self):
         if getattr(self, "_runtime", None) is None:
-            from diffmine.core.bundle import SDBundle
-            from diffmine.core.prompts import PromptTemplate
             from typicality.draws import make_draws
             from typicality.engine import TypicalityEstimator
 
-            bundle = SDBundle.from_pretrained(self.model_path_).eval()
-            prompts = PromptTemplate.load(self.model_path_)
+            loaded = self._rt_().load(self.model_path_)
+            bundle, prompts = loaded.bundle, loaded.prompts
             est = TypicalityEstimator(bundle, prompts, draws=int(self.draws), t_range=tuple(self.t_range),
                                       seed=int(self.seed), batch_size=int(self.batch_size))
             # Common random numbers: every image sees the same (t, eps) draws, so score differences
@@ -182,10 +203,24 @@ class DiffusionDetector(BaseDetector):
     def resolution_(self) -> int:
         return int(self.resolution or self._load_runtime()[0].resolution)
 
-    def _features(self, inp: ImageInput, chunk: int = 64) -> tuple[np.ndarray, torch.Tensor]:
-        """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
-        from tqdm.auto import tqdm
+    def _rows_per_image(self) -> int:
+        """UNet rows one image takes (its draws, times its prompts)."""
+        if self.score == "features":
+            from mining.features import DIFT_DRAWS
 
+            return DIFT_DRAWS
+        return int(self.draws) * (1 + len(self._conditions()))
+
+    def group_size_(self) -> int:
+        """Images per fixed group: as many as one UNet batch holds (at least one)."""
+        return max(1, int(self.batch_size) // self._rows_per_image())
+
+    def groups(self, inp: ImageInput) -> list[list[int]]:
+        """The fixed groups of image indices that every image is computed in."""
+        return fixed_groups(range(len(inp)), self.group_size_())
+
+    def _features(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
         from mining.features import DIFT_DRAWS, DiftExtractor, l2_normalize
 
         bundle, prompts, _ = self._load_runtime()
@@ -193,11 +228,7 @@ class DiffusionDetector(BaseDetector):
         prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
         # DIFT runs every image with all its draws: batch_size // draws images make batch_size UNet rows
         dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // DIFT_DRAWS))
-        fmaps = []
-        for s in tqdm(range(0, len(inp), chunk), desc="anomaly features", disable=not self.progress):
-            idx = list(range(s, min(s + chunk, len(inp))))
-            fmaps.append(dift(torch.from_numpy(inp.load(self.resolution_, idx)), [prompt] * len(idx)))
-        fmaps = torch.cat(fmaps)
+        fmaps = dift(torch.from_numpy(inp.load(self.resolution_, idx)), [prompt] * len(idx))
         flat = l2_normalize(fmaps.reshape(len(fmaps), -1)).numpy()
         return flat, torch.nn.functional.normalize(fmaps, dim=1)
 
@@ -214,40 +245,38 @@ class DiffusionDetector(BaseDetector):
         others = [c for c in self.labels_known_ if c != self.normal_label]
         return [self.normal_label] + others
 
-    def _latent_maps(self, inp: ImageInput, chunk: int = 64) -> torch.Tensor:
-        """(n, h, w) anomaly maps at latent resolution (higher = more anomalous)."""
-        from tqdm.auto import tqdm
-
+    def _latent_maps(self, inp: ImageInput, idx: list[int]) -> torch.Tensor:
+        """(n, h, w) anomaly maps at latent resolution (higher = more anomalous) of images `idx`."""
         from diffmine.apps.anomaly.trajectory import trajectory_maps
 
         bundle, prompts, est = self._load_runtime()
-        res = self.resolution_
         conds = self._conditions()
-        out = []
-        for s in tqdm(range(0, len(inp), chunk), desc=f"anomaly scores ({self.score})", disable=not self.progress):
-            idx = list(range(s, min(s + chunk, len(inp))))
-            images, ids = torch.from_numpy(inp.load(res, idx)), [inp.ids[i] for i in idx]
-            if self.score == "trajectory":
-                z0 = est.encode(images, ids)
-                null = bundle.encode_prompts([prompts.null_prompt])
-                out.append(trajectory_maps(bundle, z0, [DRAW_KEY] * len(ids), null, self.trajectory_start,
-                                           int(self.trajectory_steps),
-                                           int(self.draws), int(self.seed), int(self.batch_size)))
-                continue
-            results = est.estimate(images, ids, [conds] * len(ids))
-            if self.score == "reconstruction":
-                out.append(torch.stack([torch.from_numpy(r.err_null) for r in results]))
-            else:
-                maps = []
-                for r in results:
-                    diff = torch.from_numpy(r.diff)  # (L, h, w): row 0 the normal label
-                    if len(diff) == 1:
-                        maps.append(-diff[0])
-                    else:  # margin to the label that explains x best (chosen on the whole image)
-                        best = 1 + int(diff[1:].mean(dim=(1, 2)).argmax())
-                        maps.append(diff[best] - diff[0])
-                out.append(torch.stack(maps))
-        return torch.cat(out)
+        images, ids = torch.from_numpy(inp.load(self.resolution_, idx)), [inp.ids[i] for i in idx]
+        if self.score == "trajectory":
+            z0 = est.encode(images, ids)
+            null = bundle.encode_prompts([prompts.null_prompt])
+            return trajectory_maps(bundle, z0, [DRAW_KEY] * len(ids), null, self.trajectory_start,
+                                   int(self.trajectory_steps), int(self.draws), int(self.seed), int(self.batch_size))
+        results = est.estimate(images, ids, [conds] * len(ids))
+        if self.score == "reconstruction":
+            return torch.stack([torch.from_numpy(r.err_null) for r in results])
+        maps = []
+        for r in results:
+            diff = torch.from_numpy(r.diff)  # (L, h, w): row 0 the normal label
+            if len(diff) == 1:
+                maps.append(-diff[0])
+            else:  # margin to the label that explains x best (chosen on the whole image)
+                best = 1 + int(diff[1:].mean(dim=(1, 2)).argmax())
+                maps.append(diff[best] - diff[0])
+        return torch.stack(maps)
+
+    def score_group(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """(scores (n,), latent maps (n, h, w)) of the images `idx`, one of `groups(inp)`."""
+        if self.score == "features":
+            flat, cells = self._features(inp, idx)
+            return self.knn_.decision_function(flat), self._feature_maps(flat, cells)
+        maps = self._latent_maps(inp, idx)
+        return maps.double().mean(dim=(1, 2)).numpy(), maps
 
     def _check_geometry(self, inp: ImageInput) -> None:
         g = inp.geometry
@@ -261,14 +290,20 @@ class DiffusionDetector(BaseDetector):
         memo = getattr(self, "_memo", None)
         if memo is not None and memo[0] == key:
             return memo[1], memo[2]
-        if self.score == "features":
-            flat, cells = self._features(inp)
-            scores, maps = self.knn_.decision_function(flat), self._feature_maps(flat, cells)
-        else:
-            maps = self._latent_maps(inp)
-            scores = maps.double().mean(dim=(1, 2)).numpy()
-        self._memo = (key, scores, maps)
+        from tqdm.auto import tqdm
+
+        parts = []
+        with tqdm(total=len(inp), desc=f"anomaly scores ({self.score})", disable=not self.progress) as bar:
+            for g in self.groups(inp):
+                parts.append(self.score_group(inp, g))
+                bar.update(len(g))
+        scores, maps = np.concatenate([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        self.remember(inp, scores, maps)
         return scores, maps
+
+    def remember(self, inp: ImageInput, scores: np.ndarray, maps: torch.Tensor) -> None:
+        """Keep (scores, latent maps) of `inp`: decision_function, predict_proba, anomaly_maps reuse them."""
+        self._memo = (inp.digest(), scores, maps)
 
     def decision_function(self, X):
         """Anomaly scores of X (higher = more anomalous), shape (n,)."""

@@ -52,7 +52,8 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
         np.save(buf, det.train_features_)
         write_bytes(folder / FEATURES_FILE, buf.getvalue())
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.get_params().items()}
-    params.pop("work_dir", None)
+    for where in ("work_dir", "device", "dtype"):  # where it ran, not what was fitted: `score` picks its own
+        params.pop(where, None)
     write_json(folder / DETECTOR_FILE, {
         "format": FORMAT, "version": VERSION, "params": params, "model": model_ref,
         "model_labels": det.labels_known_, "geometry": list(det.geometry_),

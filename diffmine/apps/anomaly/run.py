@@ -1,19 +1,31 @@
-"""`diffmine anomaly fit` and `diffmine anomaly score`: the detector from and to a folder."""
+"""`diffmine anomaly fit` and `diffmine anomaly score`: the detector from and to a folder.
+
+`score` computes its images in the detector's fixed groups (`DiffusionDetector.groups`), keeps
+each finished group in `.<csv name>.partial/<key>/` beside the CSV (`diffmine.core.partial`), and
+writes the CSV (and the maps) from the stored groups once all are in: under `accelerate launch`
+each process scores its share and the main process writes; a killed run, started again with the
+same settings, scores only the groups it had not stored. The files are the same bit for bit.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import shutil
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+import torch
 
+from diffmine.core.errors import DataError
 from diffmine.core.files import replace_dir, write_text
+from diffmine.core.inputs import ImageInput
 from diffmine.core.settings import save_config
 
 from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
 from diffmine.apps.anomaly.detector import DiffusionDetector
-from diffmine.apps.anomaly.folder import load_detector, save_detector
-from diffmine.core.inputs import ImageInput
+from diffmine.apps.anomaly.folder import DETECTOR_FILE, load_detector, save_detector
 
 
 def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDetector:
@@ -35,7 +47,8 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
             trajectory_start=config.trajectory_start, trajectory_steps=config.trajectory_steps,
             finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr,
             finetune_batch=config.finetune_batch, resolution=config.resolution, batch_size=config.batch_size,
-            seed=config.seed, work_dir=str(tmp), progress=progress, n_neighbors=config.n_neighbors)
+            seed=config.seed, work_dir=str(tmp), progress=progress, n_neighbors=config.n_neighbors,
+            device=config.device, dtype=config.dtype)
         det.fit(inp.paths)
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)
@@ -50,19 +63,62 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
     return det
 
 
-def score_images(config: AnomalyScoreConfig, progress: bool = True) -> dict:
+def score_key(det: DiffusionDetector, detector_folder: Path, inp: ImageInput, rt) -> dict:
+    """What the scores depend on: the detector (its file), its model's weights, the images, where it runs."""
+    from typicality.fingerprints import model_fingerprint
+
+    return {"command": "anomaly score",
+            "detector": hashlib.sha256((detector_folder / DETECTOR_FILE).read_bytes()).hexdigest()[:16],
+            "model": model_fingerprint(det.model_path_), "data": inp.digest(), "group_size": det.group_size_(),
+            "device": rt.device.type, "dtype": str(rt.dtype)}
+
+
+def score_images(config: AnomalyScoreConfig, progress: bool = True,
+                 on_group: Callable[[int], None] | None = None) -> dict | None:
     """Score every image of `config.data` with the detector folder; write the CSV (and map overlays).
 
-    Returns {"csv", "images", "outliers", "threshold", "maps"}; the CLI can print
+    Returns {"csv", "images", "outliers", "threshold", "maps"} from the process that wrote the files
+    (None from the others, and from a simulated process share); the CLI can print
     f"{outliers} of {images} images above the threshold {threshold:.4g}; scores in {csv}".
+    on_group(n) is called as this process stores its n-th group.
     """
+    from tqdm.auto import tqdm
+
+    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.runtime import Runtime
+
     config.validate()
+    rt = Runtime.start(config)
     det = load_detector(config.detector)
-    det.progress = progress
+    det.progress = False
+    det.use_runtime(rt)
     inp = ImageInput(config.data)
     det._check_geometry(inp)
     paths = [str(p) for p in inp.paths]
-    scores = det.decision_function(paths)
+    out = Path(config.out)
+    key = score_key(det, Path(config.detector), inp, rt)
+    partial_root = out.parent / f".{out.name}.partial"
+    store = PartialResults(partial_root / key_digest(key), key, rt.rank)
+    index = {image_id: k for k, image_id in enumerate(inp.ids)}
+
+    def compute(group):
+        scores, maps = det.score_group(inp, [index[i] for i in group])
+        return {i: {"score": np.asarray(scores[n : n + 1], np.float64), "map": maps[n].float().numpy()}
+                for n, i in enumerate(group)}
+
+    bar = tqdm(total=len(inp), unit="img", desc=f"anomaly scores ({det.score})",
+               disable=not progress or not rt.is_main, dynamic_ncols=True)
+    with bar:
+        run_groups(fixed_groups(inp.ids, det.group_size_()), compute, store, rt, bar, on_group)
+    rt.wait()
+    if not (rt.is_main and rt.launched):
+        return None  # simulated share: a later single-process run writes the files
+    stored = store.read_all()
+    missing = [i for i in inp.ids if i not in stored]
+    if missing:
+        raise DataError(f"{store.folder}: no scores for {len(missing)} image(s) (e.g. {missing[0]}); run again")
+    scores = np.array([float(stored[i]["score"][0]) for i in inp.ids])
+    det.remember(ImageInput(paths), scores, torch.from_numpy(np.stack([stored[i]["map"] for i in inp.ids])))
     outlier = (scores > det.threshold_).astype(int)
     proba = det.predict_proba(paths, method="linear")[:, 1]
     buf = io.StringIO()
@@ -70,13 +126,17 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True) -> dict:
     w.writerow(["image_id", "path", "score", "outlier", "probability"])
     for i, image_id in enumerate(inp.ids):
         w.writerow([image_id, paths[i], f"{scores[i]:.6g}", int(outlier[i]), f"{proba[i]:.4f}"])
-    out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     maps_dir = None
     if config.maps:
         maps_dir = write_maps(det, inp, paths, Path(config.maps))
     write_text(out, buf.getvalue())
     save_config(config, out.parent, name=f"{out.stem}.config.json")
+    store.remove()
+    try:
+        partial_root.rmdir()  # only when no other computation's partial results are left in it
+    except OSError:
+        pass
     return {"csv": out, "images": len(inp), "outliers": int(outlier.sum()), "threshold": float(det.threshold_),
             "maps": maps_dir}
 
@@ -94,4 +154,3 @@ def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder
         save_heatmap_pair(inp.thumbnail(i, res), maps[i], tmp / f"{safe_name(image_id)}.png")
     replace_dir(tmp, folder)
     return folder
-

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
 
 @dataclass
-class ClassifyConfig:
-    model: str | None = option(None, "finetuned model folder (its labels are the classes)", required=True)
+class ClassifyConfig(RuntimeSettings):
+    model: str | None = option(None, "finetuned model folder (its labels are the classes), or 'tiny' (the shipped "
+                               "towns model)", required=True)
     data: str | None = option(None, "images to classify; label folders / metadata give the true labels "
                               "(then accuracy, confusion matrix and the label audit)", required=True)
     out: str | None = option(None, "output folder", required=True)
@@ -26,6 +28,7 @@ class ClassifyConfig:
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
         check_choice(self, "prune")
         check_positive(self, ("draws", "first_draws", "keep", "batch_size", "audit_top"))
         check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "

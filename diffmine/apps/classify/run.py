@@ -7,6 +7,14 @@ Pruning (`prune adaptive`, as the diffusion classifier does): a first round of `
 draws scores every label; the `keep` best labels get `draws` more draws (other seeds); the best
 finalist, by the draw-weighted mean of both rounds, is the prediction. Cost per image in UNet
 rows: first_draws x (1 + L) + draws x (1 + keep), against draws x (1 + L) for `prune off`.
+
+Split and resume: images are scored in fixed groups (`group_size`: about one UNet batch of the
+first round), each finished group kept in `OUT/.partial/<key>/` (`diffmine.core.partial`); under
+`accelerate launch` each process scores its share, and the main process writes the outputs from
+the stored groups. Draws are seeded per image and the prompts embedded once in a fixed order, so
+the files are the same bit for bit for any process count, and after a killed run is started again
+(it scores only the groups it had not stored). Timing is in the returned dict and the CLI's line,
+not in the files.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import io
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +33,6 @@ from diffmine.core.settings import save_config
 from diffmine.core.errors import DataError
 
 from diffmine.apps.classify.config import ClassifyConfig
-from diffmine.core.models import model_labels
 from diffmine.core.inputs import ImageInput
 
 
@@ -54,14 +62,25 @@ class LabelScorer:
         self.bundle, self.prompts, self.labels = bundle, prompts, labels
         self.t_range, self.seed, self.batch_size = tuple(t_range), int(seed), int(batch_size)
         self.rows = 0  # UNet rows spent
+        self._estimators: dict[tuple[int, int], object] = {}
+
+    def estimator(self, draws: int, seed: int):
+        """One estimator per (draws, seed), every label's prompt embedded at once in label order
+        (the same table in every process, whichever labels its images reach)."""
+        from typicality.engine import TypicalityEstimator
+
+        key = (int(draws), int(seed))
+        if key not in self._estimators:
+            est = TypicalityEstimator(self.bundle, self.prompts, draws=draws, t_range=self.t_range, seed=seed,
+                                      batch_size=self.batch_size)
+            est.embed([self.prompts.prompt(c) for c in self.labels])
+            self._estimators[key] = est
+        return self._estimators[key]
 
     def round(self, images: torch.Tensor, ids: list[str], candidates: list[list[int]], draws: int, seed: int
               ) -> tuple[np.ndarray, np.ndarray]:
         """(n, L) scores (NaN where not a candidate) and (n, L, h, w) maps from `draws` new draws."""
-        from typicality.engine import TypicalityEstimator
-
-        est = TypicalityEstimator(self.bundle, self.prompts, draws=draws, t_range=self.t_range, seed=seed,
-                                  batch_size=self.batch_size)
+        est = self.estimator(draws, seed)
         conds = [[self.labels[j] for j in c] for c in candidates]
         results = est.estimate(images, ids, conds)
         h, w = results[0].diff.shape[1:]
@@ -103,46 +122,86 @@ def predictions(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.
     return pred, margin
 
 
-def run_classify(config: ClassifyConfig, progress: bool = True) -> dict:
+def group_size(cfg: ClassifyConfig, labels: int) -> int:
+    """Images per fixed group: as many as one UNet batch of the first round holds (at least one)."""
+    first = cfg.draws if cfg.prune == "off" or cfg.keep >= labels else cfg.first_draws
+    return max(1, cfg.batch_size // (first * (1 + labels)))
+
+
+def classify_key(cfg: ClassifyConfig, loaded, inp: ImageInput, rt) -> dict:
+    """What the scores depend on: the settings that change them, the model's weights and prompts, the images."""
+    from typicality.fingerprints import model_fingerprint
+
+    settings = {k: getattr(cfg, k) for k in ("draws", "prune", "first_draws", "keep", "t_range", "batch_size", "seed")}
+    return {"command": "classify", **settings, "model": model_fingerprint(loaded.path), "labels": loaded.labels,
+            "prompt": loaded.prompts.template, "null_prompt": loaded.prompts.null_prompt, "data": inp.digest(),
+            "device": rt.device.type, "dtype": str(rt.dtype)}
+
+
+def run_classify(config: ClassifyConfig, progress: bool = True,
+                 on_group: Callable[[int], None] | None = None) -> dict | None:
     """Classify every image of `config.data`; write predictions.csv, classification.json (and the audit).
 
-    Returns the classification.json content; the CLI can print
+    Returns the classification.json content plus "seconds" and "images_per_s" (this process's
+    scoring time), from the process that wrote the files (None from the others, and from a
+    simulated process share); the CLI can print
     f"{n} images, accuracy {accuracy:.3f}, {images_per_s:.2f} images/s; written to {out}".
+    on_group(n) is called as this process stores its n-th group.
     """
     from tqdm.auto import tqdm
 
-    from diffmine.core.bundle import SDBundle
-    from diffmine.core.prompts import PromptTemplate
+    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.runtime import Runtime
 
     config.validate()
-    model = Path(config.model)
-    if not model.is_dir():
-        raise DataError(f"{model}: model folder does not exist")
-    labels = model_labels(model) or []
+    rt = Runtime.start(config)
+    loaded = rt.load(config.model)  # "tiny", a folder or a hub id; a missing folder: one line
+    labels = list(loaded.labels or [])
     if len(labels) < 2:
-        raise DataError(f"{model}: the model knows {len(labels)} label(s) (diffmine_train.json); classify needs 2 or more")
+        raise DataError(f"{config.model}: the model knows {len(labels)} label(s) (diffmine_train.json); "
+                        "classify needs 2 or more")
     inp, truth = load_data(config.data, config.label_column)
     if truth is not None:
         unknown = sorted(set(truth) - set(labels))
         if unknown:
             raise DataError(f"{config.data}: label '{unknown[0]}' is not one the model knows ({', '.join(labels)})")
-    bundle = SDBundle.from_pretrained(model).eval()
-    scorer = LabelScorer(bundle, PromptTemplate.load(model), labels, config.t_range, config.seed, config.batch_size)
+    bundle = loaded.bundle
+    scorer = LabelScorer(bundle, loaded.prompts, labels, config.t_range, config.seed, config.batch_size)
     res = bundle.resolution
+    out = Path(config.out)
+    key = classify_key(config, loaded, inp, rt)
+    store = PartialResults(out / ".partial" / key_digest(key), key, rt.rank)
+    index = {image_id: k for k, image_id in enumerate(inp.ids)}
+
+    def compute(group):
+        idx = [index[i] for i in group]
+        before = scorer.rows
+        s, c, m = classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), list(group), config)
+        rows = (scorer.rows - before) // len(group)  # the same for every image of a group
+        return {i: {"scores": s[n], "counts": c[n].astype(np.int64), "maps": m[n],
+                    "rows": np.array([rows], np.int64)} for n, i in enumerate(group)}
+
     start = time.time()
-    parts = []
-    chunk = 32
-    for s in tqdm(range(0, len(inp), chunk), desc=f"classify ({config.prune})", disable=not progress):
-        idx = list(range(s, min(s + chunk, len(inp))))
-        parts.append(classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), [inp.ids[i] for i in idx], config))
-    seconds = time.time() - start
-    scores, counts, maps = (np.concatenate(p) for p in zip(*parts))
+    with tqdm(total=len(inp), unit="img", desc=f"classify ({config.prune})",
+              disable=not progress or not rt.is_main, dynamic_ncols=True) as bar:
+        run_groups(fixed_groups(inp.ids, group_size(config, len(labels))), compute, store, rt, bar, on_group)
+    seconds = max(time.time() - start, 1e-9)
+    rt.wait()
+    if not (rt.is_main and rt.launched):
+        return None  # simulated share: a later single-process run writes the files
+    stored = store.read_all()
+    missing = [i for i in inp.ids if i not in stored]
+    if missing:
+        raise DataError(f"{store.folder}: no scores for {len(missing)} image(s) (e.g. {missing[0]}); run again")
+    scores = np.stack([stored[i]["scores"] for i in inp.ids])
+    counts = np.stack([stored[i]["counts"] for i in inp.ids])
+    maps = np.stack([stored[i]["maps"] for i in inp.ids])
+    unet_rows = int(sum(int(stored[i]["rows"][0]) for i in inp.ids))
     pred, margin = predictions(scores, counts)
     result = {"labels": labels, "images": len(inp), "prune": config.prune, "draws": config.draws,
               "first_draws": config.first_draws if config.prune == "adaptive" else None,
-              "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": scorer.rows,
-              "unet_rows_per_image": scorer.rows / len(inp), "seconds": round(seconds, 2),
-              "images_per_s": round(len(inp) / seconds, 4), "accuracy": None, "confusion": None}
+              "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": unet_rows,
+              "unet_rows_per_image": unet_rows / len(inp), "accuracy": None, "confusion": None}
     if truth is not None:
         t = np.array([labels.index(x) for x in truth])
         conf = np.zeros((len(labels), len(labels)), int)
@@ -151,7 +210,6 @@ def run_classify(config: ClassifyConfig, progress: bool = True) -> dict:
         result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
                                "matrix": conf.tolist()}
 
-    out = Path(config.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -169,8 +227,8 @@ def run_classify(config: ClassifyConfig, progress: bool = True) -> dict:
             result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
         write_json(tmp / "classification.json", result)
         save_config(config, tmp)
-        replace_dir(tmp, out)
+        replace_dir(tmp, out)  # the stored groups go with the old folder: the run is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return result
+    return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}
