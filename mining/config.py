@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
 from mining.features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
 
 
 @dataclass
-class MineConfig:
+class MineConfig(RuntimeSettings):
     model: str | None = option(None, "the finetuned diffusers folder the maps were computed with (DIFT features)")
     data: str = option(None, "image folder the typicality store was computed on", required=True)
     typicality: str = option(None, "typicality store folder (diffmine typicality --out)", required=True)
@@ -44,6 +45,7 @@ class MineConfig:
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
         check_choice(self, "feature")
         check_positive(self, ("patch", "per_image", "per_label", "clusters", "kmeans_iter", "min_members",
                               "min_images", "dift_draws", "batch_size", "map_batch", "grid_rows", "grid_cols"))

@@ -81,25 +81,37 @@ def check_store_matches(store, dataset: LabeledImages, model, force: bool = Fals
         warnings.warn(f"{store.root}: {p} (--force)", stacklevel=3)
 
 
-def _load_bundle(model):
+def _make_extractor(cfg: MineConfig, model, res: int, runtime):
+    """(DIFT extractor, prompt template) or (CLIP patch encoder, None), on the runtime's device."""
     from diffmine.core.bundle import SDBundle
-    from diffmine.core.models import load_bundle, resolve_model
     from diffmine.core.prompts import PromptTemplate
 
-    if isinstance(model, SDBundle):
-        return model.eval(), PromptTemplate()
-    return load_bundle(model).eval(), PromptTemplate.load(resolve_model(model))
-
-
-def _make_extractor(cfg: MineConfig, model, res: int):
-    """(DIFT extractor, prompt template) or (CLIP patch encoder, None)."""
     if cfg.feature == "clip":
         return ClipPatchFeatures(cfg.clip_model), None
-    bundle, prompts = _load_bundle(model)
+    if isinstance(model, SDBundle):  # handed in (tests, notebooks): placed where the runtime says
+        bundle, prompts = runtime.place(model.eval()), PromptTemplate()
+    else:
+        loaded = runtime.load(model)
+        bundle, prompts = loaded.bundle, loaded.prompts
     if bundle.resolution != res:
         warnings.warn(f"the model was built for {bundle.resolution} px, the maps are {res} px", stacklevel=3)
     return DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed,
                          batch_size=cfg.batch_size), prompts
+
+
+def _features_key(cfg: MineConfig, store, sel: PatchSelection, dataset: LabeledImages, runtime) -> dict:
+    """What the patch features depend on: the model and store, the feature settings and the patches."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for lab in sel.labels:
+        rows = sel.label_rows[lab]
+        h.update(np.asarray(sel.top.box[rows], dtype=np.int64).tobytes())
+        h.update("\0".join(dataset.records[int(i)].image_id for i in sel.record_of(sel.top, rows)).encode())
+    keys = ("feature", "clip_model", "dift_t", "dift_block", "dift_draws", "seed", "batch_size")
+    return {"store": {k: store.meta.get(k) for k in ("model_fingerprint", "data_fingerprint")},
+            "model": str(cfg.model), "dtype": str(runtime.dtype), **{k: getattr(cfg, k) for k in keys},
+            "patches": h.hexdigest()[:16]}
 
 
 # -- the whole stage -------------------------------------------------------------------------------
@@ -108,30 +120,39 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
     """Mine typical visual elements; returns the output folder (report.html inside).
 
     Settings come as a MineConfig or as its field names. `store` / `dataset` / `bundle` hand in
-    already-open objects (tests, notebooks) instead of the folders named in the config."""
+    already-open objects (tests, notebooks) instead of the folders named in the config.
+    Under `accelerate launch` every process computes its share of the patch features (kept in
+    `out/.partial/`, so a killed run resumes); the main process then clusters and writes."""
+    from diffmine.core.partial import PartialResults, key_digest
+    from diffmine.core.runtime import Runtime
+
     if config is not None and settings:
         raise TypeError("pass either a MineConfig or settings as keywords, not both")
     cfg = config if config is not None else load_config(MineConfig, None, **settings)
     if bundle is not None and not cfg.model:
         cfg.model = "<in-memory bundle>"
     cfg.validate()
+    rt = Runtime.start(cfg)
     out = Path(cfg.out)
-    finish_swap(out)  # a killed earlier run's swap is completed first...
-    for stale in out.glob(".mine-tmp-*"):  # ...and what a run killed before its swap left is dropped
-        shutil.rmtree(stale, ignore_errors=True)
+    if rt.is_main:
+        finish_swap(out)  # a killed earlier run's swap is completed first...
+        for stale in out.glob(".mine-tmp-*"):  # ...and what a run killed before its swap left is dropped
+            shutil.rmtree(stale, ignore_errors=True)
     dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
                                                                 skip_bad=cfg.skip_bad)
     store = _open_store(store if store is not None else cfg.typicality)
     check_store_matches(store, dataset, bundle if bundle is not None else cfg.model, cfg.force)
     extractor = _make_extractor(cfg, bundle if bundle is not None else cfg.model,
-                                int(store.meta["resolution"]))  # fail fast on a bad model or CLIP setting
-    sel = select_patches_stage(store, dataset, cfg, progress)
+                                int(store.meta["resolution"]), rt)  # fail fast on a bad model or CLIP setting
+    sel = select_patches_stage(store, dataset, cfg, progress and rt.is_main)
+    key = _features_key(cfg, store, sel, dataset, rt)
+    partial = PartialResults(out / ".partial" / f"features-{key_digest(key)}", key, rt.rank)
 
-    out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".mine-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    feats = features_stage(sel, dataset, cfg, extractor, tmp / ".cache", progress, rt, partial)
+    if feats is None:  # not the main process, or a simulated share: the main process writes
+        return out
     try:
-        feats = features_stage(sel, dataset, cfg, extractor, tmp / ".cache", progress)
         clusters = cluster_stage(sel, feats, cfg, progress)
         evaluation = None
         if has_ground_truth(dataset.records):
@@ -145,6 +166,7 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(out / ".partial", ignore_errors=True)  # the features are in the outputs now
     kept = {lab: len(c.clusters) for lab, c in clusters.items()}
     if progress or not any(kept.values()):
         empty = [lab for lab, n in kept.items() if n == 0]

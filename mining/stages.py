@@ -133,44 +133,77 @@ def select_patches_stage(store, dataset: LabeledImages, cfg: MineConfig, progres
 
 # -- 2. features ---------------------------------------------------------------------------------
 def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, cache_dir: Path,
-                   progress: bool = True) -> PatchFeatures:
-    """Decode every needed image once (into a memory map); features of every kept top patch."""
+                   progress: bool = True, runtime=None, partial=None) -> PatchFeatures | None:
+    """Features of every kept top patch, and the decoded pixels of every image shown.
+
+    The images with a kept patch are processed in fixed groups of `batch_size` (decoded once,
+    one feature forward per group, pooled in each patch box); under `runtime` each process takes
+    its share of the groups, and every finished group is kept in `partial` (a resumed run redoes
+    only the missing ones). The main process then assembles the features and decodes the images
+    shown only as baselines; the others return None."""
+    from diffmine.core.partial import PartialResults, fixed_groups, run_groups
+    from diffmine.core.runtime import Runtime
+
+    runtime = runtime or Runtime(torch.device("cpu"), torch.float32)
     all_rows = np.concatenate([sel.label_rows[lab] for lab in sel.labels])
-    feat_images = np.unique(sel.record_of(sel.top, all_rows))
+    row_img = sel.record_of(sel.top, all_rows)  # record index of each patch row
+    feat_images = np.unique(row_img)
+    res = sel.resolution
+    extractor, prompts = extractor
+    index = {dataset.records[int(i)].image_id: int(i) for i in feat_images}
+    partial = partial or PartialResults(cache_dir / "features", {}, runtime.rank)
+
+    def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        recs = [dataset.records[index[i]] for i in group]
+        loaded, arr = dataset.load_arrays(res, recs)
+        if len(loaded) != len(recs):
+            raise DataError(f"{dataset.root}: an image became unreadable between the passes")
+        rows = [np.flatnonzero(row_img == index[i]) for i in group]
+        img_local = np.concatenate([np.full(len(r), n, np.int64) for n, r in enumerate(rows)])
+        boxes = sel.top.box[all_rows[np.concatenate(rows)]]
+        if cfg.feature == "dift":
+            fmaps = extractor(torch.from_numpy(arr), [prompts.prompt(r.labels) for r in recs])
+            f = pool_boxes(fmaps, img_local, boxes, res).numpy()
+        else:
+            f = extractor(torch.from_numpy(arr), img_local, boxes).numpy()
+        pixels = np.round((arr.transpose(0, 2, 3, 1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+        return {i: {"features": np.ascontiguousarray(f[img_local == n], dtype=np.float32), "pixels": pixels[n]}
+                for n, i in enumerate(group)}
+
+    groups = fixed_groups(list(index), cfg.batch_size)
+    bar = tqdm(total=len(index), desc=f"{cfg.feature} features", unit="img",
+               disable=not progress or not runtime.is_main)
+    run_groups(groups, compute, partial, runtime, bar)
+    bar.close()
+    runtime.wait()
+    if not (runtime.is_main and runtime.launched):
+        return None
+
+    stored = partial.read_all()
     base_images = [sel.record_of(p, rr) for lab in sel.labels for p, rr in sel.baseline_rows[lab].values()]
     needed = np.union1d(feat_images, np.concatenate(base_images + [np.zeros(0, np.int64)]))
-    res = sel.resolution
     cache_dir.mkdir(parents=True, exist_ok=True)
     pixels = np.lib.format.open_memmap(cache_dir / "images.npy", mode="w+", dtype=np.uint8,
                                        shape=(len(needed), res, res, 3))
-    extractor, prompts = extractor
-    is_feat = np.isin(needed, feat_images)
-    row_img = sel.record_of(sel.top, all_rows)  # record index of each patch row
     features = None
-    for s in tqdm(range(0, len(needed), cfg.batch_size), desc=f"images + {cfg.feature} features", unit="batch",
-                  disable=not progress):
-        ids = needed[s:s + cfg.batch_size]
+    for image_id, rec in index.items():
+        got = stored[image_id]
+        if features is None:
+            features = np.zeros((len(all_rows), got["features"].shape[1]), dtype=np.float32)
+        features[np.flatnonzero(row_img == rec)] = got["features"]
+    slot = {int(i): n for n, i in enumerate(needed)}
+    for image_id, rec in index.items():
+        pixels[slot[rec]] = stored[image_id]["pixels"]
+    rest = [int(i) for i in needed if int(i) not in set(index.values())]  # shown only as baselines
+    for s in tqdm(range(0, len(rest), cfg.batch_size), desc="baseline images", unit="batch",
+                  disable=not progress or not rest):
+        ids = rest[s:s + cfg.batch_size]
         recs, arr = dataset.load_arrays(res, [dataset.records[i] for i in ids])
         if len(recs) != len(ids):
             raise DataError(f"{dataset.root}: an image became unreadable between the passes")
-        pixels[s:s + len(ids)] = np.round((arr.transpose(0, 2, 3, 1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        fmask = is_feat[s:s + cfg.batch_size]
-        if not fmask.any():
-            continue
-        fid = ids[fmask]
-        local = {int(i): n for n, i in enumerate(fid)}
-        rows = np.flatnonzero(np.isin(row_img, fid))
-        img_local = np.array([local[int(i)] for i in row_img[rows]], dtype=np.int64)
-        if cfg.feature == "dift":
-            fmaps = extractor(torch.from_numpy(arr[fmask]), [prompts.prompt(dataset.records[i].labels) for i in fid])
-            f = pool_boxes(fmaps, img_local, sel.top.box[all_rows[rows]], res).numpy()
-        else:
-            f = extractor(torch.from_numpy(arr[fmask]), img_local, sel.top.box[all_rows[rows]]).numpy()
-        if features is None:
-            features = np.zeros((len(all_rows), f.shape[1]), dtype=np.float32)
-        features[rows] = f
-    return PatchFeatures(features, {int(r): n for n, r in enumerate(all_rows)}, pixels,
-                         {int(i): n for n, i in enumerate(needed)})
+        for n, i in enumerate(ids):
+            pixels[slot[i]] = np.round((arr[n].transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    return PatchFeatures(features, {int(r): n for n, r in enumerate(all_rows)}, pixels, slot)
 
 
 # -- 3. clusters ---------------------------------------------------------------------------------

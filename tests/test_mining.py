@@ -266,3 +266,87 @@ def test_eval_sigma_blurs_the_maps_before_the_map_metrics(tiny_model_dir, gt_dat
     assert blurred["clusters"] == raw["clusters"] and blurred["elements_recovered"] == raw["elements_recovered"]
     with pytest.raises(ConfigError, match="eval_sigma"):
         MineConfig(data="d", typicality="t", out="o", model="m", eval_sigma=-1).validate()
+
+
+def _output_files(out: Path) -> dict:
+    """Every output file's bytes, config.json without the fields that name the run itself."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and not p.relative_to(out).parts[0].startswith(".")}
+    cfg = json.loads(files.pop("config.json"))
+    return files, {k: v for k, v in cfg.items() if k not in ("out", "process_index", "num_processes")}
+
+
+MINE_FLAGS = ["--per-image", "1", "--clusters", "3", "--min-members", "2", "--min-images", "2", "--kmeans-iter", "10",
+              "--batch-size", "2", "--dift-draws", "2"]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_mine_the_same_files(tiny_model_dir, gt_data, gt_store, tmp_path):
+    """Each process computes the DIFT features of its share of the image groups; the main process clusters
+    and writes: every file is the one a single process writes, byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    from diffmine.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["--model", str(tiny_model_dir), "--data", str(gt_data), "--typicality", str(gt_store), *MINE_FLAGS]
+    assert main(["mine", *common, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
+           "mine", *common, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _output_files(tmp_path / "two") == _output_files(tmp_path / "one")
+    assert not (tmp_path / "two" / ".partial").exists()  # the kept features go once the outputs are written
+
+
+def test_mine_killed_during_features_resumes_to_the_same_files(tiny_model_dir, gt_data, gt_store, tmp_path):
+    """A run SIGKILLed after its first feature group keeps that group; the rerun computes only the others
+    and writes the files of an uninterrupted run. Two simulated processes share the groups the same way."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg = MineConfig(per_image=1, clusters=3, min_members=2, min_images=2, kmeans_iter=10, batch_size=2,
+                     dift_draws=2)
+    whole = mine(tiny_model_dir, gt_data, gt_store, tmp_path / "whole", cfg)
+    out = tmp_path / "killed"
+    settings = {**replace(cfg, model=str(tiny_model_dir), data=str(gt_data), typicality=str(gt_store),
+                          out=str(out)).__dict__}
+    script = ("import os, signal, json\nfrom mining import features\nfrom mining.mine import run_mining\n"
+              "from mining.config import MineConfig\n"
+              "n = [0]\ncall = features.DiftExtractor.__call__\n"
+              "def dying(self, *a, **k):\n    n[0] += 1\n    if n[0] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return call(self, *a, **k)\n"
+              "features.DiftExtractor.__call__ = dying\n"
+              f"run_mining(MineConfig(**json.loads({json.dumps(json.dumps(settings))})), progress=False)\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    kept = list(out.glob(".partial/features-*/part-r0-*.safetensors"))
+    assert len(kept) == 1 and not (out / "report.html").exists()  # one finished group, no outputs yet
+
+    from mining import features
+    calls = []
+    real = features.DiftExtractor.__call__
+    features.DiftExtractor.__call__ = lambda self, images, prompts: calls.append(len(images)) or real(self, images, prompts)
+    try:
+        run_mining(replace(cfg, model=str(tiny_model_dir), data=str(gt_data), typicality=str(gt_store), out=str(out)),
+                   progress=False)
+    finally:
+        features.DiftExtractor.__call__ = real
+    assert sum(calls) == 12 - 2  # 12 images with a kept patch, groups of 2: the kept group is not redone
+    assert _output_files(out) == _output_files(whole)
+
+    # two simulated processes: each computes its groups; a last single-process call only writes
+    split = tmp_path / "split"
+    for rank in (0, 1):
+        assert mine(tiny_model_dir, gt_data, gt_store, split, cfg, process_index=rank, num_processes=2) == split
+        assert not (split / "report.html").exists()
+    shards = [p.name.split("-")[1] for p in split.glob(".partial/features-*/part-*.safetensors")]
+    assert sorted(shards) == ["r0"] * 3 + ["r1"] * 3  # six groups of two images, dealt out 0, 1, 0, 1, ...
+    mine(tiny_model_dir, gt_data, gt_store, split, cfg)
+    assert _output_files(split) == _output_files(whole)

@@ -152,8 +152,9 @@ def test_item5_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dat
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-             and not any(part.startswith(".mine-tmp") for part in p.relative_to(out).parts)}
-    assert after == before  # the old run, whole: not one file of the killed run
+             and not any(part.startswith((".mine-tmp", ".partial")) for part in p.relative_to(out).parts)}
+    assert after == before  # the old run, whole: not one file of the killed run among the outputs
+    assert list(out.glob(".partial/features-*/part-*"))  # the killed run's features are kept for its rerun
     run_mining(replace(cfg, seed=5), progress=False)  # the next run completes and cleans up
     assert not list(out.glob(".mine-tmp*")) and json.loads((out / "config.json").read_text())["seed"] == 5
     html = (out / "report.html").read_text()

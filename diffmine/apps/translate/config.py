@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
 
 METHODS = ("pnp", "sdedit")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class TranslateConfig:
+class TranslateConfig(RuntimeSettings):
     model: str | None = option(None, "finetuned diffusers model folder", required=True)
     data: str | None = option(None, "labeled image folder (the images to translate)", required=True)
     out: str | None = option(None, "output folder (PNGs, grids, translations.csv, index.html)", required=True)
@@ -35,15 +35,11 @@ class TranslateConfig:
     seed: int = option(0, "seed (sdedit noise, per image and target)")
     label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
     skip_bad: bool = option(False, "skip unreadable images (one warning) instead of stopping")
-    dtype: str = option("auto", "UNet dtype: auto = bf16 on a GPU that has it, fp32 elsewhere", choices=DTYPES)
-    process_index: int | None = option(None, "simulated process index (tests); default: accelerate's",
-                                       cli=False)
-    num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
 
     def validate(self) -> None:
         check_required(self)
         check_choice(self, "method")
-        check_choice(self, "dtype")
+        self.validate_runtime()
         check_positive(self, ("steps", "inversion_steps", "batch_size"))
         check(self.steps <= 1000, "steps", f"must be <= 1000 (the training schedule), got {self.steps}")
         # 1000 would step the last inverted latent to t = 1000, past the schedule (the reference used 999)

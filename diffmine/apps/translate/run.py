@@ -27,7 +27,7 @@ from diffmine.core.settings import ConfigError, save_config, to_dict
 from diffmine.core.errors import DataError
 
 from diffmine.apps.translate.config import OUTPUT_KEYS, TranslateConfig
-from diffmine.core.models import model_labels
+from diffmine.core.models import model_labels, resolve_model
 from typicality.fingerprints import model_fingerprint
 from diffmine.apps.translate.outputs import grid_file, labeled_row, translation_file, write_csv, write_index
 from diffmine.report.pictures import save_png, to_uint8
@@ -65,9 +65,10 @@ def _check_resumable(out: Path, cfg: TranslateConfig) -> None:
     except (OSError, json.JSONDecodeError):
         raise DataError(f"{path}: unreadable; remove {out} or choose another --out") from None
     new = to_dict(cfg)
-    for k in ("model", "data", "layers"):  # paths compare resolved
+    for k in ("model", "data", "layers"):  # paths compare resolved ("tiny" as the shipped folder)
         for d in (old, new):
-            d[k] = os.path.abspath(d[k]) if d.get(k) else d.get(k)
+            v = resolve_model(d[k]) if k == "model" and d.get(k) else d.get(k)
+            d[k] = os.path.abspath(v) if v and Path(v).exists() else v
     diff = [k for k in OUTPUT_KEYS if old.get(k) != new.get(k)]
     if diff:
         raise DataError(f"{out}: holds translations made with other settings ({', '.join(diff)}); "
@@ -76,35 +77,24 @@ def _check_resumable(out: Path, cfg: TranslateConfig) -> None:
 
 def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
     """Translate (or resume translating) every image of `config.data`; returns the output folder."""
-    from diffmine.core.bundle import SDBundle
     from diffmine.core.dataset import LabeledImages
-    from diffmine.core.prompts import PromptTemplate
-    from typicality.engine import resolve_dtype
+    from diffmine.core.runtime import Runtime
 
     from diffmine.apps.translate.translator import Translator
 
     cfg = config
     cfg.validate()
-    if not Path(cfg.model).is_dir():
-        raise ConfigError("model", f"{cfg.model}: model folder does not exist")
+    model_path = resolve_model(cfg.model)  # a bad name fails before the data is scanned
     dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    labels = model_labels(cfg.model) or list(dataset.labels)
+    labels = model_labels(model_path) or list(dataset.labels)
     targets = _targets(cfg, dataset, labels)
     out = Path(cfg.out)
     _check_resumable(out, cfg)
 
-    state = None
-    if cfg.process_index is None:
-        from accelerate import PartialState
-        state = PartialState(cpu=not torch.cuda.is_available())
-        rank, world, device = state.process_index, state.num_processes, torch.device(state.device)
-    else:
-        rank, world, device = int(cfg.process_index), int(cfg.num_processes or 1), torch.device("cpu")
-    bundle = SDBundle.from_pretrained(cfg.model).eval()
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device.type != "cpu" or dtype is not None:
-        bundle.to(device, dtype)
-    prompts = PromptTemplate.load(cfg.model)
+    rt = Runtime.start(cfg)
+    rank, world = rt.rank, rt.world
+    loaded = rt.load(model_path)
+    bundle, prompts = loaded.bundle, loaded.prompts
     translator = Translator(bundle, prompts, method=cfg.method, steps=cfg.steps, guidance=cfg.guidance,
                             inversion_steps=cfg.inversion_steps, strength=cfg.strength,
                             residual_injection=cfg.residual_injection, attention_injection=cfg.attention_injection,
@@ -113,7 +103,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, out)
-        write_json(out / META, {"model": os.path.abspath(cfg.model), "model_fingerprint": model_fingerprint(cfg.model),
+        write_json(out / META, {"model": os.path.abspath(model_path), "model_fingerprint": model_fingerprint(model_path),
                                 "labels": labels, "resolution": res, "template": prompts.template,
                                 "null_prompt": prompts.null_prompt,
                                 "layers": translator.layers.name if translator.layers else None,
@@ -154,9 +144,8 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
         tiles = [to_uint8(src[0])] + [np.asarray(_read_png(f)) for f in files]
         caps = [f"source: {r.labels[0]}"] + [f"to {t}" for t in targets[r.image_id]]
         save_png(out / grid_file(r.image_id), labeled_row(tiles, caps))
-    if state is not None:
-        state.wait_for_everyone()
-    if rank == 0:
+    rt.wait()
+    if rt.is_main:
         _write_tables(out, cfg, translator, dataset, targets, labels)
     return out
 
