@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import ConfigError, check_positive, check_required, option
 
 
 @dataclass
-class ChangesConfig:
-    model: str | None = option(None, "the model folder the translations were made with", required=True)
+class ChangesConfig(RuntimeSettings):
+    model: str | None = option(None, "the model the translations were made with (folder, 'tiny' or hub id)",
+                               required=True)
     translations: str | None = option(None, "output folder of `diffmine translate --to all`", required=True)
     out: str | None = option(None, "output folder (report.html, clusters.csv, patches)", required=True)
     clusters: int = option(32, "k-means clusters", source="METHOD.md §4")
@@ -27,11 +29,14 @@ class ChangesConfig:
     show: int = option(8, "patch sequences shown per cluster in the report")
     batch_size: int = option(64, "UNet rows per typicality forward")
     seed: int = option(0, "seed (typicality draws, DIFT noise, k-means)")
+    group: int = option(8, "source images per unit of work (split over processes; a kill loses at most one "
+                        "group per process)")
 
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
         check_positive(self, ("clusters", "per_image", "top", "draws", "dift_draws", "min_members", "min_images",
-                              "show", "batch_size"))
+                              "show", "batch_size", "group"))
         check_positive(self, ("patch",))
         lo, hi = self.t_range
         if not 0 <= lo < hi <= 1:

@@ -2,26 +2,35 @@
 
     run_changes(ChangesConfig(model=MODEL_DIR, translations=TR_DIR, out=CH_DIR))
 
-1. every translation x_{src->c} of TR_DIR is scored by the typicality engine under its own
-   target prompt, T(x_{src->c} | c) (streamed; an image's maps leave memory once its patches are chosen);
+Per source image (the UNet work, in fixed groups of `group` source images, `core.partial`):
+1. every translation x_{src->c} is scored by the typicality engine under its own target prompt,
+   T(x_{src->c} | c);
 2. patch co-typicality = median over the targets of the patch means (`cotypicality.py`); the
-   `per_image` most co-typical non-overlapping patches of each image, then the `top` overall;
-3. each kept patch is described by the DIFT features of the source and of every translation at
-   the same box (source under its own prompt, each translation under its target's), concatenated
-   in label order, so a patch is a sequence across labels;
-4. FAISS k-means; clusters ranked by the median co-typicality of their members, members
-   nearest-to-centroid first; report.html shows each cluster as rows of patch sequences, one
-   column per label; clusters.csv lists every member.
+   `per_image` most co-typical non-overlapping patches of the image;
+3. each of them is described by the DIFT features of the source and of every translation at the
+   same box (source under its own prompt, each translation under its target's), concatenated in
+   label order, so a patch is a sequence across labels.
+Each group's results are stored in CH_DIR/.partial/<key>/ as it finishes: under `accelerate launch`
+process i takes groups i::n, and a killed run redoes only the missing groups. Every image is
+computed inside its own group with per-image seeds, so the results do not depend on the process
+count. Then, on the main process:
+4. the `top` most co-typical patches overall; FAISS k-means (`mining.stages.cluster_stage`);
+   clusters ranked by the median co-typicality of their members, members nearest-to-centroid
+   first; report.html shows each cluster as rows of patch sequences, one column per label;
+   clusters.csv lists every member. The folder is written whole and moved into place (which
+   also removes the partial results).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,10 +40,10 @@ from diffmine.report.pictures import crop, safe_name
 from diffmine.core.files import replace_dir, write_text
 from diffmine.core.settings import ConfigError, save_config
 from diffmine.core.errors import DataError
-from mining.cluster import FaissKMeans
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
 from typicality.formula import upsample
 from mining.patches import Patches, default_patch_size, select_patches, top_per_label_index
+from mining.stages import cluster_stage
 
 from diffmine.apps.changes.config import ChangesConfig
 from diffmine.apps.changes.cotypicality import cotypicality_scores
@@ -42,9 +51,6 @@ from typicality.fingerprints import model_fingerprint
 from diffmine.report.pictures import save_png, to_uint8
 from diffmine.apps.changes.report import write_report
 from diffmine.core.handoffs import TRANSLATIONS_META as META
-
-CHUNK = 16  # images decoded per typicality / feature chunk
-
 
 def _read_translations(folder: Path, model: str) -> tuple[dict, dict, dict[str, dict[str, str]]]:
     """(translate config, meta, {image id: {target: file}}) of a translations folder made with `model`."""
@@ -75,21 +81,45 @@ def _load_png(path: Path, res: int) -> np.ndarray:
     return a.transpose(2, 0, 1) / 127.5 - 1.0
 
 
+def _folder_digest(folder: Path, files: dict[str, dict[str, str]]) -> str:
+    """sha256 over the translations folder's tables and every translation file's bytes."""
+    h = hashlib.sha256()
+    for name in ("translations.csv", META, "config.json"):
+        h.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    for image_id in sorted(files):
+        for target, f in sorted(files[image_id].items()):
+            h.update(f"{image_id}\0{target}\0{f}\0".encode() + (folder / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _label_stack(recs, src: np.ndarray, columns: list[str], folder: Path, files, res: int) -> np.ndarray:
+    """(n, labels, 3, res, res): each source image in its own label's column, its translations in the others."""
+    stack = np.zeros((len(recs), len(columns), 3, res, res), np.float32)
+    for n, r in enumerate(recs):
+        for j, c in enumerate(columns):
+            stack[n, j] = src[n] if c == r.labels[0] else _load_png(folder / files[r.image_id][c], res)
+    return stack
+
+
 def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
-    """Mine consistent changes from a translations folder; returns the output folder (report.html inside)."""
-    from diffmine.core.bundle import SDBundle
+    """Mine consistent changes from a translations folder; returns the output folder (report.html inside).
+
+    Under `accelerate launch` only the main process writes the outputs; with a simulated split
+    (process_index) a call computes its share of the groups, and a later one-process run the rest."""
     from diffmine.core.dataset import LabeledImages
-    from diffmine.core.prompts import PromptTemplate
+    from diffmine.core.models import resolve_model
+    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.runtime import Runtime
     from typicality.engine import TypicalityEstimator
+    from typicality.fingerprints import data_fingerprint
 
     cfg = config
     cfg.validate()
     folder = Path(cfg.translations)
-    if not Path(cfg.model).is_dir():
-        raise ConfigError("model", f"{cfg.model}: model folder does not exist")
+    model_path = resolve_model(cfg.model)  # 'tiny', a folder or a hub id; one line naming a bad one
     if not folder.is_dir():
         raise ConfigError("translations", f"{folder}: folder does not exist")
-    tcfg, meta, files = _read_translations(folder, cfg.model)
+    tcfg, meta, files = _read_translations(folder, model_path)
     dataset = LabeledImages(tcfg["data"], tcfg.get("label_column", "label"))
     res = int(meta["resolution"])
     k = int(cfg.patch or default_patch_size(res))
@@ -109,96 +139,107 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
     if not records:
         raise DataError(f"{folder}: no image is translated to every label ({', '.join(columns)}); "
                         "run `diffmine translate --to all`")
-    if skipped:
+    rt = Runtime.start(cfg)
+    if skipped and rt.is_main:
         warnings.warn(f"{skipped} image(s) not translated to every label are left out", stacklevel=2)
     targets = {r.image_id: [c for c in columns if c != r.labels[0]] for r in records}
+    index = {r.image_id: n for n, r in enumerate(records)}
 
-    bundle = SDBundle.from_pretrained(cfg.model).eval()
-    prompts = PromptTemplate.load(cfg.model)
+    loaded = rt.load(cfg.model)
+    bundle, prompts = loaded.bundle, loaded.prompts
     estimator = TypicalityEstimator(bundle, prompts, draws=cfg.draws, t_range=tuple(cfg.t_range), seed=cfg.seed,
                                     batch_size=cfg.batch_size)
+    extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
+    # every prompt encoded once, up front, in one fixed batch: embeddings do not depend on which group comes first
+    estimator.embed([prompts.prompt((c,)) for c in columns])
+    extractor._embed([prompts.prompt(c) for c in columns])
 
-    # -- 1-2. typicality of every translation under its target; co-typical patches per image --------
-    index = {r.image_id: n for n, r in enumerate(records)}
-    pending: dict[str, dict[str, np.ndarray]] = {}
-    per_image: list[Patches] = []
-    per_target: dict[int, dict[str, float]] = {}  # patch typicality under each target, by patch row
-    n_rows = 0
+    final = Path(cfg.out)
+    key = {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",
+                                                     "per_image", "batch_size", "seed", "group")},
+           "patch": k, "resolution": res, "model_fingerprint": model_fingerprint(model_path),
+           "template": prompts.template, "null_prompt": prompts.null_prompt,
+           "translations": _folder_digest(folder, {i: files[i] for i in index}),
+           "data_fingerprint": data_fingerprint(records, dataset.root),
+           "device": rt.device.type, "dtype": str(rt.dtype).replace("torch.", "")}
+    store = PartialResults(final / ".partial" / key_digest(key), key, rt.rank)
 
-    def chunks():
-        for s in range(0, len(records), CHUNK):
-            ids, imgs, conds = [], [], []
-            for r in records[s:s + CHUNK]:
-                for c in targets[r.image_id]:
-                    ids.append(f"{r.image_id}\x00{c}")
-                    imgs.append(_load_png(folder / files[r.image_id][c], res))
-                    conds.append([c])
-            yield ids, torch.from_numpy(np.stack(imgs)), conds
+    # -- 1-3. per source image, in fixed groups: typicality of its translations, patches, DIFT ------
+    def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        recs = [records[index[i]] for i in group]
+        ids, imgs, conds = [], [], []
+        for r in recs:
+            for c in targets[r.image_id]:
+                ids.append(f"{r.image_id}\x00{c}")
+                imgs.append(_load_png(folder / files[r.image_id][c], res))
+                conds.append([c])
+        maps: dict[str, dict[str, np.ndarray]] = {}
+        for result in estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
+            image_id, target = result.image_id.split("\x00")
+            maps.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
+        got, src = dataset.load_arrays(res, recs)
+        if len(got) != len(recs):
+            raise DataError(f"{dataset.root}: an image became unreadable")
+        stack = _label_stack(recs, src, columns, folder, files, res)
+        fmaps = extractor(torch.from_numpy(stack.reshape(-1, 3, res, res)),
+                          [prompts.prompt(c) for _ in recs for c in columns])
+        fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
+        out = {}
+        for n, r in enumerate(recs):
+            each, score = cotypicality_scores(np.stack([maps[r.image_id][c] for c in targets[r.image_id]]), k)
+            p = select_patches(score[None], k, cfg.per_image, "top")
+            typ = np.array([[float(each[m, int(b[1]), int(b[0])]) for m in range(len(targets[r.image_id]))]
+                            for b in p.box], np.float32)
+            local = np.full(len(p), n, dtype=np.int64)
+            parts = [pool_boxes(fmaps[:, j], local, p.box, res).numpy() for j in range(len(columns))]
+            out[r.image_id] = {"box": np.asarray(p.box, np.int64), "score": np.asarray(p.score, np.float32),
+                               "typicality": typ, "features": l2_normalize(np.concatenate(parts, axis=1))}
+        return out
 
-    bar = tqdm(total=sum(len(t) for t in targets.values()), desc=f"typicality of translations ({cfg.draws} draws)",
-               unit="img", disable=not progress)
-    for result in estimator.run(chunks()):
-        image_id, target = result.image_id.split("\x00")
-        pending.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
-        bar.update(1)
-        if len(pending[image_id]) == len(targets[image_id]):
-            done = pending.pop(image_id)
-            maps = np.stack([done[c] for c in targets[image_id]])
-            each, score = cotypicality_scores(maps, k)
-            p = select_patches(score[None], k, cfg.per_image, "top", offset=index[image_id])
-            for j in range(len(p)):
-                x0, y0 = int(p.box[j, 0]), int(p.box[j, 1])
-                per_target[n_rows + j] = {c: float(each[n, y0, x0]) for n, c in enumerate(targets[image_id])}
-            n_rows += len(p)
-            per_image.append(p)
+    groups = fixed_groups([r.image_id for r in records], cfg.group)
+    bar = tqdm(total=len(records), desc=f"typicality ({cfg.draws} draws) + DIFT of translations", unit="img",
+               disable=not progress or not rt.is_main)
+    run_groups(groups, compute, store, rt, bar=bar)
     bar.close()
+    rt.wait()
+    if not (rt.is_main and rt.launched):
+        return final
+    done = store.read_all()
+    missing = [i for i in index if i not in done]
+    if missing:
+        raise DataError(f"{store.folder}: no results for {len(missing)} image(s) ({', '.join(missing[:3])}); "
+                        "run again to compute them")
+
+    # -- 4. the most co-typical patches overall, clustered (mining's cluster stage) -----------------
+    per_image, typ_rows, feat_rows = [], [], []
+    for r in records:
+        d = done[r.image_id]
+        per_image.append(Patches(np.full(len(d["score"]), index[r.image_id], np.int64), d["box"], d["score"]))
+        typ_rows += [dict(zip(targets[r.image_id], (float(v) for v in row))) for row in d["typicality"]]
+        feat_rows.append(d["features"])
     patches = Patches.concat(per_image)
     if len(patches) == 0:
         raise DataError(f"{folder}: no patch could be selected")
     keep = top_per_label_index(patches, cfg.top)
-    kept = patches.take(keep)
-    kept_typ = [per_target[int(i)] for i in keep]
+    sel = SimpleNamespace(labels=["changes"], label_rows={"changes": keep}, top=patches,
+                          record_of=lambda p, rows: p.image[rows])
+    feats = SimpleNamespace(features=np.concatenate(feat_rows), row_of=range(len(patches)))
+    settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=20, spherical=True, seed=cfg.seed,
+                               min_members=cfg.min_members, min_images=cfg.min_images)
+    found = cluster_stage(sel, feats, settings, progress=progress)["changes"]
+    clusters = [{"id": cl.id, "members": cl.members, "distances": cl.distances, "median": cl.median,
+                 "n_images": cl.n_images} for cl in found.clusters]
+    pixels: dict[int, np.ndarray] = {}
 
-    # -- 3. DIFT of the source and every translation, pooled at the same boxes ---------------------
-    extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
-    used = np.unique(kept.image)
-    slot = {int(i): n for n, i in enumerate(used)}
-    pixels = np.zeros((len(used), len(columns), res, res, 3), np.uint8)  # each image under every label
-    feats: np.ndarray | None = None
-    for s in tqdm(range(0, len(used), CHUNK), desc="DIFT features", unit="chunk", disable=not progress):
-        recs = [records[int(i)] for i in used[s:s + CHUNK]]
-        got, src = dataset.load_arrays(res, recs)
-        if len(got) != len(recs):
-            raise DataError(f"{dataset.root}: an image became unreadable")
-        stack = np.zeros((len(recs), len(columns), 3, res, res), np.float32)
-        for n, r in enumerate(recs):
-            for j, c in enumerate(columns):
-                stack[n, j] = src[n] if c == r.labels[0] else _load_png(folder / files[r.image_id][c], res)
-        flat = torch.from_numpy(stack.reshape(-1, 3, res, res))
-        fmaps = extractor(flat, [prompts.prompt(c) for _ in recs for c in columns])
-        fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
-        rows = np.flatnonzero(np.isin(kept.image, used[s:s + CHUNK]))
-        local = np.array([slot[int(i)] - s for i in kept.image[rows]], dtype=np.int64)
-        parts = [pool_boxes(fmaps[:, j], local, kept.box[rows], res).numpy() for j in range(len(columns))]
-        f = l2_normalize(np.concatenate(parts, axis=1))
-        if feats is None:
-            feats = np.zeros((len(kept), f.shape[1]), np.float32)
-        feats[rows] = f
-        for n in range(len(recs)):
-            pixels[s + n] = np.stack([to_uint8(stack[n, j]) for j in range(len(columns))])
-
-    # -- 4. clusters, ranked by median co-typicality -----------------------------------------------
-    km = FaissKMeans(n_clusters=cfg.clusters, random_state=cfg.seed).fit(feats)
-    dist = np.sqrt(((feats - km.cluster_centers_[km.labels_]) ** 2).sum(1))
-    clusters = []
-    for c in range(km.n_clusters_):
-        m = np.flatnonzero(km.labels_ == c)
-        n_img = len(np.unique(kept.image[m]))
-        if len(m) < cfg.min_members or n_img < cfg.min_images:
-            continue
-        m = m[np.lexsort((-kept.score[m], dist[m]))]
-        clusters.append({"id": c, "members": m, "median": float(np.median(kept.score[m])), "n_images": n_img})
-    clusters.sort(key=lambda d: (-d["median"], -len(d["members"]), d["id"]))
+    def pixels_of(n: int) -> np.ndarray:
+        """Image `n` under every label, (labels, res, res, 3) uint8 (the shown ones only)."""
+        if n not in pixels:
+            got, src = dataset.load_arrays(res, [records[n]])
+            if not got:
+                raise DataError(f"{dataset.root}: an image became unreadable")
+            stack = _label_stack([records[n]], src, columns, folder, files, res)[0]
+            pixels[n] = np.stack([to_uint8(x) for x in stack])
+        return pixels[n]
 
     # -- 5. outputs ---------------------------------------------------------------------------
     final = Path(cfg.out)
@@ -210,24 +251,24 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
         table, doc_clusters = [], []
         for rank, cl in enumerate(clusters):
             shown = []
-            for j, mi in enumerate(cl["members"]):
-                r = records[int(kept.image[mi])]
-                box = [int(v) for v in kept.box[mi]]
+            for j, (mi, d) in enumerate(zip(cl["members"], cl["distances"])):
+                r = records[int(patches.image[mi])]
+                box = [int(v) for v in patches.box[mi]]
                 entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
                          "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
                          "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
-                         "x1": box[2], "y1": box[3], "cotypicality": float(kept.score[mi]), "distance": float(dist[mi]),
-                         **{f"typicality_{c}": kept_typ[mi].get(c, "") for c in columns}}
+                         "x1": box[2], "y1": box[3], "cotypicality": float(patches.score[mi]), "distance": float(d),
+                         **{f"typicality_{c}": typ_rows[mi].get(c, "") for c in columns}}
                 table.append(entry)
                 if j < cfg.show:
                     cells = []
                     for jc, c in enumerate(columns):
                         f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
-                        save_png(out / f, np.ascontiguousarray(crop(pixels[slot[int(kept.image[mi])], jc], box)))
+                        save_png(out / f, np.ascontiguousarray(crop(pixels_of(int(patches.image[mi]))[jc], box)))
                         cells.append({"file": f, "label": c, "source": c == r.labels[0],
-                                      "typicality": kept_typ[mi].get(c)})
+                                      "typicality": typ_rows[mi].get(c)})
                     shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
-                                  "cotypicality": float(kept.score[mi]), "cells": cells})
+                                  "cotypicality": float(patches.score[mi]), "cells": cells})
             doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
                                  "n_images": cl["n_images"], "rows": shown})
         buf = io.StringIO()
@@ -239,8 +280,8 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
         w.writerows(table)
         write_text(out / "clusters.csv", buf.getvalue())
         summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
-                   "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(kept),
-                   "clusters (k)": km.n_clusters_, "clusters kept": len(clusters), "typicality draws": cfg.draws,
+                   "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(keep),
+                   "clusters (k)": found.k, "clusters kept": len(clusters), "typicality draws": cfg.draws,
                    "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
         write_report(out / "report.html", columns, doc_clusters, summary)
         save_config(cfg, out)
