@@ -269,3 +269,131 @@ def test_classify_towns_known_answer(towns, tmp_path):
     assert audit[0]["image_id"] == "dunmore/flipped" and audit[0]["suspected"] == "ashford"
     assert "dunmore/flipped" in (tmp_path / "cls" / "audit.html").read_text()
     assert res["unet_rows_per_image"] == 4 * 5 + 8 * 3
+
+
+# -- runtime: --model tiny, split over processes, resume after a kill, DICOM, PyOD optional -----------
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def tiny_detector(tmp_path):
+    """A reconstruction detector on the shipped model ('tiny'): 2 draws, 2 images (4 rows) a group."""
+    rng = np.random.default_rng(0)
+    train = _write_pngs(tmp_path / "normal", rng.integers(0, 256, (3, 48, 48, 3), dtype=np.uint8))
+    test = _write_pngs(tmp_path / "test", rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8))
+    fit_detector(AnomalyFitConfig(data=str(train), out=str(tmp_path / "det"), model="tiny", draws=2, batch_size=4,
+                                  device="cpu", dtype="fp32"), progress=False)
+    return tmp_path / "det", test
+
+
+def _score_cfg(det, test, out: Path, **kw) -> AnomalyScoreConfig:
+    return AnomalyScoreConfig(detector=str(det), data=str(test), out=str(out / "scores.csv"), maps=str(out / "maps"),
+                              **kw)
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_score_simulated_split_and_kill_resume(tiny_detector, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    det, test = tiny_detector
+    one = score_images(_score_cfg(det, test, tmp_path / "one", process_index=0, num_processes=1), progress=False)
+    assert one["images"] == 6 and not list((tmp_path / "one").glob(".*partial"))
+    reference = _files(tmp_path / "one")
+    out = tmp_path / "split"
+    for rank in (0, 1):  # simulated processes: no barrier, so neither writes the files
+        assert score_images(_score_cfg(det, test, out, process_index=rank, num_processes=2), progress=False) is None
+    assert not (out / "scores.csv").exists() and len(list(out.rglob("part-*"))) == 3
+    calls = []
+    score_images(_score_cfg(det, test, out, process_index=0, num_processes=1), progress=False, on_group=calls.append)
+    assert calls == [] and not list(out.glob(".*partial"))
+    got = _files(out)
+    assert got.keys() == reference.keys() and all(got[k] == reference[k] for k in got if "config" not in k)
+
+    # killed after its first group, then started again: only the two missing groups are scored
+    out = tmp_path / "killed"
+    cfg = _score_cfg(det, test, out, process_index=0, num_processes=1)
+    script = ("import os, signal, json\nfrom diffmine.core import partial\n"
+              "from diffmine.apps.anomaly.config import AnomalyScoreConfig\n"
+              "from diffmine.apps.anomaly.run import score_images\n"
+              "add = partial.PartialResults.add\nn = [0]\n"
+              "def dying(self, results):\n    n[0] += 1\n    if n[0] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return add(self, results)\n"
+              "partial.PartialResults.add = dying\n"
+              f"score_images(AnomalyScoreConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))})), progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(list(out.rglob("part-*"))) == 1 and not (out / "scores.csv").exists()
+    calls = []
+    score_images(cfg, progress=False, on_group=calls.append)
+    assert len(calls) == 2
+    got = _files(out)
+    assert got.keys() == reference.keys() and all(got[k] == reference[k] for k in got if "config" not in k)
+    assert os.path.isfile(out / "scores.config.json")
+
+
+@pytest.mark.slow
+def test_score_accelerate_launch_two_processes(tiny_detector, tmp_path):
+    import subprocess
+    import sys
+
+    det, test = tiny_detector
+    out = tmp_path / "launched"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
+           "anomaly", "score", "--detector", str(det), "--data", str(test), "--out", str(out / "scores.csv"),
+           "--maps", str(out / "maps")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("scores in") == 1  # the main process wrote and said so
+    score_images(_score_cfg(det, test, tmp_path / "one", process_index=0, num_processes=1), progress=False)
+    a, b = _files(out), _files(tmp_path / "one")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if "config" not in k)
+
+
+def test_dicom_folder_fit_and_score(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from diffmine.core.inputs import ImageInput
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(get_testdata_file("CT_small.dcm"), folder / f"{name}.dcm")
+    assert ImageInput(folder).geometry == (128, 128, 1)
+    det = fit_detector(AnomalyFitConfig(data=str(folder), out=str(tmp_path / "det"), model="tiny", draws=2,
+                                        contamination=0.5), progress=False)
+    assert det.geometry_ == (128, 128, 1) and len(det.decision_scores_) == 3
+    res = score_images(AnomalyScoreConfig(detector=str(tmp_path / "det"), data=str(folder),
+                                          out=str(tmp_path / "scores.csv"), process_index=0, num_processes=1),
+                       progress=False)
+    rows = list(csv.DictReader(open(res["csv"])))
+    assert [r["image_id"] for r in rows] == ["a", "b", "c"]
+    assert np.allclose([float(r["score"]) for r in rows], det.decision_scores_, rtol=1e-5)  # the same image thrice
+
+
+def test_commands_start_without_pyod(tmp_path):
+    """PyOD is the anomaly extra: without it every other command starts, and `anomaly` says what to install."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nsys.modules['pyod'] = None\nfrom diffmine.cli import build_parser, main\n"
+              "try:\n    build_parser().parse_args(['finetune', '--help'])\nexcept SystemExit as e:\n"
+              "    print('help exit', e.code)\n"
+              f"rc = main(['anomaly', 'fit', '--data', {str(tmp_path)!r}, '--out', {str(tmp_path / 'o')!r}, "
+              "'--model', 'tiny'])\nprint('rc', rc)\n"
+              "print('imported', sorted(m for m in sys.modules if m.startswith('pyod.')))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "help exit 0" in proc.stdout and "rc 2" in proc.stdout and "imported []" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "diffmine anomaly: error: PyOD is not installed; install the anomaly extra: pip install -e .[anomaly]"]
