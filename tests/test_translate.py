@@ -1,4 +1,4 @@
-"""Translation (Plug-and-Play, SDEdit) and consistent changes, on real tiny models and real files."""
+"""Translation (Plug-and-Play, SDEdit), on real tiny models and real files (consistent changes: test_changes.py)."""
 from __future__ import annotations
 
 import csv
@@ -254,47 +254,3 @@ def test_injection_shares_come_from_the_layout_and_flags_override(towns):
     tr = _translator(towns, residual_injection=0.8, steps=10)
     assert (tr.n_residual, tr.n_attention) == (8, 5)
     assert _translator(towns, method="sdedit").n_residual == 0
-
-
-# -- consistent changes ------------------------------------------------------------------------
-def test_cotypicality_known_answer():
-    from diffmine.apps.changes.cotypicality import cotypical_patches, cotypicality_scores
-
-    # three translations of one 20 px image; each is typical in its own corner, and two of three at (8, 8)
-    maps = np.zeros((3, 20, 20), np.float32)
-    maps[0, 0:4, 0:4] = maps[1, 0:4, 16:20] = maps[2, 16:20, 0:4] = 5.0  # one target only: median 0
-    maps[0, 8:12, 8:12] = maps[1, 8:12, 8:12] = 2.0                      # two of three: median 2
-    maps[2, 8:12, 8:12] = -1.0
-    each, med = cotypicality_scores(maps, 4)
-    assert each.shape == (3, 17, 17) and float(med[8, 8]) == pytest.approx(2.0)
-    assert float(med[0, 0]) == 0.0 and float(med.max()) == pytest.approx(2.0)
-    p = cotypical_patches([maps], 4, per_image=1)
-    assert p.box.tolist() == [[8, 8, 12, 12]] and p.score[0] == pytest.approx(2.0)
-    # even number of targets: the mean of the middle two
-    assert float(cotypicality_scores(maps[:2], 4)[1][0, 0]) == pytest.approx(2.5)  # (5 + 0) / 2
-
-
-def test_changes_report_and_other_model(tiny_model_dir, three_colors, tmp_path):
-    from diffmine.apps.changes.run import run_changes
-    from diffmine.apps.changes.config import ChangesConfig
-    from diffmine.apps.translate.run import run_translate
-
-    tr = run_translate(_cfg(tiny_model_dir, three_colors, tmp_path / "tr"), progress=False)
-    out = run_changes(ChangesConfig(model=str(tiny_model_dir), translations=str(tr), out=str(tmp_path / "ch"),
-                                    clusters=2, draws=4, per_image=2, top=8, min_members=1, min_images=1,
-                                    dift_draws=1), progress=False)
-    rows = list(csv.DictReader(open(out / "clusters.csv")))
-    assert len(rows) == 8  # the 8 most co-typical of 6 images x 2 patches
-    for r in rows:  # co-typicality is the median over targets of each translation's patch typicality
-        vals = [float(r[f"typicality_{c}"]) for c in ("blue", "green", "red") if c != r["source_label"]]
-        assert r[f"typicality_{r['source_label']}"] == "" and len(vals) == 2
-        assert float(r["cotypicality"]) == pytest.approx(np.median(vals), abs=1e-6)
-    ranks = [float(r["median_cotypicality"]) for r in rows]
-    assert ranks == sorted(ranks, reverse=True)
-    html = (out / "report.html").read_text()
-    assert "<th>blue</th><th>green</th><th>red</th>" in html and html.count("class='src'") == len(rows)
-    assert all((out / f).is_file() for f in __import__("re").findall(r"src='(patches/[^']+)'", html))
-    with pytest.raises(DataError, match="made with another model") as e:
-        run_changes(ChangesConfig(model=str(TOWNS_MODEL), translations=str(tr), out=str(tmp_path / "x")),
-                    progress=False)
-    assert "\n" not in str(e.value)

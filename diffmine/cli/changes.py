@@ -14,4 +14,6 @@ def register(parser) -> None:
 def run(args) -> None:
     from diffmine.apps.changes.run import run_changes
 
-    print(f"report: {run_changes(config_from_args(ChangesConfig, args)) / 'report.html'}")
+    out = run_changes(config_from_args(ChangesConfig, args))
+    if out is not None:  # the main process, under accelerate launch
+        print(f"report: {out / 'report.html'}")

@@ -101,11 +101,12 @@ def _label_stack(recs, src: np.ndarray, columns: list[str], folder: Path, files,
     return stack
 
 
-def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
+def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
     """Mine consistent changes from a translations folder; returns the output folder (report.html inside).
 
-    Under `accelerate launch` only the main process writes the outputs; with a simulated split
-    (process_index) a call computes its share of the groups, and a later one-process run the rest."""
+    Under `accelerate launch` only the main process writes the outputs (the others return None);
+    with a simulated split (process_index) a call computes its share of the groups and returns
+    None, and a later one-process run computes what is left and writes the outputs."""
     from diffmine.core.dataset import LabeledImages
     from diffmine.core.models import resolve_model
     from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
@@ -203,7 +204,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path:
     bar.close()
     rt.wait()
     if not (rt.is_main and rt.launched):
-        return final
+        return None
     done = store.read_all()
     missing = [i for i in index if i not in done]
     if missing:
