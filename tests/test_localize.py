@@ -288,3 +288,130 @@ def test_run_localize_bad_input_leaves_nothing(tmp_path, xray_model):
                          t_range=(0.5, 0.2))
     with pytest.raises(DataError, match="t_range must be two fractions"):
         run_localize(bad, progress=False)
+
+
+# -- runtime: --model tiny, processes, kill and resume ---------------------------------------------
+@pytest.fixture(scope="module")
+def loc_reference(xray_model, tmp_path_factory):
+    """Six boxed radiographs, and their localisation by one process (finetuned and base maps)."""
+    from diffmine.apps.localize.run import run_localize
+    from diffmine.datasets.radiographs import write_split
+
+    root = tmp_path_factory.mktemp("loc_ref")
+    data = write_split(root / "xray", 6, seed=2, dicom_every=3)
+    run_localize(_loc_cfg(xray_model, data, root / "loc"), progress=False)
+    return data, root / "loc"
+
+
+def _loc_cfg(model, data, out, **kw):
+    from diffmine.apps.localize.config import LocalizeConfig
+
+    return LocalizeConfig(**{"model": str(model), "data": str(data), "boxes": str(data / "BBox_List_2017.csv"),
+                             "out": str(out), "base_model": str(model), "draws": 2, "show": 1, **kw})
+
+
+def _same_tables(a, b, exact: bool = True):
+    """metrics.json and per_image.csv of two runs: byte for byte, or (exact=False) the same up to the
+    typicality stage's rounding across process counts (maps within 1e-5: a near-tie of two pixels'
+    order moves an AUC-PR in its 5th digit)."""
+    if exact:
+        for name in ("metrics.json", "per_image.csv"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+        return
+    ma, mb = (json.loads((x / "metrics.json").read_text()) for x in (a, b))
+    assert ma.keys() == mb.keys() and ma["findings"].keys() == mb["findings"].keys()
+    for name in [*ma["findings"], "overall"]:
+        va, vb = (m["overall"] if name == "overall" else m["findings"][name] for m in (ma, mb))
+        assert va == pytest.approx(vb, abs=1e-4), name
+    ra, rb = ((x / "per_image.csv").read_text().splitlines() for x in (a, b))
+    assert len(ra) == len(rb) and ra[0] == rb[0]
+    for la, lb in zip(ra[1:], rb[1:]):
+        ca, cb = la.split(","), lb.split(",")
+        assert ca[:4] == cb[:4] and [float(x) for x in ca[4:]] == pytest.approx([float(x) for x in cb[4:]], abs=1e-4)
+
+
+def test_localize_model_tiny(tmp_path):
+    """`--model tiny`: the shipped towns model, its labels as findings."""
+    from diffmine.apps.localize.config import LocalizeConfig
+    from diffmine.apps.localize.run import run_localize
+    from diffmine.datasets.towns import render_facade
+
+    rng = np.random.default_rng(0)
+    lines = ["file_name,label,x,y,w,h"]
+    for town in ("ashford", "brill"):
+        (tmp_path / "data" / town).mkdir(parents=True)
+        Image.fromarray(np.asarray(render_facade(rng, town)[0])).save(tmp_path / "data" / town / "0.png")
+        lines.append(f"{town}/0.png,{town},8,8,24,24")
+    (tmp_path / "boxes.csv").write_text("\n".join(lines) + "\n")
+    metrics = run_localize(LocalizeConfig(model="tiny", data=str(tmp_path / "data"), boxes=str(tmp_path / "boxes.csv"),
+                                          out=str(tmp_path / "loc"), draws=2, show=1), progress=False)
+    assert metrics["overall"]["n_boxes"] == 2 and set(metrics["findings"]) == {"ashford", "brill"}
+    assert (tmp_path / "loc" / "typicality" / "manifest.json").is_file() and not (tmp_path / "loc" / ".images").exists()
+    with pytest.raises(DataError, match="no such folder"):
+        run_localize(LocalizeConfig(model=str(tmp_path / "nope"), data=str(tmp_path / "data"),
+                                    boxes=str(tmp_path / "boxes.csv"), out=str(tmp_path / "x")), progress=False)
+
+
+def test_localize_accelerate_launch_two_processes(xray_model, loc_reference, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data, ref = loc_reference
+    out = tmp_path / "launched"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
+           "localize", "--model", str(xray_model), "--base-model", str(xray_model), "--data", str(data),
+           "--boxes", str(data / "BBox_List_2017.csv"), "--out", str(out), "--draws", "2", "--show", "1"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report: ") == 1  # the main process scores and reports
+    manifest = json.loads((out / "typicality" / "manifest.json").read_text())
+    assert manifest["meta"]["draws"] == 2
+    _same_tables(out, ref, exact=False)  # the maps of a split are the stage's, within 1e-5
+    assert not (out / ".images").exists()
+
+
+def test_localize_simulated_split_then_one_process(xray_model, loc_reference, tmp_path):
+    from diffmine.apps.localize.run import run_localize
+
+    data, ref = loc_reference
+    out = tmp_path / "loc"
+    for i in range(2):
+        assert run_localize(_loc_cfg(xray_model, data, out, process_index=i, num_processes=2), progress=False) is None
+    assert not (out / "metrics.json").exists()
+    run_localize(_loc_cfg(xray_model, data, out), progress=False)
+    _same_tables(out, ref, exact=False)
+
+
+def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
+    from diffmine.apps.localize.run import run_localize
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data, ref = loc_reference
+    out = tmp_path / "loc"
+    cfg = _loc_cfg(xray_model, data, out)
+    # SIGKILLed as it starts the base model's maps: the finetuned store is complete by then
+    script = ("import os, signal, json\nfrom typicality import engine\n"
+              "from diffmine.apps.localize.config import LocalizeConfig\nfrom diffmine.apps.localize.run import run_localize\n"
+              "real = engine.run_typicality\n"
+              "def dying(cfg, **kw):\n    if cfg.out.endswith('typicality_base'): os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return real(cfg, **kw)\n"
+              "engine.run_typicality = dying\n"
+              f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    shards = {p: p.stat().st_mtime_ns for p in (out / "typicality").glob("shard-*")}
+    assert shards and not (out / "typicality_base").exists() and not (out / "metrics.json").exists()
+    run_localize(cfg, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "typicality").glob("shard-*")} == shards  # not redone
+    _same_tables(out, ref)
+    # other settings into the same folder: the maps are recomputed, as a fresh run would
+    metrics = run_localize(_loc_cfg(xray_model, data, out, draws=4, base_model=None), progress=False)
+    assert json.loads((out / "typicality" / "config.json").read_text())["draws"] == 4 and metrics["draws"] == 4
