@@ -20,8 +20,6 @@ temporary folder inside `out` and swapped in at the end, so `out` always holds o
 from __future__ import annotations
 
 import csv
-import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -31,7 +29,7 @@ from tqdm.auto import tqdm
 
 from diffmine.evaluation.groundtruth import has_ground_truth
 from diffmine.report.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
-from diffmine.core.files import finish_swap, swap_in, write_json, write_text
+from diffmine.core.files import output_folder, write_json, write_text
 from diffmine.core.settings import load_config, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
@@ -39,8 +37,8 @@ from diffmine.core.errors import DataError
 from mining.config import MineConfig
 from mining.features import ClipPatchFeatures, DiftExtractor
 from mining.report import render_html
-from mining.stages import (LabelClusters, PatchFeatures, PatchSelection, cluster_stage, features_stage,
-                           select_patches_stage)
+from mining.stages import (LabelClusters, PatchFeatures, PatchSelection, assemble_features, cluster_stage,
+                           compute_features, select_patches_stage)
 
 CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "cluster_size", "cluster_images",
                "member_rank", "image_id", "x0", "y0", "x1", "y1", "typicality", "distance", "element_kind",
@@ -134,10 +132,6 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
     cfg.validate()
     rt = Runtime.start(cfg)
     out = Path(cfg.out)
-    if rt.is_main:
-        finish_swap(out)  # a killed earlier run's swap is completed first...
-        for stale in out.glob(".mine-tmp-*"):  # ...and what a run killed before its swap left is dropped
-            shutil.rmtree(stale, ignore_errors=True)
     dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
                                                                 skip_bad=cfg.skip_bad)
     store = _open_store(store if store is not None else cfg.typicality)
@@ -148,11 +142,12 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
     key = _features_key(cfg, store, sel, dataset, rt)
     partial = PartialResults(out / ".partial" / f"features-{key_digest(key)}", key, rt.rank)
 
-    tmp = out / f".mine-tmp-{os.getpid()}"
-    feats = features_stage(sel, dataset, cfg, extractor, tmp / ".cache", progress, rt, partial)
-    if feats is None:  # not the main process, or a simulated share: the main process writes
+    stored = compute_features(sel, dataset, cfg, extractor, partial, rt, progress)
+    if stored is None:  # not the main process, or a simulated share: the main process writes
         return out
-    try:
+    with output_folder(out, owned=OUTPUTS) as tmp:  # `out` holds one whole run at any time
+        feats = assemble_features(sel, dataset, cfg, stored, tmp / ".cache", progress)
+        del stored
         clusters = cluster_stage(sel, feats, cfg, progress)
         evaluation = None
         if has_ground_truth(dataset.records):
@@ -162,10 +157,6 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
         write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
         del feats
         shutil.rmtree(tmp / ".cache", ignore_errors=True)
-        swap_in(tmp, out, OUTPUTS)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(out / ".partial", ignore_errors=True)  # the features are in the outputs now
     kept = {lab: len(c.clusters) for lab, c in clusters.items()}
     if progress or not any(kept.values()):
@@ -178,16 +169,6 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
 
 
 # -- 4. outputs -----------------------------------------------------------------------------------
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def write_outputs(out: Path, cfg: MineConfig, sel: PatchSelection, feats: PatchFeatures,
                   clusters: dict[str, LabelClusters], evaluation, store, dataset: LabeledImages,
                   progress: bool = True) -> None:
@@ -287,10 +268,10 @@ def write_outputs(out: Path, cfg: MineConfig, sel: PatchSelection, feats: PatchF
     metrics = evaluation.metrics if evaluation is not None else None
     if metrics is not None:
         write_json(out / "metrics.json", metrics)
-    write_text(out / "clusters.json", json.dumps({
+    write_json(out / "clusters.json", {
         "config": {k: v for k, v in to_dict(cfg).items() if k != "out"}, "resolution": sel.resolution, "patch": sel.patch, "data": str(dataset.root),
         "typicality": str(store.root), "labels": {d["name"]: d["json"] for d in doc_labels},
-    }, indent=2, default=_json_default))
+    })
     doc = {"title": "diffmine: typical visual elements", "summary": summary,
            "metrics": None if metrics is None else {
                key: (f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else metrics[key])

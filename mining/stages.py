@@ -132,26 +132,37 @@ def select_patches_stage(store, dataset: LabeledImages, cfg: MineConfig, progres
 
 
 # -- 2. features ---------------------------------------------------------------------------------
+def _feature_rows(sel: PatchSelection, dataset: LabeledImages):
+    """(rows of `top` with a feature, record index of each, image id -> record index of those images)."""
+    all_rows = np.concatenate([sel.label_rows[lab] for lab in sel.labels])
+    row_img = sel.record_of(sel.top, all_rows)
+    return all_rows, row_img, {dataset.records[int(i)].image_id: int(i) for i in np.unique(row_img)}
+
+
 def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, cache_dir: Path,
                    progress: bool = True, runtime=None, partial=None) -> PatchFeatures | None:
-    """Features of every kept top patch, and the decoded pixels of every image shown.
+    """Features of every kept top patch, and the decoded pixels of every image shown
+    (`compute_features`, then `assemble_features` on the main process; None on the others)."""
+    from diffmine.core.partial import PartialResults
 
-    The images with a kept patch are processed in fixed groups of `batch_size` (decoded once,
-    one feature forward per group, pooled in each patch box); under `runtime` each process takes
-    its share of the groups, and every finished group is kept in `partial` (a resumed run redoes
-    only the missing ones). The main process then assembles the features and decodes the images
-    shown only as baselines; the others return None."""
-    from diffmine.core.partial import PartialResults, fixed_groups, run_groups
+    partial = partial or PartialResults(cache_dir / "features", {}, getattr(runtime, "rank", 0))
+    stored = compute_features(sel, dataset, cfg, extractor, partial, runtime, progress)
+    return None if stored is None else assemble_features(sel, dataset, cfg, stored, cache_dir, progress)
+
+
+def compute_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, partial,
+                     runtime=None, progress: bool = True) -> dict | None:
+    """The images with a kept patch, in fixed groups of `batch_size` (decoded once, one feature forward
+    per group, pooled in each patch box); under `runtime` each process takes its share of the groups,
+    and each finished group is kept in `partial` (a resumed run redoes only the missing ones).
+    Returns every image's features and pixels on the main process, None on the others."""
+    from diffmine.core.partial import collect, fixed_groups, run_groups
     from diffmine.core.runtime import Runtime
 
     runtime = runtime or Runtime(torch.device("cpu"), torch.float32)
-    all_rows = np.concatenate([sel.label_rows[lab] for lab in sel.labels])
-    row_img = sel.record_of(sel.top, all_rows)  # record index of each patch row
-    feat_images = np.unique(row_img)
+    all_rows, row_img, index = _feature_rows(sel, dataset)
     res = sel.resolution
     extractor, prompts = extractor
-    index = {dataset.records[int(i)].image_id: int(i) for i in feat_images}
-    partial = partial or PartialResults(cache_dir / "features", {}, runtime.rank)
 
     def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
         recs = [dataset.records[index[i]] for i in group]
@@ -175,11 +186,16 @@ def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig,
                disable=not progress or not runtime.is_main)
     run_groups(groups, compute, partial, runtime, bar)
     bar.close()
-    runtime.wait()
-    if not (runtime.is_main and runtime.launched):
-        return None
+    return collect(partial, list(index), runtime)
 
-    stored = partial.read_all()
+
+def assemble_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, stored: dict,
+                      cache_dir: Path, progress: bool = True) -> PatchFeatures:
+    """The feature matrix of the kept patches, and a memory map of the pixels of every image shown
+    (the baseline-only images are decoded here)."""
+    all_rows, row_img, index = _feature_rows(sel, dataset)
+    feat_images = np.array(sorted(index.values()), dtype=np.int64)
+    res = sel.resolution
     base_images = [sel.record_of(p, rr) for lab in sel.labels for p, rr in sel.baseline_rows[lab].values()]
     needed = np.union1d(feat_images, np.concatenate(base_images + [np.zeros(0, np.int64)]))
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -152,19 +152,19 @@ def test_item5_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dat
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-             and not any(part.startswith((".mine-tmp", ".partial")) for part in p.relative_to(out).parts)}
+             and not any(part.startswith((".mine.tmp-", ".partial")) for part in p.relative_to(out).parts)}
     assert after == before  # the old run, whole: not one file of the killed run among the outputs
     assert list(out.glob(".partial/features-*/part-*"))  # the killed run's features are kept for its rerun
     run_mining(replace(cfg, seed=5), progress=False)  # the next run completes and cleans up
-    assert not list(out.glob(".mine-tmp*")) and json.loads((out / "config.json").read_text())["seed"] == 5
+    assert not list(out.glob(".*.tmp-*")) and json.loads((out / "config.json").read_text())["seed"] == 5
     html = (out / "report.html").read_text()
     assert all((out / ref).is_file() for ref in __import__("re").findall(r'src="([^"]+)"', html))
 
 
 def test_item6_a_kill_loses_at_most_a_shard_and_the_store_stays_compact(tiny_model_dir, color_dataset, tmp_path):
-    ref = TypicalityStore.open(_typ(tiny_model_dir, color_dataset, tmp_path / "ref"))
-    # a shard after every image (as a slow run's time-based flush would), then compaction at the end
-    out = _typ(tiny_model_dir, color_dataset, tmp_path / "small", shard_size=5, shard_seconds=1e-9)
+    ref = TypicalityStore.open(_typ(tiny_model_dir, color_dataset, tmp_path / "ref", group=1))
+    # a shard after every image (groups of one, as a slow run's time-based flush would), then compaction
+    out = _typ(tiny_model_dir, color_dataset, tmp_path / "small", shard_size=5, shard_seconds=1e-9, group=1)
     store = TypicalityStore.open(out)
     assert len(list(out.glob("shard-*.safetensors"))) == 3  # 12 images in shards of <= 5: 5 + 5 + 2
     assert store.pairs() == ref.pairs()

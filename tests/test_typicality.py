@@ -42,7 +42,7 @@ def _assert_same_maps(a: TypicalityStore, b: TypicalityStore, atol: float = 1e-5
 def _run(model, data, out, **kw):
     kw = {"draws": DRAWS, "progress": False, "process_index": 0, "num_processes": 1, **kw}
     progress = kw.pop("progress")
-    run_kw = {k: kw.pop(k) for k in ("process_index", "num_processes", "on_image", "load_chunk") if k in kw}
+    run_kw = {k: kw.pop(k) for k in ("process_index", "num_processes", "on_image") if k in kw}
     return run_typicality(model=str(model), data=str(data), out=str(out), progress=progress, **run_kw, **kw)
 
 
@@ -295,7 +295,7 @@ def test_stream_keeps_only_a_chunk_in_memory(tiny_bundle):
 
 # -- the command: store, processes, resume ----------------------------------------------------
 def test_run_typicality_store_api(tiny_model_dir, color_dataset, tmp_path):
-    out = _run(tiny_model_dir, color_dataset, tmp_path / "own", shard_size=5)
+    out = _run(tiny_model_dir, color_dataset, tmp_path / "own", shard_size=5, group=5)  # shards end at groups
     s = TypicalityStore.open(out)
     assert len(s.image_ids) == 12 and s.labels == ["blue", "red"]
     assert s.meta["draws"] == DRAWS and s.meta["resolution"] == 32 and s.meta["latent_size"] == [8, 8]
@@ -322,15 +322,19 @@ def test_run_typicality_store_api(tiny_model_dir, color_dataset, tmp_path):
 
 
 def test_processes_split_and_merge_to_the_same_store(tiny_model_dir, color_dataset, tmp_path):
-    one = TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "one", batch_size=64))
+    one = TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "one", batch_size=6, group=4))
     out = tmp_path / "two"
     for rank in (1, 0):  # any order: each process writes its own shards
-        _run(tiny_model_dir, color_dataset, out, process_index=rank, num_processes=2, batch_size=6, shard_size=4)
+        _run(tiny_model_dir, color_dataset, out, process_index=rank, num_processes=2, batch_size=6, shard_size=4,
+             group=4)
     assert len(list(out.glob("manifest.part-*.json"))) == 2
-    _assert_same_maps(one, TypicalityStore.open(out))  # readable before the merge too
+    # groups of 4 images are batched alone and dealt out 0, 1, 0: the maps are those of one process, bit for bit
+    _assert_same_maps(one, TypicalityStore.open(out), atol=0)  # readable before the merge too
     merge_manifests(out)
     assert not list(out.glob("manifest.part-*.json"))
-    _assert_same_maps(one, TypicalityStore.open(out))
+    _assert_same_maps(one, TypicalityStore.open(out), atol=0)
+    # another batch size changes only the rounding
+    _assert_same_maps(one, TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "b64", batch_size=64)))
 
 
 def test_interrupted_run_resumes_to_the_same_maps(tiny_model_dir, color_dataset, tmp_path):
@@ -360,20 +364,21 @@ def test_killed_process_resumes_to_the_same_maps(tiny_model_dir, color_dataset, 
               f"    n.append(i)\n"
               f"    if len(n) == 7: os.kill(os.getpid(), signal.SIGKILL)\n"
               f"run_typicality(model={str(tiny_model_dir)!r}, data={str(color_dataset)!r}, out={str(out)!r}, draws={DRAWS}, "
-              f"shard_size=3, progress=False, on_image=hook)\n")
+              f"shard_size=3, group=3, progress=False, on_image=hook)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert len(TypicalityStore.open(out).image_ids) == 6  # two full shards; the 7th image was in memory
     again = []
-    _run(tiny_model_dir, color_dataset, out, on_image=again.append)
+    _run(tiny_model_dir, color_dataset, out, group=3, on_image=again.append)
     assert len(again) == 6
-    _assert_same_maps(TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "ref")),
-                      TypicalityStore.open(out))
+    # whole groups were kept and redone: the maps of an uninterrupted run, bit for bit
+    _assert_same_maps(TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "ref", group=3)),
+                      TypicalityStore.open(out), atol=0)
 
 
 def test_damaged_shard_is_detected(tiny_model_dir, color_dataset, tmp_path):
-    out = _run(tiny_model_dir, color_dataset, tmp_path / "typ", shard_size=4)
+    out = _run(tiny_model_dir, color_dataset, tmp_path / "typ", shard_size=4, group=4)
     ref = _maps(TypicalityStore.open(out))
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["shards"][1]
@@ -386,15 +391,15 @@ def test_damaged_shard_is_detected(tiny_model_dir, color_dataset, tmp_path):
     with pytest.raises(DataError, match=str(shard.name)):
         store.latent_map(entry["images"][0], entry["images"][0].split("/")[0])
     with pytest.raises(DataError, match="damaged"):
-        _run(tiny_model_dir, color_dataset, out, shard_size=4)  # resuming checks the shards too
+        _run(tiny_model_dir, color_dataset, out, shard_size=4, group=4)  # resuming checks the shards too
     shard.write_bytes(bytes(data[:100]))  # truncated
     with pytest.raises(DataError, match=str(shard.name)):
         TypicalityStore.open(out).scores()
-    shard.unlink()  # what the error message advises: its images are recomputed
-    _run(tiny_model_dir, color_dataset, out, shard_size=4)
+    shard.unlink()  # what the error message advises: its images (one whole group) are recomputed
+    _run(tiny_model_dir, color_dataset, out, shard_size=4, group=4)
     for key, maps in _maps(TypicalityStore.open(out)).items():
         for x, y in zip(maps, ref[key]):
-            np.testing.assert_allclose(x, y, atol=1e-5)
+            np.testing.assert_array_equal(x, y)  # the group is batched as before: the same maps, bit for bit
 
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir, color_dataset, tmp_path):
@@ -440,12 +445,12 @@ def test_accelerate_launch_two_processes(tiny_model_dir, color_dataset, tmp_path
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffmine",
            "typicality", "--model", str(tiny_model_dir), "--data", str(color_dataset), "--out", str(out),
-           "--draws", str(DRAWS), "--shard-size", "2"]  # full shards stay as each process wrote them
+           "--draws", str(DRAWS), "--shard-size", "2", "--group", "2"]  # full shards stay as each process wrote them
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name.split("-")[2] for p in out.glob("shard-*.safetensors")} == {"n2"}
     assert len({p.name.split("-")[1] for p in out.glob("shard-*.safetensors")}) == 2  # both ranks wrote
     assert not list(out.glob("manifest.part-*"))
-    _assert_same_maps(TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "one")),
-                      TypicalityStore.open(out))
+    _assert_same_maps(TypicalityStore.open(_run(tiny_model_dir, color_dataset, tmp_path / "one", group=2)),
+                      TypicalityStore.open(out), atol=0)  # bit for bit: each group is batched on its own

@@ -43,6 +43,8 @@ class TypicalityConfig(RuntimeSettings):
     resolution: int | None = option(None, "processing size in px (default: the model's)", affects_maps=True)
     seed: int = option(0, "seed of the per-image draws", affects_maps=True)
     batch_size: int = option(64, "UNet rows per forward (an image's draw takes 1 + its labels)")
+    group: int = option(16, "images per unit of work: decoded and batched together, dealt out to the processes "
+                        "of `accelerate launch`; shards end at group ends (a kill loses at most a group)")
     shard_size: int = option(256, "images per store shard: a kill loses at most the images since the last shard")
     shard_seconds: float = option(60.0, "also write a shard after this many seconds (bounds what a kill loses)")
     force: bool = option(False, "score labels the model was not trained on (with a warning)")
@@ -52,7 +54,7 @@ class TypicalityConfig(RuntimeSettings):
         self.validate_runtime()
         for name in ("labels", "schedule"):
             check_choice(self, name)
-        check_positive(self, ("draws", "batch_size", "shard_size", "resolution"))
+        check_positive(self, ("draws", "batch_size", "group", "shard_size", "resolution"))
         check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")
         lo, hi = self.t_range
         check(0.0 <= lo < hi <= 1.0, "t_range", f"must be two fractions 0 <= LOW < HIGH <= 1, got {lo} {hi}")

@@ -21,6 +21,7 @@ import torch
 
 from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
 from diffmine.core.errors import DataError
+from diffmine.core.partial import fixed_groups
 from diffmine.core.prompts import PromptTemplate
 
 from typicality.attention import shared_prompt_projections
@@ -253,7 +254,7 @@ def model_identity(bundle, prompts: PromptTemplate, model: str, resolution: int)
             "latent_size": [latent, latent], "torch_dtype": str(bundle.unet.dtype).replace("torch.", "")}
 
 
-def run_typicality(config: TypicalityConfig | None = None, progress: bool = True, *, load_chunk: int = 16,
+def run_typicality(config: TypicalityConfig | None = None, progress: bool = True, *,
                    process_index: int | None = None, num_processes: int | None = None,
                    on_image: Callable[[str], None] | None = None, **settings) -> Path:
     """Score every image of `config.data` with `config.model`; write (or resume) the store `config.out`.
@@ -306,32 +307,39 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
     check_resumable(out, meta)
     verify_shards(out)
     done = finished_images(out)
-    todo = [r for r in dataset.records[rank::world] if r.image_id not in done]
+    # Fixed groups of `group` images in dataset order, group k for process k % world. A group's
+    # draws share forwards only with each other, and shards end at group ends, so a map is the same
+    # bit for bit whatever the process count, and a killed run resumes whole groups.
+    todo = [[r for r in g if r.image_id not in done]
+            for k, g in enumerate(fixed_groups(dataset.records, cfg.group)) if k % world == rank]
+    todo = [g for g in todo if g]
     created = not out.exists()
-    writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds)
+    writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds, grouped=True)
     if rank == 0:
         save_config(cfg, out)
 
-    def chunks():
-        for i in range(0, len(todo), load_chunk):
-            try:
-                recs, arrays = dataset.load_arrays(resolution, todo[i:i + load_chunk])
-            except DataError:  # with skip_bad, only a chunk of nothing but bad images gets here
-                if not cfg.skip_bad:
-                    raise
-                continue
-            yield [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
+    def chunk(group):
+        try:
+            recs, arrays = dataset.load_arrays(resolution, group)
+        except DataError:  # with skip_bad, only a group of nothing but bad images gets here
+            if not cfg.skip_bad:
+                raise
+            return None
+        return [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
 
-    bar = tqdm(total=len(todo), unit="img", desc=f"typicality ({est.draws} draws/image)",
+    bar = tqdm(total=sum(map(len, todo)), unit="img", desc=f"typicality ({est.draws} draws/image)",
                disable=not progress or rank != 0, dynamic_ncols=True)
     finished = 0
     try:
-        for result in est.run(chunks()):
-            writer.add(result)
-            finished += 1
-            bar.update(1)
-            if on_image is not None:
-                on_image(result.image_id)
+        for group in todo:
+            loaded = chunk(group)
+            for result in est.run([loaded] if loaded is not None else []):
+                writer.add(result)
+                finished += 1
+                bar.update(1)
+                if on_image is not None:
+                    on_image(result.image_id)
+            writer.end_group()
     except BaseException:
         writer.close()  # finished images are kept even when the run is interrupted
         bar.close()

@@ -139,7 +139,7 @@ class ShardWriter:
     """Buffers finished images and writes them as shards of one process (rank of world)."""
 
     def __init__(self, root: str | Path, meta: dict, labels: list[str], rank: int = 0, world: int = 1,
-                 shard_size: int = 256, flush_seconds: float = 60.0):
+                 shard_size: int = 256, flush_seconds: float = 60.0, grouped: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.meta, self.labels = meta, list(labels)
@@ -150,13 +150,21 @@ class ShardWriter:
                 if (m := re.match(re.escape(self.prefix) + r"(\d+)\.safetensors$", p.name))]
         self.seq = max(used, default=-1) + 1  # never overwrite a file, listed or orphaned
         # A shard every `shard_size` images or `flush_seconds`, whichever comes first: a kill loses
-        # at most about that much work. merge_manifests compacts the small ones at the end.
-        self.shard_size, self.flush_seconds = int(shard_size), float(flush_seconds)
+        # at most about that much work. merge_manifests compacts the small ones at the end. `grouped`:
+        # a shard ends only at a group's end (`end_group`), so a resumed run redoes whole groups.
+        self.shard_size, self.flush_seconds, self.grouped = int(shard_size), float(flush_seconds), grouped
         self.buffer: list[ImageResult] = []
         self.last_flush = time.monotonic()
 
     def add(self, result: ImageResult) -> None:
         self.buffer.append(result)
+        if not self.grouped:
+            self._flush_if_due()
+
+    def end_group(self) -> None:
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
         if len(self.buffer) >= self.shard_size or time.monotonic() - self.last_flush > self.flush_seconds:
             self.flush()
 

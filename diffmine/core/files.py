@@ -1,10 +1,19 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or folder or the new one, never half of one.
+
+    write_json(path, obj)                    # strict JSON: NaN -> null, numpy scalars and paths as values
+    with output_folder(out) as tmp: ...      # everything written into tmp appears in `out` at once
+    with output_folder(out, owned=OUTPUTS) as tmp: ...   # only the names a run owns are replaced in `out`
+"""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
+import socket
 from pathlib import Path
+from typing import Iterator
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -21,8 +30,61 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, obj, indent: int = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent))
+def json_ready(obj):
+    """`obj` as strict JSON values: NaN and infinities -> None, numpy scalars and arrays -> Python, paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays
+        return json_ready(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(json_ready(obj), indent=indent, allow_nan=False))
+
+
+def temporary_name(final: str | Path, inside: bool = False) -> Path:
+    """A work folder for `final` that no other run uses: this process and host in its name."""
+    final = Path(final)
+    name = f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    return final / name if inside else final.with_name(name)
+
+
+@contextlib.contextmanager
+def output_folder(final: str | Path, owned: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """A temporary folder that becomes `final` when the block ends without an error, and is removed
+    when it raises (a kill leaves it behind: the next run's `output_folder` removes such leftovers).
+
+    owned=None: `final` is replaced whole. owned=names: the new entries are swapped into `final`
+    (`swap_in`), the owned names the run did not write are removed, anything else in `final` (a
+    store, kept partial work) stays."""
+    final = Path(final)
+    if owned is None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        leftovers = final.parent.glob(f".{final.name}.tmp-*")
+    else:
+        finish_swap(final)  # a kill mid-swap is completed first
+        final.mkdir(parents=True, exist_ok=True)
+        leftovers = final.glob(f".{final.name}.tmp-*")
+    for old in leftovers:
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = temporary_name(final, inside=owned is not None)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if owned is None:
+        replace_dir(tmp, final)
+    else:
+        swap_in(tmp, final, owned)
 
 
 def replace_dir(tmp: str | Path, final: str | Path) -> None:

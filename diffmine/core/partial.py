@@ -123,6 +123,21 @@ def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]
             on_group(n)
 
 
+def collect(store: PartialResults, ids: Sequence[str], runtime) -> dict[str, Arrays] | None:
+    """After `run_groups`: on the main process of a complete run, every item's arrays; None elsewhere.
+
+    Every process waits for the others first. A simulated share (process_index given, several
+    processes) returns None: a later single-process call finds every group stored and writes."""
+    runtime.wait()
+    if not (runtime.is_main and runtime.launched):
+        return None
+    stored = store.read_all()
+    missing = [i for i in ids if i not in stored]
+    if missing:
+        raise DataError(f"{store.folder}: no results for {len(missing)} item(s) (e.g. {missing[0]}); run again")
+    return stored
+
+
 def fixed_groups(ids: Iterable[str], size: int) -> list[list[str]]:
     """Consecutive groups of `size` ids: the unit of work, the same for any process count."""
     ids = list(ids)

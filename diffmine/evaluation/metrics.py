@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from diffmine.core.files import json_ready
+
 TOP_CLUSTERS = 3  # clusters looked at for "recovered"
 MIN_PURITY = 0.8
 MIN_OVERLAP = 0.5
@@ -140,12 +142,6 @@ def hit_rate(kinds: Sequence[str | None], characteristic: set[str]) -> float:
     return sum(k in characteristic for k in kinds) / len(kinds)
 
 
-def _nan_to_none(x):
-    if isinstance(x, float) and np.isnan(x):
-        return None
-    return x
-
-
 class MetricsAccumulator:
     """Streams (map, ground truth) pairs and clusters, then reports everything as one dict.
 
@@ -232,15 +228,6 @@ class MetricsAccumulator:
             },
             "clusters": self.clusters,
         }
-        return _clean(out)
+        return json_ready(out)  # strict JSON: NaN -> None
 
 
-def _clean(obj):
-    """NaN -> None recursively, so the result is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating,)):
-        obj = float(obj)
-    return _nan_to_none(obj)

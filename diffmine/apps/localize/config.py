@@ -5,7 +5,10 @@ from dataclasses import dataclass
 
 from diffmine.core.runtime import RuntimeSettings
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD
-from diffmine.core.settings import check, check_positive, check_range, check_required, option
+from diffmine.core.settings import check, check_positive, check_range, check_required, defaults, option
+from typicality.config import TypicalityConfig
+
+_TYPICALITY = defaults(TypicalityConfig)  # the maps' settings that localize does not change
 
 
 @dataclass
@@ -26,7 +29,9 @@ class LocalizeConfig(RuntimeSettings):
     label_column: str = option("label", "label column of the data folder's metadata")
     skip_bad: bool = option(False, "skip bad box rows and unreadable images with one warning instead of stopping")
     seed: int = option(0, "seed of the noise draws", affects_maps=True)
-    batch_size: int = option(64, "UNet rows per forward")
+    batch_size: int = option(_TYPICALITY["batch_size"], "UNet rows per forward")
+    group: int = option(_TYPICALITY["group"], "images per unit of work of the typicality stage (dealt out to the "
+                        "processes of `accelerate launch`)")
     show: int = option(24, "overlays per finding in report.html (best to worst; 0 = all)")
 
     def validate(self) -> None:
@@ -34,6 +39,6 @@ class LocalizeConfig(RuntimeSettings):
         self.validate_runtime()
         check(len(self.t_range) == 2 and 0.0 <= self.t_range[0] < self.t_range[1] <= 1.0, "t_range",
               f"must be two fractions 0 <= low < high <= 1, got {self.t_range}")
-        check_positive(self, ["draws", "batch_size"])
+        check_positive(self, ["draws", "batch_size", "group"])
         check_positive(self, ["show"], minimum=0)
         check_range(self, "threshold", 0.0, 1.0, closed="right")

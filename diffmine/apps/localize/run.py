@@ -190,7 +190,7 @@ def _typicality_config(cfg: LocalizeConfig, model: str, view: Path, store: Path,
     from typicality.config import TypicalityConfig
 
     kw = dict(model=model, data=str(view), out=str(store), labels="own", t_range=tuple(cfg.t_range), seed=cfg.seed,
-              batch_size=cfg.batch_size, resolution=res, force=force, device=cfg.device, dtype=cfg.dtype,
+              batch_size=cfg.batch_size, group=cfg.group, resolution=res, force=force, device=cfg.device, dtype=cfg.dtype,
               process_index=cfg.process_index, num_processes=cfg.num_processes)
     if cfg.draws is not None:
         kw["draws"] = cfg.draws
