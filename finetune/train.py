@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from finetune import checkpoints
-from diffmine.core.files import replace_dir, write_json
+from diffmine.core.files import output_folder, write_json
 from diffmine.core.bundle import SDBundle
 from diffmine.core.settings import ConfigError, read_config_file, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
@@ -63,11 +63,10 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
                       checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"))
             bundle.vae.to("cpu")
-            tmp = cached.with_name(f".{cached.name}.tmp")
-            bundle.save_pretrained(tmp)
-            replace_dir(tmp, cached)
+            with output_folder(cached) as tmp:
+                bundle.save_pretrained(tmp)
         acc.wait_for_everyone()
-    return SDBundle.from_pretrained(cached)
+    return load_bundle(cached)
 
 
 # -- cached inputs -------------------------------------------------------------------------
@@ -316,14 +315,8 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     unet = unet.to("cpu", torch.float32).eval()
     unet.register_to_config(sample_size=size // bundle.vae_scale_factor)  # the folder says its resolution
     bundle.unet = unet
-    tmp = out / ".export.tmp"
-    bundle.save_pretrained(tmp)
-    for part in sorted(p.name for p in tmp.iterdir()):
-        if (tmp / part).is_dir():
-            replace_dir(tmp / part, out / part)
-        else:
-            (tmp / part).replace(out / part)
-    tmp.rmdir()
+    with output_folder(out, owned=()) as tmp:  # the components swap in together; checkpoints and caches stay
+        bundle.save_pretrained(tmp)
     prompts = cfg.prompt_template()
     prompts.save(out)
     info = to_dict(cfg)

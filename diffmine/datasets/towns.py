@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from diffmine.core.files import output_folder
 
 GENERATOR_VERSION = 1  # bump when rendering changes: invalidates reused outputs
 SUPERSAMPLE = 4  # draw at 4x, downsample with LANCZOS: antialiased edges
@@ -546,20 +546,10 @@ def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: 
         if not (isinstance(previous, dict) and previous.get("generator") == params["generator"]) \
                 and any(out.iterdir()):
             raise FileExistsError(f"{out}: exists and is not a towns dataset; refusing to overwrite it")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with output_folder(out) as tmp:
         for split, n in zip(SPLITS, (n_train, n_test)):
             _write_split(tmp / split, split, n, size, seed, progress, variant)
         (tmp / "done.json").write_text(json.dumps(params, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -34,12 +34,10 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
     model = Path(det.model_path_)
     if det.base is not None:  # the finetuned model lives in the folder: it moves with it
         if model.resolve() != (folder / "model").resolve():
-            from diffmine.core.files import replace_dir
+            from diffmine.core.files import output_folder
 
-            tmp = folder / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(model, tmp)
-            replace_dir(tmp, folder / "model")
+            with output_folder(folder / "model") as tmp:
+                shutil.copytree(model, tmp, dirs_exist_ok=True)
         model_ref = "model"
     else:
         model_ref = str(model.resolve())

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diffmine.core.errors import DataError
-from diffmine.core.files import replace_dir, write_text
+from diffmine.core.files import output_folder, write_text
 from diffmine.core.inputs import ImageInput
 from diffmine.core.settings import save_config
 
@@ -37,10 +37,7 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
     config.validate()
     inp = ImageInput(config.data)  # missing or empty folder: one line, before any work
     out = Path(config.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with output_folder(out) as tmp:
         det = DiffusionDetector(
             model=config.model, base=config.base, score=config.score, contamination=config.contamination,
             normal_label=config.normal_label, draws=config.draws, t_range=tuple(config.t_range),
@@ -53,10 +50,6 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)
         save_config(config, tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if det.base is not None:
         det.model_path_ = str((out / "model").resolve())
         det._runtime = None
@@ -146,11 +139,8 @@ def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder
     from diffmine.report.pictures import safe_name, save_heatmap_pair
 
     maps = det.anomaly_maps(paths)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     res = det.resolution_
-    for i, image_id in enumerate(inp.ids):
-        save_heatmap_pair(inp.thumbnail(i, res), maps[i], tmp / f"{safe_name(image_id)}.png")
-    replace_dir(tmp, folder)
+    with output_folder(folder) as tmp:
+        for i, image_id in enumerate(inp.ids):
+            save_heatmap_pair(inp.thumbnail(i, res), maps[i], tmp / f"{safe_name(image_id)}.png")
     return folder

@@ -26,8 +26,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmine.report.pictures import crop, safe_name
-from diffmine.core.files import replace_dir, write_text
+from diffmine.core.files import output_folder, write_text
 from diffmine.core.settings import ConfigError, save_config
 from diffmine.core.errors import DataError
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
@@ -244,11 +242,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
 
     # -- 5. outputs ---------------------------------------------------------------------------
     final = Path(cfg.out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")  # written whole, then moved into place
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    try:
+    with output_folder(final) as out:  # written whole, then moved into place (with .partial)
         table, doc_clusters = [], []
         for rank, cl in enumerate(clusters):
             shown = []
@@ -286,10 +280,6 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
                    "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
         write_report(out / "report.html", columns, doc_clusters, summary)
         save_config(cfg, out)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    replace_dir(out, final)
     return final
 
 

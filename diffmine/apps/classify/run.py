@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffmine.core.files import replace_dir, write_json, write_text
+from diffmine.core.files import output_folder, write_json, write_text
 from diffmine.core.settings import save_config
 from diffmine.core.errors import DataError
 
@@ -210,10 +209,7 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
         result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
                                "matrix": conf.tolist()}
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with output_folder(out) as tmp:  # the stored groups go with the old folder: the run is complete
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
@@ -227,8 +223,4 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
             result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
         write_json(tmp / "classification.json", result)
         save_config(config, tmp)
-        replace_dir(tmp, out)  # the stored groups go with the old folder: the run is complete
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}

@@ -61,7 +61,7 @@ def towns_data(root: str | Path, **params) -> Path:
 def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, progress: bool = True,
                  **overrides) -> Path:
     """Retrain the shipped model with the finetuner, following its recipe; copy it into `out`."""
-    from diffmine.core.files import replace_dir
+    from diffmine.core.files import output_folder
     from finetune.train import train
     from finetune.config import TrainConfig
 
@@ -72,13 +72,10 @@ def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, 
     train(TrainConfig(data=str(data / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
                       **{**recipe()["train"], **overrides}), progress=progress)
     model = out / MODEL_NAME
-    tmp = out / f".{MODEL_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in MODEL_FILES:
-        src = work / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
-    replace_dir(tmp, model)
+    with output_folder(model) as tmp:
+        for name in MODEL_FILES:
+            src = work / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
     print(f"shipped model written to {model} ({(time.time() - start) / 60:.1f} min)")
     return model
 

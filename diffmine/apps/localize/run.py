@@ -33,7 +33,7 @@ import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
 from diffmine.evaluation.localization import IOBB_THRESHOLDS, score_map, summarize
-from diffmine.core.files import finish_swap, swap_in, write_json, write_text
+from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
 from diffmine.core.settings import map_keys, save_config, to_dict
 from diffmine.core.errors import DataError
 
@@ -123,14 +123,6 @@ def localization_table(store, boxes: Sequence[PlacedBox], threshold: float = 0.5
     table = {f: summarize(rs) for f, rs in sorted(by_finding.items())}
     table["overall"] = summarize(rows)
     return table, rows
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, float) and np.isnan(obj):
-        return None
-    return obj
 
 
 def format_table(metrics: dict) -> str:
@@ -295,7 +287,7 @@ def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
         for r, br in zip(rows, base_rows):
             r.update({f"base_{k}": br[k] for k in ("auc_pr", "iobb", "pred_box", "pointing")})
     overall = table.pop("overall")
-    metrics = _json_safe({
+    metrics = json_ready({
         "findings": table, "overall": overall,
         "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
         "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
@@ -303,20 +295,13 @@ def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
                     f">= {cfg.threshold:g} of the min-max normalised map",
         "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
     })
-    tmp = out / f".outputs.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with output_folder(out, owned=OUTPUTS) as tmp:  # the stores beside the outputs stay
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "per_image.csv", _per_image_csv(rows, records))
         from diffmine.apps.localize.report import write_report
 
         write_report(tmp, metrics, rows, records, images, store, base_store, cfg.show)
         save_config(cfg, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(tmp, out, owned=OUTPUTS)
     shutil.rmtree(view, ignore_errors=True)
     if progress:
         print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in table.items())
