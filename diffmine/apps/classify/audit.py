@@ -2,18 +2,20 @@
 
 audit margin(x) = max_{c != own} T(x | c) - T(x | own); flagged when > 0 (the classifier disagrees
 with the given label), ranked by the margin. Written as audit.csv (every image) and audit.html
-(the top flagged ones, each with its typicality maps for the given and the suspected label).
+(the top flagged ones, each with its typicality maps for the given and the suspected label; a page
+of the report kit, diffmine.report.page).
 """
 from __future__ import annotations
 
 import csv
-import html
 import io
 from pathlib import Path
 
 import numpy as np
 
 from diffmine.core.files import write_text
+from diffmine.report import page as kit
+from diffmine.report.page import Cell
 
 
 def audit_margins(scores: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,16 +52,16 @@ def write_audit(folder: Path, inp, truth: list[str], labels: list[str], scores: 
             pics.append(overlay(img, display_heatmap(m, resolution)))
         name = f"audit/{rank:04d}-{safe_name(inp.ids[i])}.png"
         save_grid([pics], folder / name, cell=128)
-        rows.append(f"<tr><td>{rank}</td><td><img src='{html.escape(name, quote=True)}' alt=''></td>"
-                    f"<td>{html.escape(inp.ids[i])}</td><td>{html.escape(truth[i])}</td>"
-                    f"<td><b>{html.escape(labels[suspected[i]])}</b></td><td>{margin[i]:.4g}</td></tr>")
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Label audit</title><style>"
-            "body{font-family:sans-serif;margin:2em}td{padding:4px 10px;border-bottom:1px solid #ddd}"
-            "img{image-rendering:pixelated}</style></head><body><h1>Label audit</h1>"
-            f"<p>{len(flagged)} of {len(truth)} images are more typical of another label than of their own "
-            f"(T(x|suspected) &gt; T(x|given)); the top {min(top, len(flagged))} by margin. Pictures: the image, "
-            "its typicality map for the given label, for the suspected label (blurred, max-normalised).</p>"
-            "<table><tr><th>#</th><th>image | T(x|given) | T(x|suspected)</th><th>image</th><th>given</th>"
-            "<th>suspected</th><th>margin</th></tr>" + "".join(rows) + "</table></body></html>")
-    write_text(folder / "audit.html", page)
+        rows.append([Cell(rank, "num"), kit.img(name, alt=inp.ids[i], href=name), inp.ids[i], truth[i],
+                     kit.tag("b", labels[suspected[i]]), Cell(f"{margin[i]:.4g}", "num")])
+    note = (f"{len(flagged)} of {len(truth)} images are more typical of another label than of their own "
+            f"(T(x|suspected) > T(x|given)); the top {min(top, len(flagged))} by margin. Pictures: the image, "
+            "its typicality map for the given label, for the suspected label (blurred, max-normalised). "
+            "Every image's margin is in audit.csv.")
+    body = kit.table(["#", "image | T(x|given) | T(x|suspected)", "image", "given", "suspected", "margin"], rows) \
+        if rows else kit.empty("No image is more typical of another label than of its own.")
+    summary = {"images": len(truth), "labels": len(labels), "flagged": len(flagged), "shown": len(rows),
+               "every image": kit.tag("a", "audit.csv", href="audit.csv")}
+    write_text(folder / "audit.html", kit.page("Label audit", [kit.section("Flagged images", body, anchor="flagged")],
+                                               summary=summary, note=note, command="classify --audit"))
     return {"flagged": len(flagged), "shown": len(rows), "html": "audit.html", "csv": "audit.csv"}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffmine.report.page import empty, figure, figures, page, section
 from diffmine.report.pictures import safe_name
 from diffmine.core.files import write_text
 
@@ -50,14 +50,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_index(path: Path, grids: list[tuple[str, str, str]], summary: dict) -> None:
     """grids: (image id, source label, grid file relative to the page)."""
-    kv = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
-    items = "".join(
-        f"<figure><img loading='lazy' src='{html.escape(g, quote=True)}' alt='{html.escape(i, quote=True)}'>"
-        f"<figcaption>{html.escape(i)} ({html.escape(s)})</figcaption></figure>" for i, s, g in grids)
-    write_text(path, "<!DOCTYPE html><html><head><meta charset='utf-8'><title>diffmine: translations</title>"
-               "<style>body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa}"
-               "figure{margin:0 0 1.2em 0}figcaption{font-size:.85em;color:#555}"
-               "img{image-rendering:pixelated;max-width:100%}td{padding:.1em .8em .1em 0}</style></head><body>"
-               f"<h1>diffmine: translations</h1><table>{kv}</table>"
-               "<p>Each row: the source image, then its translation to each target label.</p>"
-               f"{items}</body></html>")
+    items = [figure(g, f"{i} ({s})", alt=i, href=g, lazy=True) for i, s, g in grids]
+    body = figures(items) if items else empty("No image was translated.")
+    write_text(path, page("diffmine: translations", [section("Translations", body, anchor="translations")],
+                          summary=summary, note="Each row: the source image, then its translation to each target label.",
+                          command="translate"))
