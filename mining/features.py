@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 
 DIFT_T = 161  # METHOD.md §4
@@ -95,15 +96,8 @@ class DiftExtractor:
             raise ValueError(f"draws must be >= 1, got {draws}")
         self.bundle, self.t, self.block, self.draws, self.seed = bundle, int(t), int(block), int(draws), int(seed)
         self.batch_size = max(1, int(batch_size))
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.embeddings = PromptEmbeddings(bundle)
         self._noise: torch.Tensor | None = None
-
-    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        missing = sorted({p for p in prompts if p not in self._prompt_cache})
-        if missing:
-            for p, e in zip(missing, self.bundle.encode_prompts(missing)):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
 
     def _draws(self, latent_shape) -> torch.Tensor:
         """The same `draws` noise tensors for every image, from one seeded generator."""
@@ -132,7 +126,7 @@ class DiftExtractor:
         z0r = z0.repeat_interleave(self.draws, dim=0)
         epsr = eps.repeat(n, 1, 1, 1)
         zt = b.scheduler.add_noise(z0r, epsr, t)
-        cond = self._embed(list(prompts)).repeat_interleave(self.draws, dim=0)
+        cond = self.embeddings(list(prompts)).repeat_interleave(self.draws, dim=0)
         captured = {}
 
         def hook(_module, _args, output):

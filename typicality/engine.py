@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
+from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 from diffmine.core.partial import fixed_groups
 from diffmine.core.prompts import PromptTemplate
@@ -96,8 +97,7 @@ class TypicalityEstimator:
         self.num_train_timesteps = int(sched.num_train_timesteps)
         self.prediction_type = getattr(sched, "prediction_type", "epsilon")
         self.alphas_cumprod = bundle.scheduler.alphas_cumprod.float().cpu()
-        self._prompt_row: dict[str, int] = {}
-        self._emb: torch.Tensor | None = None
+        self.embeddings = PromptEmbeddings(bundle)
         self.embed([self.prompts.null_prompt])  # row 0: the null prompt
 
     @property
@@ -107,13 +107,7 @@ class TypicalityEstimator:
     # -- encoding (once per prompt, once per image) --------------------------------------
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         """Row indices of `prompts` in the embedding table, text-encoding only unseen ones."""
-        new = list(dict.fromkeys(p for p in prompts if p not in self._prompt_row))
-        for i in range(0, len(new), 64):
-            emb = self.bundle.encode_prompts(new[i:i + 64]).to(self.device, self.bundle.unet.dtype)
-            self._emb = emb if self._emb is None else torch.cat([self._emb, emb])
-        for p in new:
-            self._prompt_row[p] = len(self._prompt_row)
-        return torch.tensor([self._prompt_row[p] for p in prompts], dtype=torch.long)
+        return self.embeddings.index(prompts)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor | np.ndarray, image_ids: Sequence[str]) -> torch.Tensor:
@@ -165,14 +159,14 @@ class TypicalityEstimator:
         workers = self.workers or (1 if self.device.type != "cpu" else torch.get_num_threads())
         if workers <= 1:
             for batch in self._batches(chunks):
-                yield from self._accumulate(batch, self._errors(batch, self._emb))
+                yield from self._accumulate(batch, self._errors(batch, self.embeddings.table))
             return
         threads = torch.get_num_threads()
         pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
         pending: deque = deque()
         try:
             for batch in self._batches(chunks):
-                pending.append((batch, pool.submit(self._errors, batch, self._emb)))
+                pending.append((batch, pool.submit(self._errors, batch, self.embeddings.table)))
                 if len(pending) >= workers:  # results are taken in submission order: sums do not depend on timing
                     b, f = pending.popleft()
                     yield from self._accumulate(b, f.result())

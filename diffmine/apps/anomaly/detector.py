@@ -254,7 +254,7 @@ class DiffusionDetector(BaseDetector):
         images, ids = torch.from_numpy(inp.load(self.resolution_, idx)), [inp.ids[i] for i in idx]
         if self.score == "trajectory":
             z0 = est.encode(images, ids)
-            null = bundle.encode_prompts([prompts.null_prompt])
+            null = est.embeddings([prompts.null_prompt])  # the estimator's cached null prompt
             return trajectory_maps(bundle, z0, [DRAW_KEY] * len(ids), null, self.trajectory_start,
                                    int(self.trajectory_steps), int(self.draws), int(self.seed), int(self.batch_size))
         results = est.estimate(images, ids, [conds] * len(ids))

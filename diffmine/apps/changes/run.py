@@ -151,7 +151,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
     extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
     # every prompt encoded once, up front, in one fixed batch: embeddings do not depend on which group comes first
     estimator.embed([prompts.prompt((c,)) for c in columns])
-    extractor._embed([prompts.prompt(c) for c in columns])
+    extractor.embeddings.index([prompts.prompt(c) for c in columns])
 
     final = Path(cfg.out)
     key = {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.settings import ConfigError
 from diffmine.core.prompts import PromptTemplate
 from typicality.draws import image_generator
@@ -78,7 +79,7 @@ class Translator:
             self.start = steps - noised
         self.n_residual = steps_share(self.residual_injection, steps)
         self.n_attention = steps_share(self.attention_injection, steps)
-        self._emb: dict[str, torch.Tensor] = {}
+        self.embeddings = PromptEmbeddings(bundle)
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -87,11 +88,7 @@ class Translator:
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         """(n, tokens, width) prompt embeddings; each distinct prompt text-encoded once per translator."""
-        new = sorted({p for p in prompts if p not in self._emb})
-        if new:
-            for p, e in zip(new, self.bundle.encode_prompts(new)):
-                self._emb[p] = e.to(self.device, self.bundle.unet.dtype)
-        return torch.stack([self._emb[p] for p in prompts])
+        return self.embeddings(prompts)
 
     def _unet(self, z: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
         unet = self.bundle.unet
