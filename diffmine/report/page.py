@@ -3,10 +3,10 @@
     page(title, sections, summary=None, note=None, command=None) -> str
 
 A page is a dark header (the command and the title), a sticky table of contents (one link per
-section), then an optional key/value summary table and an explanatory note, then the sections,
+section, when there are several), then an optional key/value summary and an explanatory note, then the sections,
 each a card with an anchored heading. The helpers build the recurring pieces:
 
-    kv_table(d)                    an escaped key/value table
+    kv_table(d) / facts(d)         an escaped key/value table / a wrapping row of key/value facts
     section(title, *body, ...)     a section with heading, anchor, optional summary and note
     thumbs(items) / figures(items) a row of small patch thumbnails / a grid of larger figures
     figure(src, caption, ...)      one picture with its caption (optionally a link)
@@ -39,8 +39,14 @@ nav.toc{position:sticky;top:0;z-index:2;display:flex;flex-wrap:wrap;gap:2px 16px
 nav.toc:empty{display:none}
 nav.toc a{color:var(--accent);text-decoration:none;white-space:nowrap} nav.toc a:hover{text-decoration:underline}
 main{padding:12px 28px 32px;max-width:1500px}
-.summary{margin:10px 0 4px}
-p.note{color:var(--muted);max-width:100ch;margin:8px 0}
+a{color:var(--accent)}
+dl.facts{display:flex;flex-wrap:wrap;gap:6px 28px;margin:12px 0 6px}
+dl.facts>div{min-width:0;max-width:100%}
+dl.facts dt{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
+dl.facts dd{margin:0;font-weight:600;overflow-wrap:anywhere}
+section>dl.facts{margin:6px 0 8px}
+.scroll{overflow-x:auto;max-width:100%}
+p.note{color:var(--muted);max-width:100ch;margin:10px 0 12px}
 section{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:10px 18px 14px;margin:14px 0;
  scroll-margin-top:40px}
 section>h2{margin:0 0 6px;padding-bottom:6px;border-bottom:1px solid var(--line);font-size:17px;font-weight:600}
@@ -117,6 +123,14 @@ def kv_table(d: Mapping | None) -> Html:
                                                for k, v in d.items()) + "</table>")
 
 
+def facts(d: Mapping | None) -> Html:
+    """A compact, wrapping row of escaped key/value facts ('' when there is nothing to show)."""
+    if not d:
+        return Html("")
+    return Html("<dl class='facts'>" + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>"
+                                               for k, v in d.items()) + "</dl>")
+
+
 class Cell(NamedTuple):
     """A table cell with a class (e.g. 'num' for right-aligned numbers)."""
     content: object
@@ -135,7 +149,7 @@ def table(head: Sequence, rows: Iterable[Sequence], cls: str = "data", row_cls: 
     body = "".join((f"<tr class='{esc(row_cls[i])}'>" if row_cls and row_cls[i] else "<tr>")
                    + "".join(_cell(c, "td") for c in r) + "</tr>" for i, r in enumerate(rows))
     top = "<thead><tr>" + "".join(_cell(c, "th") for c in head) + "</tr></thead>" if head else ""
-    return Html(f"<table class='{esc(cls)}'>{top}<tbody>{body}</tbody></table>")
+    return Html(f"<div class='scroll'><table class='{esc(cls)}'>{top}<tbody>{body}</tbody></table></div>")
 
 
 def img(src: str, alt="", title=None, href: str | None = None, lazy: bool = False) -> Html:
@@ -176,18 +190,20 @@ class Section:
     anchor: str | None = None
     summary: Mapping | None = None
     note: str | None = None
+    toc: str | None = None
 
 
-def section(title, *body, anchor: str | None = None, summary: Mapping | None = None, note=None) -> Section:
-    """A section of a page: heading `title` (linked from the table of contents), an optional
-    key/value summary and note, then the body pieces."""
-    return Section(str(title), list(body), anchor, summary, note)
+def section(title, *body, anchor: str | None = None, summary: Mapping | None = None, note=None,
+            toc: str | None = None) -> Section:
+    """A section of a page: heading `title` (linked from the table of contents by `toc`, the title
+    when not given), optional key/value facts and a note, then the body pieces."""
+    return Section(str(title), list(body), anchor, summary, note, toc)
 
 
 def _render_section(s: Section, sid: str) -> str:
     parts = [f"<section id={sid}><h2>{esc(s.title)}</h2>"]
     if s.summary:
-        parts.append(kv_table(s.summary))
+        parts.append(facts(s.summary))
     if s.note:
         parts.append(para(s.note))
     parts += [esc(b) for b in s.body]
@@ -206,7 +222,7 @@ def page(title, sections: Sequence[Section], summary: Mapping | None = None, not
             sid, n = f"{base}-{n}", n + 1
         used.add(sid)
         ids.append(sid)
-    toc = "".join(f"<a href=#{sid}>{esc(s.title)}</a>" for s, sid in zip(sections, ids)) if len(sections) > 1 else ""
+    toc = "".join(f"<a href=#{sid}>{esc(s.toc or s.title)}</a>" for s, sid in zip(sections, ids)) if len(sections) > 1 else ""
     brand = "<b>DIFFMINE</b>" + (f" &middot; {esc(command)}" if command else "")
     parts = ["<!DOCTYPE html>",
              f"<html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,"
@@ -214,7 +230,7 @@ def page(title, sections: Sequence[Section], summary: Mapping | None = None, not
              f"<header class='top'><p class='brand'>{brand}</p><h1>{esc(title)}</h1></header>",
              f"<nav class='toc'>{toc}</nav>", "<main>"]
     if summary:
-        parts.append(f"<div class='summary'>{kv_table(summary)}</div>")
+        parts.append(facts(summary))
     if note:
         parts.append(para(note))
     parts += [esc(p) for p in intro]

@@ -31,7 +31,7 @@ def write_report(path: Path, columns: list[str], clusters: list[dict], summary: 
                         f"from {cl['n_images']} images",
                         table([""] + list(columns), ([_info(row)] + [_cell(row, c) for c in row["cells"]]
                                                      for row in cl["rows"]), cls="seq"),
-                        anchor=f"cluster-{cl['rank'] + 1}") for cl in clusters]
+                        anchor=f"cluster-{cl['rank'] + 1}", toc=f"#{cl['rank'] + 1}") for cl in clusters]
     intro = [] if clusters else [empty("No cluster passed the filters (too few members or images).")]
     write_text(path, page("diffmine: consistent changes", sections, summary=summary, note=NOTE, command="changes",
                           intro=intro))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffmine.report.page import Cell, empty, figures, page, para, section, table
+from diffmine.report.page import Cell, Html, empty, esc, figures, page, para, section, table
 from diffmine.report.page import figure as kit_figure
 from diffmine.report.pictures import display_heatmap, overlay, safe_name
 from diffmine.core.files import write_text
@@ -49,7 +49,8 @@ def _table(metrics: dict):
     keys += ["base_auc_pr", "base_iobb_0.1", "base_iobb_0.25", "base_iobb_0.5", "base_pointing_game"] if base else []
     fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.3f}")  # noqa: E731
     named = list(metrics["findings"].items()) + [("overall", metrics["overall"])]
-    return table(["finding"] + keys, ([n] + [Cell(fmt(v.get(k)), "num") for k in keys] for n, v in named),
+    head = ["finding"] + [Html(esc(k).replace("_", "_<wbr>")) for k in keys]  # headers may break at "_"
+    return table(head, ([n] + [Cell(fmt(v.get(k)), "num") for k in keys] for n, v in named),
                  row_cls=[None] * len(metrics["findings"]) + ["total"])
 
 
