@@ -2,7 +2,7 @@
 
     python benchmarks/base_vs_scratch.py [--steps 400] [--work runs/bench-base-vs-scratch]
 
-Data: `remix`, another dataset from the towns renderer (finetune/towns.py TOWN_SETS: other labels,
+Data: `remix`, another dataset from the towns renderer (diffmine/datasets/towns.py TOWN_SETS: other labels,
 the kinds dealt out anew, so what the base knows about which town shows which element is wrong
 here), seed 1, 200 training and 20 held-out images per label, 64 px. Two models, the same
 finetuner settings and the same budget of UNet steps (the same compute, whatever else the machine
@@ -13,7 +13,7 @@ is doing):
                architecture): only the UNet starts from nothing, the VAE and text encoder are the
                base's, so the comparison is about the UNet's start alone
 
-Then typicality on the held-out split with the demo's settings (mining/demo.json) and the maps'
+Then typicality on the held-out split with the demo's settings (diffmine/apps/demo/demo.json) and the maps'
 pointing game and pixel AUROC against the characteristic elements of each image's own label.
 Last line: {"pretrained_pointing_game", "pretrained_pixel_auroc", "scratch_pointing_game",
 "scratch_pixel_auroc", "steps"}.

@@ -2,7 +2,7 @@
 
     python benchmarks/demo_map_blur.py [--per-label 20] [--split train] [--model assets/tiny-towns-model]
 
-Typicality with the demo's settings (mining/demo.json) on the first --per-label images per town of
+Typicality with the demo's settings (diffmine/apps/demo/demo.json) on the first --per-label images per town of
 a split of the towns data (train: the images the recipe trained on, for choosing; test: the held-out
 split the demo reports), then the pointing game and mean per-image pixel AUROC of each map against
 its own label's characteristic elements, for Gaussian blurs of sigma (px at 256 px, scaled to the
@@ -25,7 +25,7 @@ SIGMAS = (0, 4, 8, 10, 12, 16)
 
 
 def demo_maps(model: str | Path, data: Path, out: Path):
-    """Typicality of every image of `data` with the demo's settings (mining/demo.json) into `out`;
+    """Typicality of every image of `data` with the demo's settings (diffmine/apps/demo/demo.json) into `out`;
     returns (maps (n, R, R) float32 under each image's own label, masks (n, R, R) of that label's
     characteristic elements)."""
     import numpy as np

@@ -3,10 +3,10 @@
 Every held-out image of a subset (the first N per town, `--per-label`, default 10: 40 images,
 120 translations per method) is translated to every other town with the shipped model
 `assets/tiny-towns-model` by `run_translate` (defaults: 50 steps, CFG 7.5; PnP inverts with
-50 steps and injects the layers and shares of translate/layers.json (for this tiny layout the residual for
+50 steps and injects the layers and shares of diffmine/apps/translate/layers.json (for this tiny layout the residual for
 70 %, queries and keys for 50 % of the steps); SDEdit strength 0.6, and 0.4-0.8 for its trade-off curve). Then, with the
 typicality engine (64 stratified antithetic draws, t in [0.6T, 0.9T), the demo's range for
-this model: mining/demo.json), for each translation x_{A->B} of an image x of town A:
+this model: diffmine/apps/demo/demo.json), for each translation x_{A->B} of an image x of town A:
 
   typicality gain   mean over pixels of T(x_{A->B} | B) - T(x | B)      (> 0: it became more B-like)
   elements fell     share of the pixels of A's characteristic elements (ground-truth masks) where
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-translation")
     ap.add_argument("--split", choices=("test", "train"), default="test",
                     help="test: the held-out figures; train: for choosing settings (e.g. the tiny model's layers)")
-    ap.add_argument("--layers", default=None, help="PnP layer mapping file (default: translate/layers.json)")
+    ap.add_argument("--layers", default=None, help="PnP layer mapping file (default: diffmine/apps/translate/layers.json)")
     ap.add_argument("--inversion-steps", type=int, default=None, help="PnP DDIM inversion steps (default: the "
                     "translate default)")
     ap.add_argument("--residual-injection", type=float, default=None, help="PnP residual injection share (default: "

@@ -2,19 +2,11 @@
 
     run_mining(MineConfig(model=MODEL_DIR, data=DATA_DIR, typicality=TYP_DIR, out=MINE_DIR))
 
-runs four stages, each returning a typed result the next one takes (and tests can call alone):
-
-1. `select_patches_stage` (maps pass, in chunks, each (image, own label) map read once):
-   patch scores by box filter, the top `per_image` non-overlapping patches per map, the
-   least-typical and random baselines; then the `per_label` most typical patches per label.
-2. `features_stage`: every image that contributes a shown patch is decoded once; its DIFT feature
-   map is computed once (label prompt, seeded draws) and pooled in each of its patch boxes.
-3. `cluster_stage`: FAISS k-means per label; clusters filtered by member and image counts,
-   ranked by median typicality; members nearest-to-centroid first.
-4. `write_outputs`: clusters.csv / clusters.json, patch crops, heatmap overlays, a PNG grid per
-   label, report.html, config.json.
-Evaluation against ground truth (`mining.evaluate`) is a separate step between 3 and 4, run
-only when the data carries ground truth; it writes metrics.json. Outputs are written to a
+runs the three stages of `mining.stages` (patches, features, clusters: each returns a typed result
+the next one takes, and tests can call them alone), then the evaluation against ground truth
+(`mining.evaluate`, only when the data carries it: metrics.json), then `write_outputs`:
+clusters.csv / clusters.json, patch crops, heatmap overlays, a PNG grid per label, report.html,
+config.json. Outputs are written to a
 temporary folder inside `out` and swapped in at the end, so `out` always holds one whole run.
 """
 from __future__ import annotations

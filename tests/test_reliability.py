@@ -158,7 +158,8 @@ def test_item5_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dat
     run_mining(replace(cfg, seed=5), progress=False)  # the next run completes and cleans up
     assert not list(out.glob(".*.tmp-*")) and json.loads((out / "config.json").read_text())["seed"] == 5
     html = (out / "report.html").read_text()
-    assert all((out / ref).is_file() for ref in __import__("re").findall(r'src="([^"]+)"', html))
+    refs = __import__("re").findall(r"src=[\"']([^\"']+)[\"']", html)
+    assert refs and all((out / ref).is_file() for ref in refs)
 
 
 def test_item6_a_kill_loses_at_most_a_shard_and_the_store_stays_compact(tiny_model_dir, color_dataset, tmp_path):

@@ -97,12 +97,12 @@ def test_every_report_writer_builds_its_page_on_the_kit_and_escapes_labels(tmp_p
         # the same skeleton: everything but the title, the command and the page's own content
         skeleton.add(re.sub(r"<title>.*?</title>|<header class='top'>.*?</header>|<nav class='toc'>.*?</nav>"
                             r"|<main>.*</main>", "", text, flags=re.S))
-        for sid in re.findall(r"<section id=([^>]+)>", text):  # ids usable as unquoted attribute values
+        for sid in re.findall(r"<section id='([^']+)'>", text):  # ids safe in a URL fragment
             assert re.fullmatch(r"[A-Za-z0-9_.-]+", sid), (name, sid)
     assert len(skeleton) == 1
     # the table of contents links every section of a page with more than one
     toc = re.search(r"<nav class='toc'>(.*?)</nav>", pages["mining"], re.S).group(1)
-    assert re.findall(r"<a href=#([^>]+)>", toc) == re.findall(r"<section id=([^>]+)>", pages["mining"])
+    assert re.findall(r"<a href='#([^']+)'>", toc) == re.findall(r"<section id='([^']+)'>", pages["mining"])
     assert len(re.findall(r"<section id=", pages["mining"])) == 2  # Evaluation + the one label
 
 
@@ -117,4 +117,4 @@ def test_kit_helpers_escape_text_and_pass_markup():
     assert f == ("<figure><a href='h.png'><img src='a&#x27;b.png' alt='&lt;cap&gt;'></a>"
                  "<figcaption>&lt;cap&gt;</figcaption></figure>")
     p = page("<T>", [section("A", anchor="x y"), section("A", anchor="x y")])
-    assert "<section id=x-y>" in p and "<section id=x-y-2>" in p and "<title>&lt;T&gt;</title>" in p
+    assert "<section id='x-y'>" in p and "<section id='x-y-2'>" in p and "<title>&lt;T&gt;</title>" in p

@@ -201,7 +201,7 @@ def section(title, *body, anchor: str | None = None, summary: Mapping | None = N
 
 
 def _render_section(s: Section, sid: str) -> str:
-    parts = [f"<section id={sid}><h2>{esc(s.title)}</h2>"]
+    parts = [f"<section id='{sid}'><h2>{esc(s.title)}</h2>"]
     if s.summary:
         parts.append(facts(s.summary))
     if s.note:
@@ -222,7 +222,7 @@ def page(title, sections: Sequence[Section], summary: Mapping | None = None, not
             sid, n = f"{base}-{n}", n + 1
         used.add(sid)
         ids.append(sid)
-    toc = "".join(f"<a href=#{sid}>{esc(s.toc or s.title)}</a>" for s, sid in zip(sections, ids)) if len(sections) > 1 else ""
+    toc = "".join(f"<a href='#{sid}'>{esc(s.toc or s.title)}</a>" for s, sid in zip(sections, ids)) if len(sections) > 1 else ""
     brand = "<b>DIFFMINE</b>" + (f" &middot; {esc(command)}" if command else "")
     parts = ["<!DOCTYPE html>",
              f"<html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,"

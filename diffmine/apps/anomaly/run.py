@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffmine.core.errors import DataError
 from diffmine.core.files import output_folder, write_text
 from diffmine.core.inputs import ImageInput
 from diffmine.core.settings import save_config
@@ -77,7 +76,7 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.partial import PartialResults, collect, fixed_groups, key_digest, run_groups
     from diffmine.core.runtime import Runtime
 
     config.validate()
@@ -103,13 +102,9 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True,
                disable=not progress or not rt.is_main, dynamic_ncols=True)
     with bar:
         run_groups(fixed_groups(inp.ids, det.group_size_()), compute, store, rt, bar, on_group)
-    rt.wait()
-    if not (rt.is_main and rt.launched):
-        return None  # simulated share: a later single-process run writes the files
-    stored = store.read_all()
-    missing = [i for i in inp.ids if i not in stored]
-    if missing:
-        raise DataError(f"{store.folder}: no scores for {len(missing)} image(s) (e.g. {missing[0]}); run again")
+    stored = collect(store, inp.ids, rt)
+    if stored is None:
+        return None  # not the main process, or a simulated share: a later single-process run writes the files
     scores = np.array([float(stored[i]["score"][0]) for i in inp.ids])
     det.remember(ImageInput(paths), scores, torch.from_numpy(np.stack([stored[i]["map"] for i in inp.ids])))
     outlier = (scores > det.threshold_).astype(int)

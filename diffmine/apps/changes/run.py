@@ -107,7 +107,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
     None, and a later one-process run computes what is left and writes the outputs."""
     from diffmine.core.dataset import LabeledImages
     from diffmine.core.models import resolve_model
-    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.partial import PartialResults, collect, fixed_groups, key_digest, run_groups
     from diffmine.core.runtime import Runtime
     from typicality.engine import TypicalityEstimator
     from typicality.fingerprints import data_fingerprint
@@ -200,14 +200,9 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
                disable=not progress or not rt.is_main)
     run_groups(groups, compute, store, rt, bar=bar)
     bar.close()
-    rt.wait()
-    if not (rt.is_main and rt.launched):
-        return None
-    done = store.read_all()
-    missing = [i for i in index if i not in done]
-    if missing:
-        raise DataError(f"{store.folder}: no results for {len(missing)} image(s) ({', '.join(missing[:3])}); "
-                        "run again to compute them")
+    done = collect(store, list(index), rt)
+    if done is None:
+        return None  # not the main process, or a simulated share: a later single-process run writes
 
     # -- 4. the most co-typical patches overall, clustered (mining's cluster stage) -----------------
     per_image, typ_rows, feat_rows = [], [], []

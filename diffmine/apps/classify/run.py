@@ -149,7 +149,7 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    from diffmine.core.partial import PartialResults, fixed_groups, key_digest, run_groups
+    from diffmine.core.partial import PartialResults, collect, fixed_groups, key_digest, run_groups
     from diffmine.core.runtime import Runtime
 
     config.validate()
@@ -185,13 +185,9 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
               disable=not progress or not rt.is_main, dynamic_ncols=True) as bar:
         run_groups(fixed_groups(inp.ids, group_size(config, len(labels))), compute, store, rt, bar, on_group)
     seconds = max(time.time() - start, 1e-9)
-    rt.wait()
-    if not (rt.is_main and rt.launched):
-        return None  # simulated share: a later single-process run writes the files
-    stored = store.read_all()
-    missing = [i for i in inp.ids if i not in stored]
-    if missing:
-        raise DataError(f"{store.folder}: no scores for {len(missing)} image(s) (e.g. {missing[0]}); run again")
+    stored = collect(store, inp.ids, rt)
+    if stored is None:
+        return None  # not the main process, or a simulated share: a later single-process run writes the files
     scores = np.stack([stored[i]["scores"] for i in inp.ids])
     counts = np.stack([stored[i]["counts"] for i in inp.ids])
     maps = np.stack([stored[i]["maps"] for i in inp.ids])

@@ -1,7 +1,7 @@
 """The main job on the embedded default: the towns dataset, the shipped tiny model, the whole pipeline.
 
 `build_assets` is how the shipped model was made (`make assets`, recipe in
-assets/tiny-towns-recipe.json); `run_demo` is `make demo` (settings in mining/demo.json).
+assets/tiny-towns-recipe.json); `run_demo` is `make demo` (settings in diffmine/apps/demo/demo.json).
 """
 from __future__ import annotations
 

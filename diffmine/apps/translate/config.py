@@ -30,7 +30,7 @@ class TranslateConfig(RuntimeSettings):
         None, "pnp: share of the sampling steps that inject the source's self-attention queries and keys; "
               "none = the layer mapping's (SD v1.5: 0.5, as published)", source="METHOD.md §5")
     layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
-                                      "(default: translate/layers.json: SD v1.5 and the tiny model)")
+                                      "(default: diffmine/apps/translate/layers.json: SD v1.5 and the tiny model)")
     batch_size: int = option(8, "translations (image, target) per UNet forward")
     seed: int = option(0, "seed (sdedit noise, per image and target)")
     label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
