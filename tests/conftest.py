@@ -8,7 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests compare files written by other processes (an `accelerate launch`, a killed run) with this
+# one's byte for byte. A CPU's BLAS splits its sums by thread count, so every process of the suite
+# runs with the same intra-op threads as this one: the processes it starts inherit OMP_NUM_THREADS.
+os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")

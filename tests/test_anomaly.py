@@ -273,7 +273,7 @@ def test_classify_towns_known_answer(towns, tmp_path):
 
 # -- runtime: --model tiny, split over processes, resume after a kill, DICOM, PyOD optional -----------
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture

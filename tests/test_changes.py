@@ -126,7 +126,7 @@ def test_changes_accelerate_launch_two_processes(tiny_model_dir, translations, o
     for name, value in SMALL.items():
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("report: ") == 1  # the main process writes, the other returns
     got, want = _files(out), _files(one_process)
@@ -148,7 +148,7 @@ def test_changes_killed_then_resumed(tiny_model_dir, translations, one_process, 
               "partial.PartialResults.add = dying\n"  # killed once the first group is stored
               f"run_changes(ChangesConfig(**json.loads({json.dumps(json.dumps(kw))})), progress=False)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len(list(out.glob(".partial/*/part-*.safetensors"))) == 1 and not (out / "clusters.csv").exists()
     stored = []

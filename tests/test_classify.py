@@ -22,7 +22,7 @@ from diffmine.apps.classify.run import run_classify
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped towns model (4 labels): 2 draws x 5 prompts = 10 rows an image, 2 images a group
 FAST = dict(model="tiny", prune="off", draws=2, batch_size=20)
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def _data(root: Path, n: int = 6) -> Path:

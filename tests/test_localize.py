@@ -352,7 +352,7 @@ def test_localize_accelerate_launch_two_processes(xray_model, loc_reference, tmp
            "--boxes", str(data / "BBox_List_2017.csv"), "--out", str(out), "--draws", "2", "--show", "1",
            "--group", "2"]
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("report: ") == 1  # the main process scores and reports
     manifest = json.loads((out / "typicality" / "manifest.json").read_text())
@@ -393,7 +393,7 @@ def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
               "engine.run_typicality = dying\n"
               f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     shards = {p: p.stat().st_mtime_ns for p in (out / "typicality").glob("shard-*")}
     assert shards and not (out / "typicality_base").exists() and not (out / "metrics.json").exists()
