@@ -33,29 +33,15 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
-# SD v1.5 unet/config.json, verbatim (runwayml/stable-diffusion-v1-5), minus the _class/_version keys.
-SD15_UNET_CONFIG = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sd15_layout import UNET as _SD15_UNET  # noqa: E402  the published config, written once there
+
+# SD v1.5 unet/config.json without its _class/_version keys.
+SD15_UNET_CONFIG = {k: v for k, v in _SD15_UNET.items() if not k.startswith("_")}
 
 # Tiny stand-in for --smoke (same block types, so every code path is exercised on CPU).
 TINY_UNET_CONFIG = dict(

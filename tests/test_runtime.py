@@ -35,7 +35,7 @@ def test_default_policy_without_a_gpu():
         resolve_dtype("fp8", torch.device("cpu"))
 
 
-def test_share_is_fixed_by_rank_and_load_places_the_model(monkeypatch):
+def test_share_is_fixed_by_rank_and_load_places_the_model(monkeypatch, tmp_path):
     rt = Runtime.start(RuntimeSettings(process_index=1, num_processes=3))
     assert (rt.rank, rt.world, rt.is_main, rt.launched) == (1, 3, False, False)
     assert rt.share(list("abcdefg")) == ["b", "e"]
@@ -49,8 +49,8 @@ def test_share_is_fixed_by_rank_and_load_places_the_model(monkeypatch):
     rt.check_placement(model.bundle.unet)
     with pytest.raises(RuntimeError, match="the runtime chose cpu in torch.bfloat16"):
         rt.check_placement(torch.nn.Linear(2, 2))
-    with pytest.raises(DataError, match="model runs/nosuch: no such folder"):
-        rt.load("runs/nosuch")
+    with pytest.raises(DataError, match=f"model {tmp_path / 'nosuch'}: no such folder"):
+        rt.load(tmp_path / "nosuch")
 
 
 def test_partial_results_resume_and_refuse_other_settings(tmp_path):

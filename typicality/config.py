@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from diffmine.core.runtime import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
-from typicality.draws import SCHEDULES
+from typicality.draws import PUBLISHED_T_RANGE, SCHEDULES
 
 # METHOD.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
 # takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
@@ -32,7 +32,7 @@ class TypicalityConfig(RuntimeSettings):
     skip_bad: bool = option(False, "skip unreadable images with one warning")
     draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
                         "--no-antithetic is the published schedule", source="METHOD.md §2: 100", affects_maps=True)
-    t_range: tuple[float, float] = option((0.1, 0.7), "timestep range as fractions of T (0 1: all of it)",
+    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T (0 1: all of it)",
                                           source="METHOD.md §2", affects_maps=True, metavar=("LOW", "HIGH"))
     labels: str = option("own", "'own': each image for its own label(s); 'all': for every label (image x label "
                          "matrix)", choices=("own", "all"), affects_maps=True)

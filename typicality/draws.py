@@ -17,6 +17,10 @@ from diffmine.core.seeds import generator
 SCHEDULES = ("stratified", "uniform")
 
 
+# METHOD.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
+PUBLISHED_T_RANGE = (0.1, 0.7)
+
+
 def image_generator(seed: int, image_id: str, stream: str = "draws") -> torch.Generator:
     """The generator of one image's draws: seeded by (seed, stream, image id), so independent of batching."""
     return generator(int(seed), stream, image_id)
@@ -58,7 +62,7 @@ class Draws:
 
 
 def make_draws(n: int, latent_shape: tuple[int, ...], seed: int, image_id: str,
-               t_range: tuple[float, float] = (0.1, 0.7), num_train_timesteps: int = 1000,
+               t_range: tuple[float, float] = PUBLISHED_T_RANGE, num_train_timesteps: int = 1000,
                schedule: str = "stratified", antithetic: bool = False) -> Draws:
     """The n draws of one image.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime import RuntimeSettings
+from typicality.draws import PUBLISHED_T_RANGE
 from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
 
 # The score kinds (detector.py documents each). Here, not in detector.py: the config must not
@@ -29,7 +30,7 @@ class AnomalyFitConfig(RuntimeSettings):
     normal_label: str = option("normal", "label of the normal data (the label --base finetunes with; "
                                "atypicality scores -T(x | this label))")
     draws: int = option(ANOMALY_DRAWS, "noise draws per image (trajectory: noise draws per trajectory)")
-    t_range: tuple[float, float] = option((0.1, 0.7), "timestep range as fractions of T", source="METHOD.md §2")
+    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="METHOD.md §2")
     trajectory_start: float = option(0.3, "trajectory: partial noising level as a fraction of T")
     trajectory_steps: int = option(10, "trajectory: DDIM steps back to t = 0")
     finetune_steps: int = option(200, "finetuning steps with --base")

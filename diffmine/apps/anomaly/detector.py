@@ -32,12 +32,14 @@ import numpy as np
 import torch
 from pyod.models.base import BaseDetector  # PyOD: imported by the anomaly command only (the `anomaly` extra)
 
-from diffmine.core.settings import ConfigError
+from diffmine.core.settings import ConfigError, defaults
 from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
 from diffmine.core.partial import fixed_groups
 
-from diffmine.apps.anomaly.config import SCORES
+from diffmine.apps.anomaly.config import SCORES, AnomalyFitConfig
+
+_D = defaults(AnomalyFitConfig)  # the detector's defaults are the command's, written once there
 
 __all__ = ["DiffusionDetector", "SCORES", "DRAW_KEY"]
 DRAW_KEY = "anomaly"  # the one draw stream every image shares
@@ -58,10 +60,13 @@ class DiffusionDetector(BaseDetector):
     X: an array (N, H, W[, C]) of uint8 0..255 / float 0..1 images, a list of paths, or a folder.
     """
 
-    def __init__(self, model=None, base=None, score="reconstruction", contamination=0.1, normal_label="normal",
-                 draws=16, t_range=(0.1, 0.7), trajectory_start=0.3, trajectory_steps=10, finetune_steps=200,
-                 finetune_lr=1e-4, finetune_batch=16, resolution=None, batch_size=64, seed=0, work_dir=None,
-                 progress=False, n_neighbors=5, device="auto", dtype="auto"):
+    def __init__(self, model=None, base=None, score=_D["score"], contamination=_D["contamination"],
+                 normal_label=_D["normal_label"], draws=_D["draws"], t_range=_D["t_range"],
+                 trajectory_start=_D["trajectory_start"], trajectory_steps=_D["trajectory_steps"],
+                 finetune_steps=_D["finetune_steps"], finetune_lr=_D["finetune_lr"],
+                 finetune_batch=_D["finetune_batch"], resolution=_D["resolution"], batch_size=_D["batch_size"],
+                 seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
+                 dtype=_D["dtype"]):
         self.model = model
         self.base = base
         self.score = score

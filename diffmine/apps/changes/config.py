@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime import RuntimeSettings
+from typicality.draws import PUBLISHED_T_RANGE
 from diffmine.core.settings import ConfigError, check_positive, check_required, option
 
 
@@ -19,7 +20,7 @@ class ChangesConfig(RuntimeSettings):
     per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="METHOD.md §3")
     top: int = option(1000, "most co-typical patches kept overall", source="METHOD.md §3")
     draws: int = option(64, "typicality draws per translation (engine default: stratified, antithetic)")
-    t_range: tuple[float, float] = option((0.1, 0.7), "typicality timestep range, fractions of T",
+    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "typicality timestep range, fractions of T",
                                           source="METHOD.md §2", metavar="LO HI")
     dift_t: int = option(161, "DIFT timestep", source="METHOD.md §4")
     dift_block: int = option(1, "DIFT UNet up block", source="METHOD.md §4")
