@@ -1,4 +1,4 @@
-"""How much the pretrained small base helps (issue 10): finetuned from it vs a UNet trained from scratch.
+"""How much the pretrained small base helps: finetuned from it vs a UNet trained from scratch.
 
     python benchmarks/base_vs_scratch.py [--steps 400] [--work runs/bench-base-vs-scratch]
 

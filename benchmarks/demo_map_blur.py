@@ -1,4 +1,4 @@
-"""Choosing the demo's map blur on training images (issue 10): map metrics against the blur sigma.
+"""Choosing the demo's map blur on training images: map metrics against the blur sigma.
 
     python benchmarks/demo_map_blur.py [--per-label 20] [--split train] [--model assets/tiny-towns-model]
 

@@ -1,4 +1,4 @@
-"""Finetuned vs base localisation on synthetic radiographs (issue 12; METHOD.md §5).
+"""Finetuned vs base localisation on synthetic radiographs (docs/method.md §5).
 
 Generates the synthetic chest X-ray data (diffmine.datasets.radiographs: 600 training, 100 held-out images),
 finetunes the shipped towns model (our stand-in for a pretrained base) on the training split with

@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--maps", type=int, default=10_000)
     p.add_argument("--res", type=int, default=256)
-    p.add_argument("--patch", type=int, default=None, help="default: 50 px at 256 px (METHOD.md §3)")
+    p.add_argument("--patch", type=int, default=None, help="default: 50 px at 256 px (docs/method.md §3)")
     p.add_argument("--per-image", type=int, default=5)
     p.add_argument("--per-label", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=64, help="maps per batch")

@@ -1,4 +1,4 @@
-"""Small models a newcomer meets first (issue 10): the first finetune's wall time, and the demo's metrics.
+"""Small models a newcomer meets first: the first finetune's wall time, and the demo's metrics.
 
     python benchmarks/small_models.py [--skip-demo]
 

@@ -1,4 +1,4 @@
-"""Label-to-label translation on the towns held-out split, Plug-and-Play vs SDEdit (issue 14).
+"""Label-to-label translation on the towns held-out split, Plug-and-Play vs SDEdit.
 
 Every held-out image of a subset (the first N per town, `--per-label`, default 10: 40 images,
 120 translations per method) is translated to every other town with the shipped model

@@ -27,7 +27,7 @@ from typicality.engine import TypicalityEstimator
 ROOT = Path(__file__).resolve().parents[1]
 PRECISE_DRAWS = 1000      # the "precise map": N = 1000 stratified draws
 PRECISE_SEED = 1_000_003  # independent of the draws being evaluated (seed 0)
-REFERENCE_DRAWS, REFERENCE_MINIBATCH = 100, 10  # METHOD.md §2; the published loop's mini-batch
+REFERENCE_DRAWS, REFERENCE_MINIBATCH = 100, 10  # docs/method.md §2; the published loop's mini-batch
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:

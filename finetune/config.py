@@ -20,27 +20,27 @@ class TrainConfig:
     out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
     base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
                        "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
-                       source="METHOD.md §1")
-    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="METHOD.md §1")
+                       source="docs/method.md §1")
+    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="docs/method.md §1")
     label_column: str = option("label", "label column of metadata.csv/jsonl")
     skip_bad: bool = option(False, "skip unreadable images with one warning")
-    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="METHOD.md §1")
+    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1")
     prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
     null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
     null_rate: float | None = option(None, "fraction of samples given the null prompt (default: the preset's, else 0.05)",
-                                     source="METHOD.md §1")
+                                     source="docs/method.md §1")
     resolution: int | None = option(None, "training image size in px (default: the base model's)")
-    batch_size: int = option(32, "images per step and process", source="METHOD.md §1: 8-64 per GPU")
-    lr: float = option(1e-4, "AdamW learning rate (constant)", source="METHOD.md §1")
-    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="METHOD.md §1")
-    weight_decay: float = option(1e-2, "AdamW weight decay", source="METHOD.md §1")
-    adam_eps: float = option(1e-8, "AdamW epsilon", source="METHOD.md §1")
-    grad_clip: float = option(1.0, "gradient norm clipping", source="METHOD.md §1")
+    batch_size: int = option(32, "images per step and process", source="docs/method.md §1: 8-64 per GPU")
+    lr: float = option(1e-4, "AdamW learning rate (constant)", source="docs/method.md §1")
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="docs/method.md §1")
+    weight_decay: float = option(1e-2, "AdamW weight decay", source="docs/method.md §1")
+    adam_eps: float = option(1e-8, "AdamW epsilon", source="docs/method.md §1")
+    grad_clip: float = option(1.0, "gradient norm clipping", source="docs/method.md §1")
     max_steps: int | None = option(None, "stop after this many steps (default: --epochs)")
-    epochs: int | None = option(None, "epochs when --max-steps is not given (default: 100)", source="METHOD.md §1")
+    epochs: int | None = option(None, "epochs when --max-steps is not given (default: 100)", source="docs/method.md §1")
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
-                               "per sample)", source="METHOD.md §1")
+                               "per sample)", source="docs/method.md §1")
     vae_steps: int | None = option(None, "VAE training steps (--base tiny-scratch only; default 1000)")
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
@@ -55,7 +55,7 @@ class TrainConfig:
 
     @property
     def epochs_or_default(self) -> int:
-        return self.epochs or 100  # METHOD.md §1: ~100 epochs
+        return self.epochs or 100  # docs/method.md §1: ~100 epochs
 
     def prompt_template(self) -> PromptTemplate:
         return resolve_prompts(self.preset, self.prompt, self.null_prompt, self.null_rate)

@@ -1,4 +1,4 @@
-"""The finetuner: one `accelerate` loop that adapts an SD UNet to labeled images (METHOD.md §1).
+"""The finetuner: one `accelerate` loop that adapts an SD UNet to labeled images (docs/method.md §1).
 
 VAE latents and prompt embeddings are computed once and cached; only the UNet trains. All
 randomness of a step (its batch, noise, timesteps, null-prompt dropout) is drawn from
@@ -155,7 +155,7 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
 
 
 def _crop_latents(latents: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """A random size x size window of each latent (random-crop augmentation, METHOD.md §1)."""
+    """A random size x size window of each latent (random-crop augmentation, docs/method.md §1)."""
     n, _, h, w = latents.shape
     ys = torch.randint(0, h - size + 1, (n,), generator=g).tolist()
     xs = torch.randint(0, w - size + 1, (n,), generator=g).tolist()
@@ -221,7 +221,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
         _add_lora(unet, cfg.lora_rank)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant (METHOD.md §1), kept in state
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant (docs/method.md §1), kept in state
     unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)
     ema = None
     if cfg.ema:

@@ -1,4 +1,4 @@
-"""k-means with FAISS as a scikit-learn estimator (METHOD.md §4: 32 clusters a label).
+"""k-means with FAISS as a scikit-learn estimator (docs/method.md §4: 32 clusters a label).
 
     km = FaissKMeans(n_clusters=32, n_iter=20, spherical=True, random_state=0).fit(X)
     km.labels_, km.cluster_centers_, km.inertia_, km.predict(Y), km.transform(Y)

@@ -1,6 +1,6 @@
 """Patch descriptors: DIFT features from the diffusion model itself, or CLIP image features.
 
-DIFT (METHOD.md §4): the output of UNet `up_blocks[block]` at timestep t for the noised
+DIFT (docs/method.md §4): the output of UNet `up_blocks[block]` at timestep t for the noised
 latent, conditioned on the image's label prompt, averaged over 8 seeded noise draws. It is
 computed ONCE per image (all draws in one batched forward, the UNet stopped right after the
 hooked block) and every patch of that image is then mean-pooled from the same feature map
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 
-DIFT_T = 161  # METHOD.md §4
-DIFT_BLOCK = 1  # METHOD.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
-DIFT_DRAWS = 8  # METHOD.md §4
+DIFT_T = 161  # docs/method.md §4
+DIFT_BLOCK = 1  # docs/method.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
+DIFT_DRAWS = 8  # docs/method.md §4
 
 
 class _StopForward(Exception):

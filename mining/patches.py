@@ -1,4 +1,4 @@
-"""Patch typicality and greedy non-overlapping patch selection (METHOD.md §3).
+"""Patch typicality and greedy non-overlapping patch selection (docs/method.md §3).
 
 A patch is a k x k square; its typicality is the mean of the pixel map over it. All k x k
 windows at stride 1 are scored at once with a summed-area table (a box filter: O(H W) per
@@ -17,14 +17,14 @@ from typing import Iterable
 import numpy as np
 import torch
 
-# METHOD.md §3: k = 50 px at 256 px images, 64 px at 512 px.
+# docs/method.md §3: k = 50 px at 256 px images, 64 px at 512 px.
 _PUBLISHED_PATCH = ((256, 50), (512, 64))
 
 
 def default_patch_size(resolution: int) -> int:
     """The published patch size, interpolated between the published points, proportional outside.
 
-    50 px at 256 and 64 px at 512 (METHOD.md §3); below 256 it scales with the resolution
+    50 px at 256 and 64 px at 512 (docs/method.md §3); below 256 it scales with the resolution
     (6 px at 32), between 256 and 512 linearly, above 512 proportionally from 64 at 512.
     """
     (r0, k0), (r1, k1) = _PUBLISHED_PATCH
@@ -133,7 +133,7 @@ def _to_patches(ys, xs, vals, k: int, offset: int, true_vals=None) -> Patches:
 
 def top_patches(maps, k: int, per_image: int = 5, mode: str = "top",
                 generator: torch.Generator | None = None, offset: int = 0) -> Patches:
-    """The `per_image` best non-overlapping k x k patches of each map (METHOD.md §3: 5 per image).
+    """The `per_image` best non-overlapping k x k patches of each map (docs/method.md §3: 5 per image).
 
     mode "top": most typical first; "bottom": least typical (a baseline); "random": random
     non-overlapping patches drawn with `generator` (a baseline). Scores are always the patch
@@ -165,7 +165,7 @@ def select_patches(scores: torch.Tensor, k: int, per_image: int = 5, mode: str =
 
 
 def top_per_label(patches: Patches, per_label: int = 1000) -> Patches:
-    """The `per_label` most typical patches across images (METHOD.md §3: 1000), best first.
+    """The `per_label` most typical patches across images (docs/method.md §3: 1000), best first.
 
     Ties are broken by image index then position, so the order is deterministic.
     """

@@ -29,7 +29,7 @@ def _naive_greedy(scores, k, n):
 
 
 def test_default_patch_size_follows_the_paper():
-    assert default_patch_size(256) == 50 and default_patch_size(512) == 64  # METHOD.md §3
+    assert default_patch_size(256) == 50 and default_patch_size(512) == 64  # docs/method.md §3
     assert default_patch_size(32) == 6 and default_patch_size(128) == 25
     assert default_patch_size(1024) == 128
     assert default_patch_size(1) == 1

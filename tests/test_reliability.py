@@ -1,6 +1,6 @@
-"""Issue 11, tried as a new user would: each numbered fault, reproduced on a real tiny model and real files.
+"""Faults a new user meets (bad input, kills, mistyped paths), each reproduced on a real tiny model and real files.
 
-Test names carry the issue's item number. Each failed before its fix (silent wrong answer, lost
+Each test failed before its fix (silent wrong answer, lost
 work, a traceback, or a silently replaced parameter)."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _metadata_dataset(root: Path, labels: list[str], size: int = 32) -> Path:
     return root
 
 
-def test_item1_multi_label_images_are_mined_under_each_label(tiny_model_dir, tmp_path):
+def test_multi_label_images_are_mined_under_each_label(tiny_model_dir, tmp_path):
     data = _metadata_dataset(tmp_path / "d", ["zero", "seven", "zero|seven", "zero", "seven"])
     typ = _typ(tiny_model_dir, data, tmp_path / "typ")
     assert ("2", "zero") in TypicalityStore.open(typ).pairs() and ("2", "seven") in TypicalityStore.open(typ).pairs()
@@ -58,7 +58,7 @@ def test_item1_multi_label_images_are_mined_under_each_label(tiny_model_dir, tmp
     assert {(r.split(",")[0], r.split(",")[7]) for r in rows} >= {("zero", "2"), ("seven", "2")}
 
 
-def test_item2_maps_of_another_model_or_other_pixels_are_refused(tiny_model_dir, tiny_bundle, color_dataset, tmp_path):
+def test_maps_of_another_model_or_other_pixels_are_refused(tiny_model_dir, tiny_bundle, color_dataset, tmp_path):
     import copy
 
     typ = _typ(tiny_model_dir, color_dataset, tmp_path / "typ")
@@ -88,7 +88,7 @@ def test_item2_maps_of_another_model_or_other_pixels_are_refused(tiny_model_dir,
     (["finetune", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
     (["finetune", "--batch-size", "-4"], "--batch-size must be >= 1, got -4"),
 ])
-def test_item3_and_10_out_of_range_parameters_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys):
+def test_out_of_range_parameters_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys):
     io = {"typicality": ["--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
           "finetune": ["--base", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o")]}[argv[0]]
     assert main(argv[:1] + io + argv[1:]) == 2
@@ -96,7 +96,7 @@ def test_item3_and_10_out_of_range_parameters_are_one_line_errors_before_any_wor
     assert not (tmp_path / "o").exists()
 
 
-def test_item3_resume_with_other_settings_and_overwriting_a_model_are_refused(tiny_model_dir, color_dataset, tmp_path):
+def test_resume_with_other_settings_and_overwriting_a_model_are_refused(tiny_model_dir, color_dataset, tmp_path):
     from diffmine.core.settings import ConfigError
     from finetune.train import train
     from finetune.config import TrainConfig
@@ -114,7 +114,7 @@ def test_item3_resume_with_other_settings_and_overwriting_a_model_are_refused(ti
     assert log[2]["elapsed_s"] >= log[1]["elapsed_s"] > 0  # elapsed time goes on across the resume
 
 
-def test_item3_and_12_one_image_per_label_says_so_instead_of_mining_nothing_silently(tiny_model_dir, tmp_path, capsys):
+def test_one_image_per_label_says_so_instead_of_mining_nothing_silently(tiny_model_dir, tmp_path, capsys):
     data = _metadata_dataset(tmp_path / "d", ["a", "b", "c"])
     typ = _typ(tiny_model_dir, data, tmp_path / "typ")
     run_mining(replace(_mine_cfg(tiny_model_dir, data, typ, tmp_path / "m"), min_images=2), progress=False)
@@ -122,7 +122,7 @@ def test_item3_and_12_one_image_per_label_says_so_instead_of_mining_nothing_sile
     assert "no cluster passed the filters for a, b, c (--min-members 1, --min-images 2)" in out
 
 
-def test_item4_labels_the_model_never_saw(tiny_model_dir, color_dataset, tmp_path):
+def test_labels_the_model_never_saw(tiny_model_dir, color_dataset, tmp_path):
     model = tmp_path / "model"
     import shutil
 
@@ -135,7 +135,7 @@ def test_item4_labels_the_model_never_saw(tiny_model_dir, color_dataset, tmp_pat
         _typ(model, color_dataset, tmp_path / "t2", force=True)
 
 
-def test_item5_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dataset, tmp_path):
+def test_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dataset, tmp_path):
     typ = _typ(tiny_model_dir, color_dataset, tmp_path / "typ")
     out = tmp_path / "mine"
     cfg = _mine_cfg(tiny_model_dir, color_dataset, typ, out)
@@ -162,7 +162,7 @@ def test_item5_killed_mine_leaves_the_old_run_complete(tiny_model_dir, color_dat
     assert refs and all((out / ref).is_file() for ref in refs)
 
 
-def test_item6_a_kill_loses_at_most_a_shard_and_the_store_stays_compact(tiny_model_dir, color_dataset, tmp_path):
+def test_a_kill_loses_at_most_a_shard_and_the_store_stays_compact(tiny_model_dir, color_dataset, tmp_path):
     ref = TypicalityStore.open(_typ(tiny_model_dir, color_dataset, tmp_path / "ref", group=1))
     # a shard after every image (groups of one, as a slow run's time-based flush would), then compaction
     out = _typ(tiny_model_dir, color_dataset, tmp_path / "small", shard_size=5, shard_seconds=1e-9, group=1)
@@ -173,7 +173,7 @@ def test_item6_a_kill_loses_at_most_a_shard_and_the_store_stays_compact(tiny_mod
         np.testing.assert_array_equal(store.latent_map(i, lab), ref.latent_map(i, lab))
 
 
-def test_item7_vae_training_resumes_from_its_checkpoint(monkeypatch, tmp_path):
+def test_vae_training_resumes_from_its_checkpoint(monkeypatch, tmp_path):
     import torch
 
     from finetune import vae_train
@@ -203,14 +203,14 @@ def test_item7_vae_training_resumes_from_its_checkpoint(monkeypatch, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
-def test_item8_failed_commands_leave_no_output_folder(tmp_path):
+def test_failed_commands_leave_no_output_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     for cmd in (["finetune", "--base", "tiny"], ["typicality", "--model", "tiny"]):
         assert main(cmd + ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
         assert not (tmp_path / "o").exists()
 
 
-def test_item9_mistyped_paths_fail_at_once(tmp_path, monkeypatch):
+def test_mistyped_paths_fail_at_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "0"}  # even online: nothing is sent to the hub
@@ -224,7 +224,7 @@ def test_item9_mistyped_paths_fail_at_once(tmp_path, monkeypatch):
             "base (tiny, tiny-scratch)"]
 
 
-def test_item11_mine_skip_bad_is_passed_on(tiny_model_dir, color_dataset, tmp_path):
+def test_mine_skip_bad_is_passed_on(tiny_model_dir, color_dataset, tmp_path):
     typ = _typ(tiny_model_dir, color_dataset, tmp_path / "typ")
     (color_dataset / "red" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):

@@ -188,7 +188,7 @@ def test_trained_model_typicality_peaks_where_the_label_decides():
     opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     ac = b.scheduler.alphas_cumprod
-    for _ in range(300):  # a minimal finetuning loop: eps-MSE with 30 % null prompts (METHOD.md §1)
+    for _ in range(300):  # a minimal finetuning loop: eps-MSE with 30 % null prompts (docs/method.md §1)
         idx = torch.randint(0, 128, (24,), generator=g)
         t = torch.randint(500, 1000, (24,), generator=g)
         eps = torch.randn(24, 4, 8, 8, generator=g)

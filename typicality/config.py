@@ -13,7 +13,7 @@ from diffmine.core.settings import check, check_choice, check_positive, check_re
 
 from typicality.draws import PUBLISHED_T_RANGE, SCHEDULES
 
-# METHOD.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
+# docs/method.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
 # takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
 # ~5x from t = 100 to 700) and antithetic pairs (eps, -eps) cancel the part of the per-draw
 # difference that is odd in eps, 2 eps·(eps_c - eps_null). Measured on the shipped tiny towns
@@ -31,9 +31,9 @@ class TypicalityConfig(RuntimeSettings):
     label_column: str = option("label", "label column of metadata.csv/jsonl")
     skip_bad: bool = option(False, "skip unreadable images with one warning")
     draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
-                        "--no-antithetic is the published schedule", source="METHOD.md §2: 100", affects_maps=True)
+                        "--no-antithetic is the published schedule", source="docs/method.md §2: 100", affects_maps=True)
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T (0 1: all of it)",
-                                          source="METHOD.md §2", affects_maps=True, metavar=("LOW", "HIGH"))
+                                          source="docs/method.md §2", affects_maps=True, metavar=("LOW", "HIGH"))
     labels: str = option("own", "'own': each image for its own label(s); 'all': for every label (image x label "
                          "matrix)", choices=("own", "all"), affects_maps=True)
     schedule: str = option("stratified", "timesteps: one per stratum of the range, or uniform i.i.d.",

@@ -1,4 +1,4 @@
-"""The draw schedule: which (t, eps) pairs estimate an image's typicality (METHOD.md §2).
+"""The draw schedule: which (t, eps) pairs estimate an image's typicality (docs/method.md §2).
 
 Every image owns a generator seeded from (seed, image id) through SHA-256, so its draws do
 not depend on batch size, image order, process count or an interruption: a map is a
@@ -17,7 +17,7 @@ from diffmine.core.seeds import generator
 SCHEDULES = ("stratified", "uniform")
 
 
-# METHOD.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
+# docs/method.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
 PUBLISHED_T_RANGE = (0.1, 0.7)
 
 

@@ -1,4 +1,4 @@
-"""Typicality as tensor math (METHOD.md §2), no I/O and no model:
+"""Typicality as tensor math (docs/method.md §2), no I/O and no model:
 
     T(x | c) = E_{t, eps} [ ||eps - eps(z_t, t, null)||^2 - ||eps - eps(z_t, t, c)||^2 ]
 

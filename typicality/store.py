@@ -330,7 +330,7 @@ class TypicalityStore:
         return shard["err_null"][row].copy(), shard["err_cond"][p].copy()
 
     def map(self, image_id: str, label: str, size: tuple[int, int] | int | None = None) -> np.ndarray:
-        """Typicality (H, W) at pixel resolution: bilinear upsampling of the latent map (METHOD.md §2).
+        """Typicality (H, W) at pixel resolution: bilinear upsampling of the latent map (docs/method.md §2).
 
         size defaults to the processing resolution (the square crop the model saw); any (H, W) works.
         """

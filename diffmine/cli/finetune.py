@@ -3,7 +3,7 @@ from finetune.config import TrainConfig
 
 from diffmine.cli.options import add_config_options, config_from_args
 
-HELP = "adapt a Stable Diffusion model to labeled images (METHOD.md §1)"
+HELP = "adapt a Stable Diffusion model to labeled images (docs/method.md §1)"
 
 
 def register(parser) -> None:

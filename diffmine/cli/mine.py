@@ -3,7 +3,7 @@ from mining.config import MineConfig
 
 from diffmine.cli.options import add_config_options, config_from_args
 
-HELP = "typical patches -> DIFT features -> ranked clusters -> report.html (METHOD.md §3-4)"
+HELP = "typical patches -> DIFT features -> ranked clusters -> report.html (docs/method.md §3-4)"
 
 
 def register(parser) -> None:

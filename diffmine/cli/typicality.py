@@ -3,7 +3,7 @@ from typicality.config import TypicalityConfig
 
 from diffmine.cli.options import add_config_options, config_from_args
 
-HELP = "per-pixel typicality maps T(x|c) of every image (METHOD.md §2)"
+HELP = "per-pixel typicality maps T(x|c) of every image (docs/method.md §2)"
 
 
 def register(parser) -> None:

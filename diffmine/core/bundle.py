@@ -49,7 +49,7 @@ class SDBundle:
             text_encoder=enc,
             vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
             unet=UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw),
-            # SD v1.5 ships a PNDM config; its betas are the DDPM training schedule (METHOD.md §1).
+            # SD v1.5 ships a PNDM config; its betas are the DDPM training schedule (docs/method.md §1).
             scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler"),
         )
         bundle.check()

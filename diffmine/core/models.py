@@ -1,6 +1,6 @@
 """Which model a name means: one loader for "tiny", "tiny-scratch", a local folder or a hub id.
 
-    load_bundle("stable-diffusion-v1-5/stable-diffusion-v1-5")  # METHOD.md §1, on a GPU
+    load_bundle("stable-diffusion-v1-5/stable-diffusion-v1-5")  # docs/method.md §1, on a GPU
     load_bundle("runs/my-model")                                # a diffusers SD folder
     load_bundle("tiny")          # the shipped, pretrained small SD (assets/tiny-towns-model)
     load_bundle("tiny-scratch")  # the same architecture with random weights (the trainer
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from diffmine.core.errors import DataError
 
-# METHOD.md §1: `runwayml/stable-diffusion-v1-5` was removed from the hub in 2024.
+# docs/method.md §1: `runwayml/stable-diffusion-v1-5` was removed from the hub in 2024.
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's assets/ (shipped model, recipe)
 SMALL_BASE = "tiny"

@@ -1,4 +1,4 @@
-"""How labels become text prompts, and the published presets (METHOD.md §1)."""
+"""How labels become text prompts, and the published presets (docs/method.md §1)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ CONFIG_NAME = "diffmine_prompts.json"
 class PromptTemplate:
     template: str = "{label}"
     null_prompt: str = ""
-    null_rate: float = 0.05  # METHOD.md §1: 5-10 % of samples see the null prompt
+    null_rate: float = 0.05  # docs/method.md §1: 5-10 % of samples see the null prompt
 
     def __post_init__(self):
         if "{label}" not in self.template:
@@ -38,7 +38,7 @@ class PromptTemplate:
         return cls(**json.loads(path.read_text()))
 
 
-# METHOD.md §1, table of published prompts. {label} stands for decade / country / scene / findings.
+# docs/method.md §1, table of published prompts. {label} stands for decade / country / scene / findings.
 PRESETS: dict[str, PromptTemplate] = {
     "cars": PromptTemplate("A car from the {label}s.", "A car.", 0.05),
     "faces": PromptTemplate("A face portrait of the {label}s.", "A face portrait", 0.10),

@@ -6,7 +6,7 @@ and `save_config` writes the resolved settings beside a run's output so it can b
 
     @dataclass
     class MineConfig:
-        patch: int | None = option(None, "patch size in px (default: 50 px at 256 px)", source="METHOD.md §3")
+        patch: int | None = option(None, "patch size in px (default: 50 px at 256 px)", source="docs/method.md §3")
 
 Library code validates with `check(...)`, which raises `ConfigError` naming the parameter
 (`patch`); the CLI turns the name into its flag (`--patch`).
@@ -41,7 +41,7 @@ class ConfigError(DataError):
 def option(default: Any = dataclasses.MISSING, help: str = "", *, source: str | None = None,
            choices: Sequence[Any] | None = None, required: bool = False, affects_maps: bool = False,
            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None):
-    """A config field with its help line. `source` names where the default comes from (METHOD.md §n);
+    """A config field with its help line. `source` names where the default comes from (docs/method.md §n);
     `affects_maps` marks typicality settings that change the maps (the store's resume key);
     `cli=False` keeps a field out of the command line (Python-only knobs)."""
     meta = {"help": help, "source": source, "choices": tuple(choices) if choices else None,

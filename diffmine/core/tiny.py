@@ -60,7 +60,7 @@ def clip_text_encoder(width: int, layers: int, heads: int) -> CLIPTextModel:
 
 
 def sd15_scheduler() -> DDPMScheduler:
-    """SD v1.5's training schedule (METHOD.md §1): scaled-linear betas, 1000 steps, epsilon target."""
+    """SD v1.5's training schedule (docs/method.md §1): scaled-linear betas, 1000 steps, epsilon target."""
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
                          steps_offset=1)

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 FINDINGS = ("Cardiomegaly", "Effusion", "Infiltration", "Nodule")
 NO_FINDING = "No Finding"
-BOX_NAMES = {"Infiltration": "Infiltrate"}  # the NIH box file's spelling (METHOD.md §6)
+BOX_NAMES = {"Infiltration": "Infiltrate"}  # the NIH box file's spelling (docs/method.md §6)
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 SIZE = 64
 

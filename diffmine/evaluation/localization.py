@@ -1,4 +1,4 @@
-"""Localisation metrics of a typicality map against a ground-truth box (METHOD.md §5).
+"""Localisation metrics of a typicality map against a ground-truth box (docs/method.md §5).
 
 Pure functions on arrays: a map (H, W), a box mask (H, W) bool, pixel boxes (x0, y0, x1, y1)
 with x1/y1 exclusive. Definitions:
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-IOBB_THRESHOLDS = (0.1, 0.25, 0.5)  # METHOD.md §5 (Wang et al. 2017)
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5)  # docs/method.md §5 (Wang et al. 2017)
 DEFAULT_MAP_THRESHOLD = 0.5
 
 

@@ -1,7 +1,7 @@
 """Pictures every report shares: heatmap overlays, patch crops, grids, file-safe names.
 
 Heatmaps are blurred (sigma 10 px at 256 px, scaled with the resolution) and max-normalised
-for display only (METHOD.md §2); tables keep the raw values.
+for display only (docs/method.md §2); tables keep the raw values.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from diffmine.core.files import write_bytes
 from typicality.formula import upsample
 
-DISPLAY_SIGMA_AT_256 = 10.0  # METHOD.md §2: Gaussian blur sigma 10 px, visualisation only
+DISPLAY_SIGMA_AT_256 = 10.0  # docs/method.md §2: Gaussian blur sigma 10 px, visualisation only
 
 # a perceptually ordered dark-to-bright colour ramp (inferno-like anchors)
 _RAMP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],

@@ -30,11 +30,11 @@ class AnomalyFitConfig(RuntimeSettings):
     normal_label: str = option("normal", "label of the normal data (the label --base finetunes with; "
                                "atypicality scores -T(x | this label))")
     draws: int = option(ANOMALY_DRAWS, "noise draws per image (trajectory: noise draws per trajectory)")
-    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="METHOD.md §2")
+    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="docs/method.md §2")
     trajectory_start: float = option(0.3, "trajectory: partial noising level as a fraction of T")
     trajectory_steps: int = option(10, "trajectory: DDIM steps back to t = 0")
     finetune_steps: int = option(200, "finetuning steps with --base")
-    finetune_lr: float = option(1e-4, "finetuning learning rate with --base", source="METHOD.md §1")
+    finetune_lr: float = option(1e-4, "finetuning learning rate with --base", source="docs/method.md §1")
     finetune_batch: int = option(16, "finetuning batch size with --base")
     resolution: int | None = option(None, "image size the model sees (default: the model's)")
     batch_size: int = option(64, "UNet rows per forward")

@@ -5,15 +5,16 @@ predict_confidence) and scikit-learn's estimator contract (hyper-parameters stor
 `__init__`, validated in `fit`, learned state in trailing-underscore attributes), so it drops in
 where `IForest()` was. Score kinds (higher = more anomalous, each the spatial mean of its map):
 
-* reconstruction: the null prompt's mean denoising error over the draws (seed 004), the store's
+* reconstruction: the null prompt's mean denoising error over the draws (the diffusion anomaly-detection
+  score, docs/method.md §5), the store's
   `err_null`;
 * atypicality: -T(x | normal label); when the model knows other labels, the margin
   max_{c != normal} T(x | c) - T(x | normal) (how much better another label explains x);
-* trajectory: seed 000's error accumulated along a reverse DDIM trajectory (trajectory.py);
-* features: the distance of the image's diffusion features (DIFT, METHOD.md §4: UNet up_blocks[1]
+* trajectory: the denoising error accumulated along a reverse DDIM trajectory (trajectory.py);
+* features: the distance of the image's diffusion features (DIFT, docs/method.md §4: UNet up_blocks[1]
   at t = 161, 8 draws; the whole feature map, flattened and L2-normalised) to its nearest
-  normal images, by PyOD's KNN (seed 000's "intermediate states of the diffusion process as a
-  representation"). Scale-free: unlike a denoising error it does not grow with how much an image
+  normal images, by PyOD's KNN (intermediate diffusion states used as a representation,
+  docs/method.md §5). Scale-free: unlike a denoising error it does not grow with how much an image
   contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
   the nearest normal image at the same cell.
 

@@ -1,4 +1,4 @@
-"""Co-typicality (METHOD.md §5): how typical a patch stays of EVERY label an image is translated to.
+"""Co-typicality (docs/method.md §5): how typical a patch stays of EVERY label an image is translated to.
 
 For an image translated to labels c_1..c_m, patch co-typicality is the median over the targets
 of the patch mean of T(x_{src->c} | c): a patch scores high only where most translations put

@@ -1,4 +1,4 @@
-"""`diffmine changes`: the changes that are consistent across many images (METHOD.md §5).
+"""`diffmine changes`: the changes that are consistent across many images (docs/method.md §5).
 
     run_changes(ChangesConfig(model=MODEL_DIR, translations=TR_DIR, out=CH_DIR))
 

@@ -20,7 +20,7 @@ class ClassifyConfig(RuntimeSettings):
                         "best 1 (diffusion classifier); off: every label with every draw", choices=("adaptive", "off"))
     first_draws: int = option(8, "adaptive: draws per label in the first round (every label)")
     keep: int = option(3, "adaptive: labels kept after the first round")
-    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="METHOD.md §2")
+    t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="docs/method.md §2")
     label_column: str = option("label", "metadata column of the labels")
     audit: bool = option(True, "write the label audit (audit.html): images more typical of another label")
     audit_top: int = option(50, "images shown in the audit page")

@@ -22,7 +22,7 @@ import numpy as np
 from diffmine.evaluation.groundtruth import image_size, transform_boxes
 from diffmine.core.errors import DataError, SkippedInputs
 
-# The one known spelling mismatch of the NIH files (METHOD.md §6): boxes say Infiltrate, labels Infiltration.
+# The one known spelling mismatch of the NIH files (docs/method.md §6): boxes say Infiltrate, labels Infiltration.
 ALIASES = {"Infiltrate": "Infiltration"}
 PLAIN_COLUMNS = ["file_name", "label", "x", "y", "w", "h"]
 

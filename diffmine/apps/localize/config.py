@@ -21,7 +21,7 @@ class LocalizeConfig(RuntimeSettings):
     out: str | None = option(None, "output folder (metrics.json, per_image.csv, report.html)", required=True)
     base_model: str | None = option(None, "non-finetuned model to score the same way, side by side (folder, 'tiny' or hub id)")
     t_range: tuple[float, float] = option((0.0, 1.0), "timestep range as fractions of T; the full range for X-ray",
-                                          source="METHOD.md §2", affects_maps=True)
+                                          source="docs/method.md §2", affects_maps=True)
     draws: int | None = option(None, "noise draws per map (default: the typicality engine's, 64 stratified, "
                                "antithetic)", affects_maps=True)
     threshold: float = option(DEFAULT_MAP_THRESHOLD, "fraction of the min-max normalised map above which pixels "

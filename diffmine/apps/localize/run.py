@@ -10,7 +10,7 @@
 
 Maps come from the typicality stage (`typicality.engine.run_typicality`): per boxed image, one
 single-label condition per boxed finding, each scored with the finding's own prompt against the
-null prompt (METHOD.md §5), over the full t range by default. The stage sees the boxed images
+null prompt (docs/method.md §5), over the full t range by default. The stage sees the boxed images
 through LOC_DIR/.images/ (links to the data files at their own relative paths, so image ids and
 hence draws are the data set's, and a metadata.csv naming each image's boxed findings); it splits
 them over the processes of `accelerate launch`, and a killed run resumes its stores. Once the

@@ -1,4 +1,4 @@
-"""The settings of `diffmine translate` and `diffmine changes` (METHOD.md §5), one dataclass each."""
+"""The settings of `diffmine translate` and `diffmine changes` (docs/method.md §5), one dataclass each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,19 +16,19 @@ class TranslateConfig(RuntimeSettings):
     out: str | None = option(None, "output folder (PNGs, grids, translations.csv, index.html)", required=True)
     to: str | None = option(None, "target label, or 'all' for every other label", required=True, metavar="LABEL|all")
     method: str = option("pnp", "pnp (Plug-and-Play feature injection) or sdedit (noise, then denoise)",
-                         choices=METHODS, source="METHOD.md §5")
-    steps: int = option(50, "DDIM sampling steps", source="METHOD.md §5")
+                         choices=METHODS, source="docs/method.md §5")
+    steps: int = option(50, "DDIM sampling steps", source="docs/method.md §5")
     guidance: float = option(7.5, "classifier-free guidance scale (null prompt as the negative); 1 = none",
-                             source="METHOD.md §5")
+                             source="docs/method.md §5")
     inversion_steps: int = option(50, "DDIM inversion steps (pnp); the sampling timesteps must be among them",
-                                  source="METHOD.md §5 (the reference used 999)")
+                                  source="docs/method.md §5 (the reference used 999)")
     strength: float = option(0.6, "sdedit: share of the noise schedule the image is noised to, in (0, 1]")
     residual_injection: float | None = option(
         None, "pnp: share of the sampling steps that inject the source's residual-block features; none = the "
-              "layer mapping's (SD v1.5: 0.8, as published)", source="METHOD.md §5")
+              "layer mapping's (SD v1.5: 0.8, as published)", source="docs/method.md §5")
     attention_injection: float | None = option(
         None, "pnp: share of the sampling steps that inject the source's self-attention queries and keys; "
-              "none = the layer mapping's (SD v1.5: 0.5, as published)", source="METHOD.md §5")
+              "none = the layer mapping's (SD v1.5: 0.5, as published)", source="docs/method.md §5")
     layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
                                       "(default: diffmine/apps/translate/layers.json: SD v1.5 and the tiny model)")
     batch_size: int = option(8, "translations (image, target) per UNet forward")

@@ -18,8 +18,8 @@ from diffmine.core.errors import DataError
 
 DEFAULT_LAYERS = Path(__file__).with_name("layers.json")
 MATCH_KEYS = ("down_block_types", "up_block_types", "layers_per_block")
-PUBLISHED_RESIDUAL_SHARE = 0.8   # METHOD.md §5: the first 80 % of the sampling steps
-PUBLISHED_ATTENTION_SHARE = 0.5  # METHOD.md §5: the first 50 %
+PUBLISHED_RESIDUAL_SHARE = 0.8   # docs/method.md §5: the first 80 % of the sampling steps
+PUBLISHED_ATTENTION_SHARE = 0.5  # docs/method.md §5: the first 50 %
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Translating images from their label to another one, in memory: Plug-and-Play and SDEdit (METHOD.md §5).
+"""Translating images from their label to another one, in memory: Plug-and-Play and SDEdit (docs/method.md §5).
 
 Plug-and-Play (Tumanyan et al. 2023): DDIM inversion of the image under its source prompt
 (no guidance), then DDIM sampling from the inverted noise under the target prompt with
