@@ -63,7 +63,8 @@ def evaluate_mining(sel: PatchSelection, clusters: dict[str, LabelClusters], sto
             lab = sel.pair_label[j]
             char = el.characteristic(lab)
             shared = el.union(el.shared()) if len(el.shared()) else None
-            acc.add_map(lab, gaussian_blur(maps[n], sigma), el.union(char), shared, [el.kinds[c] for c in char])
+            acc.add_map(lab, gaussian_blur(maps[n], sigma), el.union(char), shared, [el.kinds[c] for c in char],
+                        image=dataset.records[int(sel.pair_image[j])].image_id)
     args = (dataset.root, res, sel.pair_image, sel.pair_label, dataset, elements)
     kinds_top, kinds_low, kinds_rand = (_kinds(p, *args) for p in (sel.top, sel.least, sel.random))
     cluster_kinds = {}

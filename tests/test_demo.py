@@ -18,6 +18,23 @@ def test_demo_pipeline_writes_report_and_metrics(tmp_path):
     assert "ashford" in html and "dunmore" in html
     assert set(on_disk["targets"]) == {"pointing_game", "pixel_auroc", "elements_recovered",
                                        "shared_over_characteristic"}
+    # every figure carries its interval, and it brackets the figure
+    for key in ("pointing_game", "pixel_auroc", "characteristic_vs_shared_auroc", "shared_over_characteristic"):
+        lo, hi = on_disk[f"{key}_ci"]
+        assert lo <= on_disk[key] <= hi
+    assert on_disk["characteristic_vs_shared_auroc"] > 0.5  # the maps know labels, not just elements
+    assert len(on_disk["pairs"]) == len({p["image"] for p in on_disk["pairs"]}) == 160  # a row per held-out image
+
+
+def test_a_target_counts_as_met_by_its_interval_only_when_the_interval_clears_it():
+    from diffmine.apps.demo.run import target_check
+
+    m = {"a": 0.954, "a_ci": [0.941, 0.965], "b": 1.0, "b_ci": [0.63, 1.0], "c": 0.05, "c_ci": [0.03, 0.08]}
+    assert target_check(m, "a", ">=", 0.95) == {"target": ">= 0.95", "value": 0.954, "ci": [0.941, 0.965],
+                                                "met": True, "interval_clears": False}
+    assert target_check(m, "b", ">=", 1.0)["interval_clears"] is False  # 8 of 8: the interval reaches 0.63
+    assert target_check(m, "c", "<", 0.10)["interval_clears"] is True
+    assert target_check(m, "a", ">=", 0.96)["met"] is False
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 from diffmine.core.images import load_rgb, resize_crop
 from diffmine.evaluation.groundtruth import parse_elements, rasterize_boxes, record_elements, transform_boxes
+from diffmine.evaluation.intervals import proportion_interval
 from diffmine.evaluation.metrics import (MetricsAccumulator, auroc, box_mask_overlap, cluster_purity, elements_recovered,
                             patch_kinds, pixel_auroc, pointing_game)
 
@@ -81,6 +82,40 @@ def test_accumulator_known_answer():
     assert r["clusters"]["x"][0] == {"rank": 0, "majority_kind": "a", "purity": 1.0, "members": 5}
     json.dumps(r, allow_nan=False)  # strict JSON: NaN became null
     assert MetricsAccumulator().result()["pointing_game"] is None
+
+
+def test_characteristic_vs_shared_auroc_tells_a_label_blind_detector_from_typicality():
+    """A map that lights every element (no idea of labels) scores 1 on pixel AUROC but 0.5 here."""
+    char = np.zeros((8, 8), bool)
+    char[0:2, 0:2] = True
+    shared = np.zeros((8, 8), bool)
+    shared[6:8, 6:8] = True
+    blind = np.where(char | shared, 1.0, 0.0)
+    typical = np.where(char, 2.0, np.where(shared, 1.0, 0.0))
+    inverted = np.where(char, 1.0, np.where(shared, 2.0, 0.0))
+    for m, expected in ((blind, 0.5), (typical, 1.0), (inverted, 0.0)):
+        acc = MetricsAccumulator()
+        acc.add_map("x", m, char, shared, ["a"], image="im0")
+        r = acc.result()
+        assert r["characteristic_vs_shared_auroc"] == expected
+        assert r["pairs"][0]["image"] == "im0"
+    assert MetricsAccumulator().result()["characteristic_vs_shared_auroc"] is None
+
+
+def test_map_intervals_resample_images_and_contain_the_value():
+    rng = np.random.default_rng(0)
+    acc = MetricsAccumulator()
+    for i in range(30):
+        char = np.zeros((8, 8), bool)
+        char[rng.integers(0, 6), rng.integers(0, 6)] = True
+        m = rng.random((8, 8)) + 0.8 * char
+        acc.add_map("x" if i % 2 else "y", m, char, None, ["a"], image=f"im{i}")
+    r = acc.result()
+    lo, hi = r["pixel_auroc_ci"]
+    assert lo < r["pixel_auroc"] < hi and hi - lo < 0.3
+    lo, hi = r["pointing_game_ci"]  # one pair per image: Clopper-Pearson on the hits
+    k = round(r["pointing_game"] * 30)
+    assert (lo, hi) == pytest.approx(proportion_interval(k, 30))
 
 
 # -- ground truth ----------------------------------------------------------------------------

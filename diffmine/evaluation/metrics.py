@@ -19,6 +19,13 @@ maps label by label so no stage has to hold every map at once. Definitions:
 * shared over characteristic: mean typicality inside shared elements / mean typicality inside
   characteristic elements (pixels pooled over all pairs); well below 1 when typicality singles
   out what is specific to a label.
+* characteristic vs shared AUROC: per pair, the AUROC of the map on the pixels of the label's
+  characteristic elements against the pixels of the elements every label shares (background
+  left out), averaged over pairs. An element detector that ignores labels scores 0.5 here, while
+  it can score high on pixel AUROC.
+
+Each pair is kept as a row (`pairs`), and the map figures carry a 95 % interval (`<figure>_ci`)
+from a bootstrap over images (intervals.py): the pairs of one image are resampled together.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from diffmine.core.files import json_ready
+from diffmine.evaluation.intervals import mean_estimate, proportion_estimate, statistic_estimate
 
 TOP_CLUSTERS = 3  # clusters looked at for "recovered"
 MIN_PURITY = 0.8
@@ -73,6 +81,17 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     vals = [auroc(m, k) for m, k in zip(maps, masks)]
     vals = [v for v in vals if not np.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def characteristic_vs_shared_auroc(typ_map: np.ndarray, characteristic_mask: np.ndarray,
+                                   shared_mask: np.ndarray | None) -> float:
+    """AUROC of the map on characteristic-element pixels vs shared-element pixels; NaN without both."""
+    if shared_mask is None:
+        return float("nan")
+    char = np.asarray(characteristic_mask, dtype=bool).reshape(-1)
+    shared = np.asarray(shared_mask, dtype=bool).reshape(-1) & ~char
+    keep = char | shared
+    return auroc(np.asarray(typ_map).reshape(-1)[keep], char[keep])
 
 
 def masked_sum(typ_map: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
@@ -142,6 +161,15 @@ def hit_rate(kinds: Sequence[str | None], characteristic: set[str]) -> float:
     return sum(k in characteristic for k in kinds) / len(kinds)
 
 
+def _pooled_ratio(pairs: Sequence[dict]) -> float:
+    """Mean typicality inside shared elements / inside characteristic ones, pixels pooled over pairs."""
+    tot = {k: sum(p.get(k, 0) for p in pairs) for k in ("shared_sum", "shared_pixels",
+                                                           "characteristic_sum", "characteristic_pixels")}
+    if not tot["shared_pixels"] or not tot["characteristic_pixels"] or not tot["characteristic_sum"]:
+        return float("nan")
+    return (tot["shared_sum"] / tot["shared_pixels"]) / (tot["characteristic_sum"] / tot["characteristic_pixels"])
+
+
 class MetricsAccumulator:
     """Streams (map, ground truth) pairs and clusters, then reports everything as one dict.
 
@@ -159,9 +187,12 @@ class MetricsAccumulator:
         self.sums = {"shared": [0.0, 0], "characteristic": [0.0, 0]}
         self.clusters: dict[str, list[dict]] = {}
         self.patch_kinds: dict[str, dict[str, list]] = {}
+        self.pairs: list[dict] = []
 
     def add_map(self, label: str, typ_map: np.ndarray, characteristic_mask: np.ndarray,
-                shared_mask: np.ndarray | None = None, characteristic_kinds: Sequence[str] = ()) -> None:
+                shared_mask: np.ndarray | None = None, characteristic_kinds: Sequence[str] = (),
+                image: str | int | None = None) -> None:
+        """`image`: the pair's image (the bootstrap's unit); by default every pair is its own."""
         self.characteristic.setdefault(label, set()).update(characteristic_kinds)
         hit = pointing_hit(typ_map, characteristic_mask)
         if hit is not None:
@@ -169,11 +200,16 @@ class MetricsAccumulator:
         a = auroc(typ_map, characteristic_mask)
         if not np.isnan(a):
             self.aurocs.setdefault(label, []).append(a)
+        self.pairs.append({"image": len(self.pairs) if image is None else image, "label": label,
+                           "pointing_hit": hit, "pixel_auroc": a,
+                           "characteristic_vs_shared_auroc":
+                               characteristic_vs_shared_auroc(typ_map, characteristic_mask, shared_mask)})
         for name, mask in (("characteristic", characteristic_mask), ("shared", shared_mask)):
             if mask is not None:
                 s, n = masked_sum(typ_map, mask)
                 self.sums[name][0] += s
                 self.sums[name][1] += n
+                self.pairs[-1][f"{name}_sum"], self.pairs[-1][f"{name}_pixels"] = s, n
 
     def add_clusters(self, label: str, clusters: Sequence[tuple[str | None, float, int]]) -> None:
         self.clusters[label] = [{"rank": r, "majority_kind": k, "purity": p, "members": n}
@@ -203,13 +239,31 @@ class MetricsAccumulator:
         for name, per in self.patch_kinds.items():
             hits = [k in self.characteristic.get(lab, set()) for lab, kk in per.items() for k in kk]
             rates[name] = float(np.mean(hits)) if hits else float("nan")
+        units = [p["image"] for p in self.pairs]
+        hits = [np.nan if p["pointing_hit"] is None else float(p["pointing_hit"]) for p in self.pairs]
+        n_hit = sum(h == h for h in hits)
+        pg_est = (proportion_estimate(int(np.nansum(hits)), n_hit) if len(set(map(str, units))) == len(units)
+                  else mean_estimate(hits, units))
+        au_est = mean_estimate([p["pixel_auroc"] for p in self.pairs], units)
+        cvs_est = mean_estimate([p["characteristic_vs_shared_auroc"] for p in self.pairs], units)
+        ratio_est = statistic_estimate(units, lambda rows: _pooled_ratio([self.pairs[i] for i in rows])) \
+            if self.pairs else {"ci": [None, None]}
+        n_char = sum(len(k) for k in char.values())
+        rec_est = proportion_estimate(sum(len(v) for v in rec_label.values()), n_char)
         out = {
             "pointing_game": pg,
+            "pointing_game_ci": pg_est["ci"],
             "pointing_game_pairs": sum(len(v) for v in self.hits.values()),
             "pixel_auroc": au,
+            "pixel_auroc_ci": au_est["ci"],
             "pixel_auroc_pairs": sum(len(v) for v in self.aurocs.values()),
+            "characteristic_vs_shared_auroc": cvs_est["value"],
+            "characteristic_vs_shared_auroc_ci": cvs_est["ci"],
+            "characteristic_vs_shared_auroc_images": cvs_est["n"],
             "elements_recovered": rec,
+            "elements_recovered_ci": rec_est["ci"],
             "shared_over_characteristic": ratio,
+            "shared_over_characteristic_ci": ratio_est["ci"],
             "mean_typicality_shared": shared_mean,
             "mean_typicality_characteristic": char_mean,
             "characteristic_hit_rate": rates,
@@ -227,6 +281,7 @@ class MetricsAccumulator:
                 for lab in sorted(set(self.characteristic) | set(self.clusters))
             },
             "clusters": self.clusters,
+            "pairs": self.pairs,
         }
         return json_ready(out)  # strict JSON: NaN -> None
 
