@@ -27,7 +27,8 @@ class TrainConfig:
     preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1")
     prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
     null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
-    null_rate: float | None = option(None, "fraction of samples given the null prompt (default: the preset's, else 0.05)",
+    null_rate: float | None = option(None, "fraction of samples given the null prompt; 1 trains a domain-only model "
+                                     "that never sees a label (default: the preset's, else 0.05)",
                                      source="docs/method.md §1")
     resolution: int | None = option(None, "training image size in px (default: the base model's)")
     batch_size: int = option(32, "images per step and process", source="docs/method.md §1: 8-64 per GPU")
@@ -68,7 +69,7 @@ class TrainConfig:
         check_positive(self, ("lora_rank", "samples_per_label", "vae_steps"), minimum=0)
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be > 0, got {self.max_minutes}")
-        check_range(self, "null_rate", 0.0, 1.0, closed="left")
+        check_range(self, "null_rate", 0.0, 1.0)
         check_range(self, "ema_decay", 0.0, 1.0, closed="left")
         if self.resolution is not None:
             check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution",

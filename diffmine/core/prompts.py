@@ -18,8 +18,8 @@ class PromptTemplate:
     def __post_init__(self):
         if "{label}" not in self.template:
             raise ValueError(f"prompt template {self.template!r} has no '{{label}}' placeholder")
-        if not 0.0 <= self.null_rate < 1.0:
-            raise ValueError(f"null rate must be in [0, 1), got {self.null_rate}")
+        if not 0.0 <= self.null_rate <= 1.0:  # 1: a domain-only model that never sees a label
+            raise ValueError(f"null rate must be in [0, 1], got {self.null_rate}")
 
     def prompt(self, labels: str | Sequence[str]) -> str:
         """Prompt for one label or a multi-label set (comma-joined, as for chest X-ray findings)."""
