@@ -177,11 +177,16 @@ def precise_maps(bundle, prompts, ids, images, labels, draws: int = PRECISE_DRAW
                        antithetic=False, seed=PRECISE_SEED)[0]
 
 
-def mean_correlation(maps: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over images of the Pearson correlation of the latent maps with the precise ones."""
+def correlations(maps: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per image, the Pearson correlation of the latent map with the precise one."""
     a = maps.reshape(len(maps), -1) - maps.reshape(len(maps), -1).mean(1, keepdims=True)
     b = truth.reshape(len(truth), -1) - truth.reshape(len(truth), -1).mean(1, keepdims=True)
-    return float(np.mean((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))))
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def mean_correlation(maps: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over images of the Pearson correlation of the latent maps with the precise ones."""
+    return float(np.mean(correlations(maps, truth)))
 
 
 def warm_up(bundle, prompts, ids, images, labels) -> None:
