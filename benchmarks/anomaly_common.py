@@ -4,6 +4,12 @@ One-class protocol: for each class d, fit on d's training images only, score the
 split, anomalies = every other class. Metrics: AUROC and AUPR (anomalies positive, scikit-learn),
 and precision / recall / F1 of `predict` at the detector's own threshold (the training scores'
 1 - contamination quantile, PyOD's rule, the same for every method).
+
+Headline: the `features` kind (the one the README recommends, fixed before any run), never the
+best kind of a run. Intervals (95 %): a bootstrap over test images (each test image takes part in
+every class's task, so the resample is shared by all classes and methods), recomputing the mean
+AUROC over classes; the margin of the headline over the best classic detector is paired (same
+resamples). Each run is appended to results/<benchmark>.json, its per-image scores beside it.
 """
 from __future__ import annotations
 
@@ -14,12 +20,15 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
 METRICS = ("auroc", "aupr", "precision", "recall", "f1")
+HEADLINE = "diffusion-features"  # the recommended kind: the README's figure whatever a run's ranking
+CLASSIC = ("iforest", "ocsvm", "copod", "ecod", "knn-pixels")
 
 
 def metrics(is_anomaly: np.ndarray, scores: np.ndarray, predicted: np.ndarray) -> dict:
     p, r, f, _ = precision_recall_fscore_support(is_anomaly, predicted, average="binary", zero_division=0)
     return {"auroc": float(roc_auc_score(is_anomaly, scores)), "aupr": float(average_precision_score(is_anomaly, scores)),
-            "precision": float(p), "recall": float(r), "f1": float(f)}
+            "precision": float(p), "recall": float(r), "f1": float(f),
+            "scores": np.asarray(scores, dtype=np.float64)}  # per test image, for the intervals
 
 
 def baselines(contamination: float, seed: int) -> dict:
@@ -61,15 +70,46 @@ def table(results: dict, classes) -> str:
     return "\n".join(lines)
 
 
-def summary(results: dict, classes, diffusion_kinds) -> dict:
+def intervals(results: dict, classes, y_test: np.ndarray) -> dict:
+    """Mean AUROC over classes of every method with its interval, and the headline's paired margin
+    over the best classic detector (best by its point value: the choice that favours the classics)."""
+    from diffmine.evaluation.intervals import statistic_estimate
+    from diffmine.evaluation.metrics import auroc
+
+    units = np.arange(len(y_test))
+
+    def mean_auroc(name, rows):
+        return float(np.mean([auroc(results[name][d]["scores"][rows], (y_test != d)[rows]) for d in classes]))
+
+    est = {name: statistic_estimate(units, lambda r, name=name: mean_auroc(name, r)) for name in results}
+    out = {"mean_auroc": est}
+    classic = [n for n in CLASSIC if n in results]
+    if HEADLINE in results and classic:
+        best = max(classic, key=lambda k: est[k]["value"])
+        out["best_classic"] = best
+        out["margin"] = statistic_estimate(units, lambda r: mean_auroc(HEADLINE, r) - mean_auroc(best, r))
+    return out
+
+
+def summary(results: dict, classes, diffusion_kinds, ci: dict) -> dict:
     mean = {name: float(np.mean([per[d]["auroc"] for d in classes])) for name, per in results.items()}
-    best = max(diffusion_kinds, key=lambda k: mean[f"diffusion-{k}"])
-    return {"diffusion_mean_auroc": round(mean[f"diffusion-{best}"], 4),
-            "iforest_mean_auroc": round(mean["iforest"], 4), "ocsvm_mean_auroc": round(mean["ocsvm"], 4),
-            "copod_mean_auroc": round(mean["copod"], 4), "ecod_mean_auroc": round(mean["ecod"], 4),
-            "knn_pixels_mean_auroc": round(mean["knn-pixels"], 4),
-            "diffusion_best_score": best,
-            **{f"diffusion_{k}_mean_auroc": round(mean[f"diffusion-{k}"], 4) for k in diffusion_kinds}}
+    r4 = lambda v: round(v, 4)
+    out = {}
+    if HEADLINE in results:
+        out["diffusion_mean_auroc"] = r4(mean[HEADLINE])
+        out["diffusion_mean_auroc_ci"] = [r4(x) for x in ci["mean_auroc"][HEADLINE]["ci"]]
+        out["diffusion_headline_score"] = "features"
+    for name in CLASSIC:
+        out[f"{name.replace('-', '_')}_mean_auroc"] = r4(mean[name])
+        out[f"{name.replace('-', '_')}_mean_auroc_ci"] = [r4(x) for x in ci["mean_auroc"][name]["ci"]]
+    if "margin" in ci:
+        out["best_classic"] = ci["best_classic"]
+        out["margin_over_best_classic"] = r4(ci["margin"]["value"])
+        out["margin_over_best_classic_ci"] = [r4(x) for x in ci["margin"]["ci"]]
+    for k in diffusion_kinds:
+        out[f"diffusion_{k}_mean_auroc"] = r4(mean[f"diffusion-{k}"])
+        out[f"diffusion_{k}_mean_auroc_ci"] = [r4(x) for x in ci["mean_auroc"][f"diffusion-{k}"]["ci"]]
+    return out
 
 
 def run_diffusion(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[dict, dict]:
@@ -208,10 +248,31 @@ def add_arguments(parser, resolution: int, steps: int) -> None:
     parser.add_argument("--work", default=None, help="folder for the per-class models (default: a temp folder)")
 
 
-def report(results: dict, classes, kinds, seconds: dict, started: float) -> None:
+def report(results: dict, classes, kinds, seconds: dict, started: float, y_test: np.ndarray, name: str,
+           protocol: dict) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.records import save_run
+
     print()
     print(table(results, classes))
+    ci = intervals(results, classes, y_test)
+    print("\nmean AUROC over classes, 95 % interval (bootstrap over test images):")
+    for m, e in ci["mean_auroc"].items():
+        print(f"  {m:<28}{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
+    if "margin" in ci:
+        e = ci["margin"]
+        print(f"  features - {ci['best_classic']} (best classic): {e['value']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]"
+              f" ({'interval excludes 0' if e['ci'][0] > 0 or e['ci'][1] < 0 else 'interval includes 0'})")
     wall = time.time() - started
     print(f"\nseconds per class (finetune + scoring): {json.dumps({str(k): v for k, v in seconds.items()})}")
     print(f"wall time: {wall / 60:.1f} min")
-    print(json.dumps({**summary(results, classes, kinds), "wall_minutes": round(wall / 60, 1)}))
+    last = {**summary(results, classes, kinds, ci), "wall_minutes": round(wall / 60, 1)}
+    items = [{"test_image": i, "label": int(y_test[i]),
+              **{f"{m}@{d}": float(results[m][d]["scores"][i]) for m in results for d in classes}}
+             for i in range(len(y_test))]
+    per_class = {m: {str(d): {k: per[d][k] for k in METRICS} for d in classes} for m, per in results.items()}
+    save_run(name, {**last, "per_class": per_class}, items, protocol=protocol)
+    print(json.dumps(last))

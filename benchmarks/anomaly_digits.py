@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         diff, seconds = run(x_tr, y_tr, x_te, y_te, classes, args, Path(args.work or tmp))
     results = {**diff, **results}
     kinds = args.scores if args.mode == "per-class" else ["atypicality", "reconstruction"]
-    report(results, classes, kinds, seconds, started)
+    report(results, classes, kinds, seconds, started, y_te, "anomaly_digits", protocol=vars(args))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main(argv=None) -> None:
         run = run_shared if args.mode == "shared" else run_diffusion
         diff, seconds = run(x_tr, y_tr, x_te, y_te, classes, args, Path(args.work or tmp))
     kinds = args.scores if args.mode == "per-class" else ["atypicality", "reconstruction"]
-    report({**diff, **results}, classes, kinds, seconds, started)
+    report({**diff, **results}, classes, kinds, seconds, started, y_te, "anomaly_mnist", protocol=vars(args))
 
 
 if __name__ == "__main__":
