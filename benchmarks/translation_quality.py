@@ -15,11 +15,23 @@ this model: diffmine/apps/demo/demo.json), for each translation x_{A->B} of an i
                     (RGB in [0, 1]; mean over translations)             (the rest was kept)
   images/s          translations per second of wall time, inversion included (this machine)
 
-The VAE's own reconstruction is shown as the ceiling of "PSNR outside". Target: both gains > 0
-and PnP's PSNR outside above SDEdit's at an equal or larger gain. Last line, one JSON object:
-{"pnp_typicality_gain", "pnp_psnr_outside", "sdedit_typicality_gain", "sdedit_psnr_outside", "pnp_images_per_s"}
-(SDEdit at its default strength), plus "sdedit_psnr_at_pnp_gain": the PSNR SDEdit keeps on its strength
-curve at PnP's gain (null when PnP's gain is outside the strengths run).
+  SSIM outside      scikit-image's SSIM map of x_{A->B} against x, averaged outside A's elements
+
+The VAE's own reconstruction is shown as the ceiling of "PSNR outside".
+
+Curves, not points: PnP at several residual-injection shares (`--pnp-shares`; the layout's default,
+0.7 for the tiny model, is the headline) and SDEdit at several strengths each give a point
+(typicality gain, PSNR outside). The claim is that PnP's curve lies above SDEdit's: at PnP's gain,
+SDEdit's curve (linear between its two nearest strengths) keeps less PSNR. Its margin and every
+figure carry a 95 % interval from a bootstrap over SOURCE images (the three translations of an
+image are resampled together; both methods see the same resample, so the margin is paired).
+The claim holds only when the margin's interval excludes 0. Each run is appended to
+results/translation_quality.json, one row per translation beside it.
+
+Last line, one JSON object: {"pnp_typicality_gain", "pnp_typicality_gain_ci", "pnp_psnr_outside",
+"pnp_ssim_outside", "sdedit_typicality_gain", "sdedit_psnr_outside" (SDEdit at its default strength),
+"pnp_images_per_s", "sdedit_psnr_at_pnp_gain", "psnr_margin_at_equal_gain", "psnr_margin_at_equal_gain_ci",
+"margin_per_share": {share: [value, lo, hi]}}.
 
     python benchmarks/translation_quality.py [--per-label 10] [--draws 64] [--work runs/bench-translation]
 """
@@ -44,6 +56,7 @@ import torch  # noqa: E402
 # the JSON line reports; the others show whether PnP is above SDEdit's curve at an equal gain.
 STRENGTHS = (0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_STRENGTH = 0.6
+PNP_SHARES = (0.5, 0.9)  # besides the layout's own default share ("pnp")
 
 
 def subset(split: Path, out: Path, per_label: int) -> Path:
@@ -65,6 +78,32 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / max(float((d ** 2).mean()), 1e-12)))
 
 
+def ssim_outside(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of scikit-image's SSIM map (RGB, 7 px window) on the pixels of `mask`."""
+    from skimage.metrics import structural_similarity
+
+    _, full = structural_similarity(a, b, channel_axis=2, data_range=255, full=True)
+    return float(full.mean(axis=2)[mask].mean())
+
+
+def curve_margin(rows: list[dict], idx: np.ndarray, pnp_method: str) -> float:
+    """PSNR of `pnp_method` minus SDEdit's curve (gain -> PSNR over its strengths) at its gain, on rows `idx`."""
+    def mean(method, key):
+        v = [rows[i][key] for i in idx if rows[i]["method"] == method]
+        return float(np.mean(v)) if v else float("nan")
+
+    sd = sorted((mean(m, "gain"), mean(m, "psnr")) for m in {rows[i]["method"] for i in idx}
+                if m.startswith("sdedit"))
+    g, q = np.array([c[0] for c in sd]), np.array([c[1] for c in sd])
+    gain = mean(pnp_method, "gain")
+    if len(g) < 2:
+        return float("nan")
+    # between strengths: linear; beyond them (a resample may shift a gain past an end): the end segment's line
+    j = int(np.clip(np.searchsorted(g, gain), 1, len(g) - 1))
+    at = q[j - 1] + (q[j] - q[j - 1]) * (gain - g[j - 1]) / max(g[j] - g[j - 1], 1e-12)
+    return mean(pnp_method, "psnr") - float(at)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "assets" / "tiny-towns-model"))
@@ -78,6 +117,8 @@ def main() -> None:
                     "translate default)")
     ap.add_argument("--residual-injection", type=float, default=None, help="PnP residual injection share (default: "
                     "the translate default)")
+    ap.add_argument("--pnp-shares", type=float, nargs="*", default=list(PNP_SHARES),
+                    help="further PnP residual-injection shares for its curve (the default share always runs)")
     ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
                     help=f"SDEdit strengths (the JSON line reports {DEFAULT_STRENGTH}; must be among them)")
     args = ap.parse_args()
@@ -118,6 +159,7 @@ def main() -> None:
     if args.residual_injection is not None:
         pnp["residual_injection"] = args.residual_injection
     runs = {"pnp": pnp,
+            **{f"pnp@{sh:g}": {**pnp, "residual_injection": sh} for sh in args.pnp_shares},
             **{f"sdedit@{s:g}": {"method": "sdedit", "strength": s} for s in args.strengths}}
     for method, settings in runs.items():
         out = work / method
@@ -165,9 +207,8 @@ def main() -> None:
               for r, v in zip(recs, vae)}
     col = {lab: j for j, lab in enumerate(labels)}
     elements = {r.image_id: record_elements(r, res, ds.root) for r in recs}
-    results = {}
+    rows = []  # one per translation
     for method in outs:
-        gains, psnrs, fell, total = [], [], 0, 0
         for r in recs:
             a = r.labels[0]
             mask = elements[r.image_id].union(elements[r.image_id].characteristic(a))
@@ -176,44 +217,72 @@ def main() -> None:
                     continue
                 key = f"{method}\x00{r.image_id}\x00{b}"
                 t_a, t_b = tr_maps[key]  # conditions (A, B)
-                gains.append(float(t_b.mean() - src_maps[r.image_id][col[b]].mean()))
-                fell += int((t_a[mask] < src_maps[r.image_id][col[a]][mask]).sum())
-                total += int(mask.sum())
-                psnrs.append(psnr(tr_u8[key], src_u8[r.image_id], ~mask))
-        results[method] = {"gain": float(np.mean(gains)), "gain_positive": float(np.mean(np.array(gains) > 0)),
-                           "fell": fell / max(total, 1), "psnr": float(np.mean(psnrs)), "speed": speed[method]}
+                rows.append({"method": method, "source": r.image_id, "source_label": a, "target_label": b,
+                             "gain": float(t_b.mean() - src_maps[r.image_id][col[b]].mean()),
+                             "fell_pixels": int((t_a[mask] < src_maps[r.image_id][col[a]][mask]).sum()),
+                             "element_pixels": int(mask.sum()),
+                             "psnr": psnr(tr_u8[key], src_u8[r.image_id], ~mask),
+                             "ssim": ssim_outside(tr_u8[key], src_u8[r.image_id], ~mask)})
     vae_psnr = float(np.mean([psnr(vae_u8[r.image_id], src_u8[r.image_id],
                                    ~elements[r.image_id].union(elements[r.image_id].characteristic(r.labels[0])))
                               for r in recs]))
 
+    from benchmarks.records import save_run
+    from diffmine.evaluation.intervals import mean_estimate, statistic_estimate
+
+    results = {}
+    for m in outs:
+        mine = [x for x in rows if x["method"] == m]
+        units = [x["source"] for x in mine]
+        results[m] = {"gain": mean_estimate([x["gain"] for x in mine], units),
+                      "gain_positive": float(np.mean([x["gain"] > 0 for x in mine])),
+                      "fell": sum(x["fell_pixels"] for x in mine) / max(sum(x["element_pixels"] for x in mine), 1),
+                      "psnr": mean_estimate([x["psnr"] for x in mine], units),
+                      "ssim": mean_estimate([x["ssim"] for x in mine], units), "speed": speed[m]}
+    units = [x["source"] for x in rows]
+    margins = {m: statistic_estimate(units, lambda idx, m=m: curve_margin(rows, idx, m))
+               for m in outs if m.startswith("pnp")}
+
+    ci = lambda e, f="{:+.5f}": f"{f.format(e['value'])} [{f.format(e['ci'][0])}, {f.format(e['ci'][1])}]"
     print()
     print("| method | typicality gain T(x_AB|B)-T(x|B) | share of gains > 0 | A's element pixels where T(.|A) fell "
-          "| PSNR outside A's elements (dB) | images/s |")
-    print("|---|---|---|---|---|---|")
+          "| PSNR outside A's elements (dB) | SSIM outside | images/s |")
+    print("|---|---|---|---|---|---|---|")
     for m, v in results.items():
-        print(f"| {m} | {v['gain']:+.5f} | {v['gain_positive']:.3f} | {v['fell']:.3f} | {v['psnr']:.2f} "
-              f"| {v['speed']:.2f} |")
-    print(f"| VAE reconstruction (ceiling) | | | | {vae_psnr:.2f} | |")
-    p, s = results["pnp"], results[f"sdedit@{DEFAULT_STRENGTH:g}"]
-    met = p["gain"] > 0 and s["gain"] > 0 and p["psnr"] > s["psnr"] and p["gain"] >= s["gain"]
-    print(f"\ntarget at the defaults (SDEdit strength {DEFAULT_STRENGTH}): both gains > 0 and PnP's PSNR outside > "
-          f"SDEdit's at an equal or larger gain: {'met' if met else 'NOT met'}"
-          + ("" if met else f" (gains {p['gain']:+.5f} vs {s['gain']:+.5f}, PSNR {p['psnr']:.2f} vs {s['psnr']:.2f})"))
-    # on SDEdit's strength curve: the PSNR SDEdit keeps at PnP's gain (linear between the two nearest strengths)
-    curve = sorted((v["gain"], v["psnr"]) for k, v in results.items() if k.startswith("sdedit"))
-    g, q = np.array([c[0] for c in curve]), np.array([c[1] for c in curve])
-    at = None
-    if g[0] <= p["gain"] <= g[-1]:
-        at = float(np.interp(p["gain"], g, q))
-        print(f"on SDEdit's strength curve, at PnP's gain {p['gain']:+.5f} SDEdit keeps {at:.2f} dB outside A's "
-              f"elements; PnP keeps {p['psnr']:.2f} dB: {'PnP above the curve' if p['psnr'] > at else 'PnP below'}")
-    else:
-        print(f"PnP's gain {p['gain']:+.5f} is outside SDEdit's range of gains [{g[0]:+.5f}, {g[-1]:+.5f}]")
-    print(f"wall time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}")
-    print(json.dumps({"pnp_typicality_gain": round(p["gain"], 6), "pnp_psnr_outside": round(p["psnr"], 3),
-                      "sdedit_typicality_gain": round(s["gain"], 6), "sdedit_psnr_outside": round(s["psnr"], 3),
-                      "pnp_images_per_s": round(p["speed"], 3),
-                      "sdedit_psnr_at_pnp_gain": None if at is None else round(at, 3)}))
+        print(f"| {m} | {ci(v['gain'])} | {v['gain_positive']:.3f} | {v['fell']:.3f} | {ci(v['psnr'], '{:.2f}')} "
+              f"| {ci(v['ssim'], '{:.3f}')} | {v['speed']:.2f} |")
+    print(f"| VAE reconstruction (ceiling) | | | | {vae_psnr:.2f} | | |")
+    gains = {m: v["gain"]["value"] for m, v in results.items()}
+    print("\nPnP above SDEdit's curve? PSNR at equal gain minus SDEdit's (dB), 95 % interval over source images:")
+    for m, e in margins.items():
+        v, (lo, hi) = e["value"], e["ci"]
+        inside = min(g for k, g in gains.items() if k.startswith("sdedit")) <= gains[m] <= \
+            max(g for k, g in gains.items() if k.startswith("sdedit"))
+        verdict = ("above, interval excludes 0" if lo > 0 else "below, interval excludes 0" if hi < 0
+                   else "interval includes 0: not shown") + ("" if inside else " (extrapolated: gain beyond the strengths run)")
+        print(f"  {m}: {v:+.3f} [{lo:+.3f}, {hi:+.3f}]  {verdict}")
+    p, s_ = results["pnp"], results[f"sdedit@{DEFAULT_STRENGTH:g}"]
+    head = margins["pnp"]
+    at = None if np.isnan(head["value"]) else p["psnr"]["value"] - head["value"]
+    wall = time.perf_counter() - start
+    print(f"wall time {wall:.0f} s, torch threads {torch.get_num_threads()}")
+    r = lambda x, n=3: None if x is None or (isinstance(x, float) and np.isnan(x)) else round(x, n)
+    last = {"pnp_typicality_gain": r(p["gain"]["value"], 6), "pnp_typicality_gain_ci": [r(x, 6) for x in p["gain"]["ci"]],
+            "pnp_psnr_outside": r(p["psnr"]["value"]), "pnp_psnr_outside_ci": [r(x) for x in p["psnr"]["ci"]],
+            "pnp_ssim_outside": r(p["ssim"]["value"], 4),
+            "sdedit_typicality_gain": r(s_["gain"]["value"], 6), "sdedit_psnr_outside": r(s_["psnr"]["value"]),
+            "sdedit_ssim_outside": r(s_["ssim"]["value"], 4),
+            "pnp_images_per_s": r(p["speed"]), "sdedit_psnr_at_pnp_gain": r(at),
+            "psnr_margin_at_equal_gain": r(head["value"]), "psnr_margin_at_equal_gain_ci": [r(x) for x in head["ci"]],
+            "margin_per_share": {m: [r(e["value"]), r(e["ci"][0]), r(e["ci"][1])] for m, e in margins.items()}}
+    summary = {**last, "split": args.split, "vae_psnr_outside": r(vae_psnr), "wall_s": round(wall, 1),
+               "methods": {m: {k: (v if not isinstance(v, dict) else {"value": v["value"], "ci": v["ci"]})
+                               for k, v in res_.items()} for m, res_ in results.items()}}
+    if args.split == "test":  # settings are chosen on training images; only held-out runs are the record
+        save_run("translation_quality", summary, rows, protocol={
+            "per_label": args.per_label, "draws": args.draws, "pnp_shares": args.pnp_shares,
+            "strengths": args.strengths, "earlier_held_out_runs": 3})
+    print(json.dumps(last))
 
 
 if __name__ == "__main__":

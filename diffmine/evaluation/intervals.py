@@ -14,6 +14,7 @@ A target or a margin counts as met only when its interval clears it (`clears`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,7 +45,8 @@ def unit_interval(units: Sequence, statistic: Callable[[np.ndarray], float], con
     def on_sample(sample: np.ndarray) -> float:
         return float(statistic(np.concatenate([groups[int(u)] for u in sample])))
 
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # all resamples equal: the interval is a point
         res = stats.bootstrap((np.arange(len(groups)),), on_sample, vectorized=False, n_resamples=n_resamples,
                               confidence_level=confidence, method="percentile",
                               random_state=np.random.default_rng(seed))
