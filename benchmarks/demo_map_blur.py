@@ -6,8 +6,9 @@ Typicality with the demo's settings (diffmine/apps/demo/demo.json) on the first 
 a split of the towns data (train: the images the recipe trained on, for choosing; test: the held-out
 split the demo reports), then the pointing game and mean per-image pixel AUROC of each map against
 its own label's characteristic elements, for Gaussian blurs of sigma (px at 256 px, scaled to the
-64 px maps as `diffmine mine --eval-sigma` does). Last line: {"sigma_at_256": [...],
-"pointing_game": [...], "pixel_auroc": [...]}.
+64 px maps as `diffmine mine --eval-sigma` does), each with a 95 % interval over images; one row per
+image and sigma is appended with the run to results/demo_map_blur.json. Last line: {"sigma_at_256": [...],
+"pointing_game": [...], "pixel_auroc": [...], "pixel_auroc_ci": [...]}.
 """
 from __future__ import annotations
 
@@ -59,10 +60,10 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-demo-map-blur")
     args = ap.parse_args()
 
-    import numpy as np
-
     from benchmarks.translation_quality import subset
-    from diffmine.evaluation.metrics import pixel_auroc, pointing_game
+    from benchmarks.records import save_run
+    from diffmine.evaluation.intervals import mean_estimate, proportion_estimate
+    from diffmine.evaluation.metrics import auroc, pointing_hit
     from diffmine.report.pictures import gaussian_blur
     from diffmine.apps.demo.run import towns_data
 
@@ -72,16 +73,28 @@ def main() -> None:
     data = subset(split, work / "data", args.per_label)
     maps, masks = demo_maps(args.model, data, work / "typ")
     res = maps.shape[-1]
-    rows = []
+    rows, items = [], []
     print(f"{len(maps)} {args.split} images ({args.per_label} per town), model {args.model}")
     print("| sigma (px at 256) | sigma (px here) | pointing game | pixel AUROC |\n|---|---|---|---|")
+    ci = lambda e: f"{e['value']:.4f} [{e['ci'][0]:.4f}, {e['ci'][1]:.4f}]"
     for s in SIGMAS:
-        blurred = np.stack([gaussian_blur(m, s * res / 256) for m in maps])
-        rows.append((s, pointing_game(blurred, masks), pixel_auroc(blurred, masks)))
-        print(f"| {s} | {s * res / 256:g} | {rows[-1][1]:.4f} | {rows[-1][2]:.4f} |")
-    print(f"wall time {time.time() - start:.0f} s")
-    print(json.dumps({"sigma_at_256": [r[0] for r in rows], "pointing_game": [round(r[1], 4) for r in rows],
-                      "pixel_auroc": [round(r[2], 4) for r in rows]}))
+        blurred = [gaussian_blur(m, s * res / 256) for m in maps]
+        hits = [pointing_hit(b, k) for b, k in zip(blurred, masks)]
+        aucs = [auroc(b, k) for b, k in zip(blurred, masks)]
+        items += [{"image": i, "sigma_at_256": s, "pointing_hit": h, "pixel_auroc": a}
+                  for i, (h, a) in enumerate(zip(hits, aucs))]
+        scored = [h for h in hits if h is not None]  # images without a characteristic element: no pointing
+        pg, au = proportion_estimate(sum(scored), len(scored)), mean_estimate(aucs)
+        rows.append((s, pg, au))
+        print(f"| {s} | {s * res / 256:g} | {ci(pg)} | {ci(au)} |")
+    wall = time.time() - start
+    print(f"wall time {wall:.0f} s")
+    last = {"sigma_at_256": [r[0] for r in rows], "pointing_game": [round(r[1]["value"], 4) for r in rows],
+            "pixel_auroc": [round(r[2]["value"], 4) for r in rows],
+            "pixel_auroc_ci": [[round(x, 4) for x in r[2]["ci"]] for r in rows]}
+    save_run("demo_map_blur", {**last, "split": args.split, "per_label": args.per_label, "wall_s": round(wall, 1)},
+             items, protocol=vars(args))
+    print(json.dumps(last))
 
 
 if __name__ == "__main__":
