@@ -3,7 +3,7 @@
     from benchmarks.records import save_run
     save_run("localize_synthetic", summary, items, protocol={...})
 
-writes `benchmarks/results/<name>/items-<date>-<commit>.csv` (one row per item: image, box,
+writes `benchmarks/results/<name>/items-<run>-<date>-<commit>.csv` (one row per item: image, box,
 translation, digit) and appends `{"commit", "date", "command", "protocol", "summary", "items"}`
 to `benchmarks/results/<name>.json`, a list that is never rewritten, only extended. `runs_before`
 says how many held-out runs of this benchmark preceded this one (the README quotes it).
@@ -59,9 +59,10 @@ def save_run(name: str, summary: dict, items: list[dict], protocol: dict | None 
     rev = commit()
     folder = RESULTS / name
     folder.mkdir(parents=True, exist_ok=True)
-    items_file = folder / f"items-{when:%Y%m%d-%H%M%S}-{rev.replace('+', '-')}.csv"
-    items_file.write_text(_csv(items), encoding="utf-8")
     runs = previous_runs(name)
+    # the run's number leads the name: two runs within a second never share a table
+    items_file = folder / f"items-{len(runs) + 1:03d}-{when:%Y%m%d-%H%M%S}-{rev.replace('+', '-')}.csv"
+    items_file.write_text(_csv(items), encoding="utf-8")
     record = {"commit": rev, "date": when.isoformat(timespec="seconds"),
               "command": " ".join(["python", *sys.argv]), "runs_before": len(runs),
               "protocol": protocol or {}, "summary": summary,

@@ -1,0 +1,30 @@
+"""Benchmarks keep every held-out run: a record is appended (never rewritten) with its per-item table."""
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _records(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCHMARK_RESULTS", str(tmp_path / "results"))
+    spec = importlib.util.spec_from_file_location("bench_records", ROOT / "benchmarks" / "records.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runs_are_appended_with_commit_date_and_items(tmp_path, monkeypatch):
+    rec = _records(tmp_path, monkeypatch)
+    first = rec.save_run("demo", {"auroc": 0.9}, [{"image": "a", "hit": 1}, {"image": "b", "hit": 0, "extra": [1, 2]}])
+    second = rec.save_run("demo", {"auroc": 0.8}, [{"image": "a", "hit": 0}], protocol={"draws": 4})
+    runs = json.loads((tmp_path / "results" / "demo.json").read_text())
+    assert [r["summary"]["auroc"] for r in runs] == [0.9, 0.8]  # the first run is still there
+    assert (first["runs_before"], second["runs_before"]) == (0, 1)
+    assert runs[1]["protocol"] == {"draws": 4} and len(runs[0]["commit"]) >= 7 and runs[0]["date"].startswith("20")
+    tables = sorted((tmp_path / "results" / "demo").glob("items-*.csv"))
+    assert len(tables) == 2 and first["items"].endswith(tables[0].name)
+    with open(tables[0]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == ["a", "b"] and rows[1]["extra"] == "[1, 2]" and rows[0]["extra"] == ""
