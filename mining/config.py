@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
+from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
-from mining.features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+DIFT_T = 161  # docs/method.md §4
+DIFT_BLOCK = 1  # docs/method.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
+DIFT_DRAWS = 8  # docs/method.md §4
 
 
 @dataclass

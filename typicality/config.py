@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
+from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_required, option
 
-from typicality.draws import PUBLISHED_T_RANGE, SCHEDULES
+SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them
+# docs/method.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
+PUBLISHED_T_RANGE = (0.1, 0.7)
 
 # docs/method.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
 # takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls

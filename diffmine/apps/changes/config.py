@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from typicality.draws import PUBLISHED_T_RANGE
+from diffmine.core.runtime_settings import RuntimeSettings
+from typicality.config import PUBLISHED_T_RANGE
 from diffmine.core.settings import ConfigError, check_positive, check_required, option
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
+from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
 
 METHODS = ("pnp", "sdedit")
