@@ -94,18 +94,23 @@ class LabeledImages:
         for col in ("file_name", self.label_column):
             if col not in columns:
                 raise DataError(f"{path}: no column '{col}' (columns are: {', '.join(columns)})")
-        records = []
+        records, skipped = [], SkippedInputs(self.skip_bad, "bad metadata row(s)")
         for n, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
             where = f"{path} {'row' if path.suffix == '.csv' else 'line'} {n}"
             file = self.root / str(row["file_name"])
-            if not file.is_file():
-                raise DataError(f"{where}: file '{row['file_name']}' does not exist")
             value = row[self.label_column]
             labels = tuple(v.strip() for v in str(value if value is not None else "").split(MULTI_LABEL_SEP)
                            if v.strip())
-            if not labels:
-                raise DataError(f"{where}: empty label in column '{self.label_column}'")
+            try:
+                if not file.is_file():
+                    raise DataError(f"{where}: file '{row['file_name']}' does not exist")
+                if not labels:
+                    raise DataError(f"{where}: empty label in column '{self.label_column}'")
+            except DataError as exc:
+                skipped.add(exc)
+                continue
             records.append(Record(self._image_id(file), file, labels, dict(row)))
+        skipped.warn(stacklevel=4)
         return records
 
     def _drop_bad(self, records: list[Record], check) -> list[Record]:

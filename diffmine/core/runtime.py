@@ -128,6 +128,14 @@ class Runtime:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def broadcast(self, value):
+        """The main process's `value` on every process of a launch (a small picklable object)."""
+        if self.state is None or self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
     # -- models --------------------------------------------------------------------------------
     def load(self, name: str | Path, text_encoder: str | None = None, what: str = "model") -> LoadedModel:
         """The model `name` stands for ("tiny", "tiny-scratch", a folder, a hub id), placed here."""
