@@ -152,7 +152,17 @@ class ImageInput:
     def load(self, resolution: int, idx: Sequence[int] | None = None) -> np.ndarray:
         """(n, 3, R, R) float32 in [-1, 1], resized and centre-cropped as the training loader does."""
         idx = range(len(self)) if idx is None else idx
-        return np.stack([to_tensor_array(resize_crop(self.rgb(i), resolution)) for i in idx])
+        if not hasattr(self, "_small"):
+            from diffmine.core.images import SmallImages
+
+            self._small = SmallImages()
+        images = []
+        for i in idx:
+            image = self.rgb(i)
+            self._small.check(self.paths[i] if self.paths is not None else f"image {self.ids[i]}", image, resolution)
+            images.append(to_tensor_array(resize_crop(image, resolution)))
+        self._small.warn(resolution)
+        return np.stack(images)
 
     def thumbnail(self, i: int, resolution: int) -> np.ndarray:
         """(R, R, 3) uint8, the model's view of image i (for overlays)."""
