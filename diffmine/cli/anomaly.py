@@ -31,7 +31,7 @@ def require_pyod() -> None:
 
 
 def run(args) -> None:
-    cfg = config_from_args(SUBCOMMANDS[args.action], args)
+    cfg = config_from_args(SUBCOMMANDS[args.action], args, validate=True)
     require_pyod()
     from diffmine.apps.anomaly.run import fit_detector, score_images
 

@@ -12,7 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    cfg = config_from_args(ChangesConfig, args)
+    cfg = config_from_args(ChangesConfig, args, validate=True)
     from diffmine.apps.changes.run import run_changes
 
     out = run_changes(cfg)

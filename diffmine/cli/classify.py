@@ -12,7 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    cfg = config_from_args(ClassifyConfig, args)
+    cfg = config_from_args(ClassifyConfig, args, validate=True)
     from diffmine.apps.classify.run import run_classify
 
     res = run_classify(cfg)

@@ -12,7 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
-    cfg = config_from_args(TrainConfig, args)
+    cfg = config_from_args(TrainConfig, args, validate=True)
     from finetune.train import train
 
     print(f"model written to {train(cfg)}")

@@ -14,7 +14,7 @@ def register(parser) -> None:
 def run(args) -> None:
     from pathlib import Path
 
-    cfg = config_from_args(LocalizeConfig, args)
+    cfg = config_from_args(LocalizeConfig, args, validate=True)
     from diffmine.apps.localize.run import run_localize
 
     if run_localize(cfg) is not None:  # prints the boxes scored per finding and the metrics table itself

@@ -14,7 +14,7 @@ def register(parser) -> None:
 def run(args) -> None:
     from pathlib import Path
 
-    cfg = config_from_args(MineConfig, args)
+    cfg = config_from_args(MineConfig, args, validate=True)
     from mining.mine import run_mining
 
     print(f"report: {Path(run_mining(cfg)) / 'report.html'}")

@@ -63,12 +63,12 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
     parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_FLAG_HELP)
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    """The config: --config file first, then every flag given on the command line; validated here,
-    so a bad setting is reported before the command imports torch and its models."""
+def config_from_args(cls, args: argparse.Namespace, validate: bool = False):
+    """The config: --config file first, then every flag given on the command line. validate=True (the
+    commands): checked here, so a bad setting is reported before the command imports torch and its models."""
     given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
     cfg = load_config(cls, getattr(args, "config", None), **given)
-    if hasattr(cfg, "validate"):
+    if validate and hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
 
