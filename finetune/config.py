@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
+                                     option, skip_bad_option)
 from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
 
@@ -23,7 +24,7 @@ class TrainConfig:
                        source="docs/method.md §1")
     text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="docs/method.md §1")
     label_column: str = option("label", "label column of metadata.csv/jsonl")
-    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    skip_bad: bool = skip_bad_option()
     preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1")
     prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
     null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from finetune import checkpoints
 from diffmine.core.files import output_folder, write_json
+from diffmine.core.lock import writer_lock
+from diffmine.core.runtime import Runtime
 from diffmine.core.bundle import SDBundle
 from diffmine.core.settings import ConfigError, read_config_file, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
@@ -171,20 +173,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.base != SCRATCH_BASE:
         resolve_model(cfg.base, "base")  # a mistyped folder fails here, not after minutes
     out = Path(cfg.out)
-    _check_out(cfg, out)
-    created = not out.exists()
-    try:
-        return _train(cfg, out, progress)
-    except BaseException:
-        keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*")))
-        if created and out.exists() and not keep:
-            import shutil
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    launch = Runtime(acc.device, torch.float32, acc.process_index, acc.num_processes,
+                     acc.state if acc.num_processes > 1 else None)
+    with writer_lock(out, launch):  # one writer per model folder (all processes of a launch are one)
+        _check_out(cfg, out)
+        created = not out.exists()
+        try:
+            return _train(cfg, out, acc, progress)
+        except BaseException:
+            keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*")))
+            if created and out.exists() and not keep:
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool) -> Path:
     progress = progress and acc.is_local_main_process
     data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
     if acc.is_main_process:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from diffmine.core.settings import check, check_choice, check_positive, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from diffmine.core.settings import (check, check_choice, check_positive, check_required,
+                                     option, skip_bad_option)
 
-from mining.features import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+DIFT_T = 161  # docs/method.md §4
+DIFT_BLOCK = 1  # docs/method.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
+DIFT_DRAWS = 8  # docs/method.md §4
 
 
 @dataclass
@@ -16,7 +19,7 @@ class MineConfig(RuntimeSettings):
     typicality: str = option(None, "typicality store folder (diffmine typicality --out)", required=True)
     out: str = option(None, "output folder: report.html, clusters.csv/json, grids, metrics.json", required=True)
     label_column: str = option("label", "label column of metadata.csv/jsonl")
-    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    skip_bad: bool = skip_bad_option()
     force: bool = option(False, "mine a store computed with another model or other data")
     patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, 64 px at 512 px, proportional "
                                "below 256)", source="docs/method.md §3")

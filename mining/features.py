@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 
-DIFT_T = 161  # docs/method.md §4
-DIFT_BLOCK = 1  # docs/method.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
-DIFT_DRAWS = 8  # docs/method.md §4
+from mining.config import DIFT_BLOCK, DIFT_DRAWS, DIFT_T  # noqa: F401 - the defaults, written once in the config
 
 
 class _StopForward(Exception):

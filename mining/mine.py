@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from diffmine.evaluation.groundtruth import has_ground_truth
 from diffmine.report.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_json, write_text
 from diffmine.core.settings import load_config, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
@@ -53,17 +54,25 @@ def _open_store(typicality):
 
 def check_store_matches(store, dataset: LabeledImages, model, force: bool = False) -> None:
     """Refuse maps computed with another model or on other images (same ids), unless `force`."""
-    from typicality.fingerprints import data_fingerprint, model_fingerprint
+    from diffmine.core.models import resolve_model
+    from typicality.fingerprints import data_fingerprint, is_legacy, legacy_data_fingerprint, model_fingerprint
 
+    named = model is not None and not hasattr(model, "unet")
+    path = resolve_model(model) if named else None  # no such model: said as such, not as "another model"
     problems = []
     want = store.meta.get("data_fingerprint")
-    if want and want != data_fingerprint(dataset.records, dataset.root):
-        problems.append(f"its images differ from those in {dataset.root} (ids, labels or files changed)")
+    if is_legacy(want):  # a store of an earlier diffmine: ids, labels and sizes are all it can check
+        if want != legacy_data_fingerprint(dataset.records):
+            problems.append(f"its images differ from those in {dataset.root} (ids, labels or file sizes changed)")
+        else:
+            warnings.warn(f"{store.root}: written by an earlier diffmine that fingerprinted file sizes, not "
+                          "content: pixels changed since cannot be detected; re-run `diffmine typicality` into a "
+                          "new --out to be sure", stacklevel=3)
+    elif want and want != data_fingerprint(dataset.records, dataset.root):
+        problems.append(f"its images differ from those in {dataset.root} (ids, labels or file content changed)")
     want = store.meta.get("model_fingerprint")
-    if want and model is not None and not hasattr(model, "unet"):
-        from diffmine.core.models import resolve_model
-
-        if want != model_fingerprint(resolve_model(model)):
+    if want and named:
+        if want != model_fingerprint(path):
             problems.append(f"it was computed with another model than {model}")
     if problems and not force:
         raise DataError(f"{store.root}: {'; '.join(problems)}; pass --force to mine it anyway")
@@ -123,41 +132,43 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
         cfg.model = "<in-memory bundle>"
     cfg.validate()
     rt = Runtime.start(cfg)
-    out = Path(cfg.out)
-    dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
-                                                                skip_bad=cfg.skip_bad)
-    store = _open_store(store if store is not None else cfg.typicality)
-    check_store_matches(store, dataset, bundle if bundle is not None else cfg.model, cfg.force)
-    extractor = _make_extractor(cfg, bundle if bundle is not None else cfg.model,
-                                int(store.meta["resolution"]), rt)  # fail fast on a bad model or CLIP setting
-    sel = select_patches_stage(store, dataset, cfg, progress and rt.is_main)
-    key = _features_key(cfg, store, sel, dataset, rt)
-    partial = PartialResults(out / ".partial" / f"features-{key_digest(key)}", key, rt.rank)
+    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
+        out = Path(cfg.out)
+        dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
+                                                                    skip_bad=cfg.skip_bad)
+        store = _open_store(store if store is not None else cfg.typicality)
+        check_store_matches(store, dataset, bundle if bundle is not None else cfg.model, cfg.force)
+        extractor = _make_extractor(cfg, bundle if bundle is not None else cfg.model,
+                                    int(store.meta["resolution"]), rt)  # fail fast on a bad model or CLIP setting
+        sel = select_patches_stage(store, dataset, cfg, progress and rt.is_main)
+        key = _features_key(cfg, store, sel, dataset, rt)
+        partial = PartialResults(out / ".partial" / f"features-{key_digest(key)}", key, rt.rank)
 
-    stored = compute_features(sel, dataset, cfg, extractor, partial, rt, progress)
-    if stored is None:  # not the main process, or a simulated share: the main process writes
+        stored = compute_features(sel, dataset, cfg, extractor, partial, rt, progress)
+        if stored is None:  # not the main process, or a simulated share: the main process writes
+            return out
+        with output_folder(out, owned=OUTPUTS) as tmp:  # `out` holds one whole run at any time
+            feats = assemble_features(sel, dataset, cfg, stored, tmp / ".cache", progress)
+            del stored
+            clusters = cluster_stage(sel, feats, cfg, progress)
+            evaluation = None
+            if has_ground_truth(dataset.records):
+                from mining.evaluate import evaluate_mining
+
+                evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
+            write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
+            del feats
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        shutil.rmtree(out / ".partial", ignore_errors=True)  # the features are in the outputs now
+        kept = {lab: len(c.clusters) for lab, c in clusters.items()}
+        if progress or not any(kept.values()):
+            empty = [lab for lab, n in kept.items() if n == 0]
+            if empty:  # fewer clusters than this run's, if there can be fewer
+                fewer = (f", or --clusters {max(1, cfg.clusters // 2)} for fewer, larger clusters"
+                         if cfg.clusters > 1 else "")
+                print(f"mine: no cluster passed the filters for {', '.join(empty)} (--min-members {cfg.min_members}, "
+                      f"--min-images {cfg.min_images}); lower them{fewer}")
         return out
-    with output_folder(out, owned=OUTPUTS) as tmp:  # `out` holds one whole run at any time
-        feats = assemble_features(sel, dataset, cfg, stored, tmp / ".cache", progress)
-        del stored
-        clusters = cluster_stage(sel, feats, cfg, progress)
-        evaluation = None
-        if has_ground_truth(dataset.records):
-            from mining.evaluate import evaluate_mining
-
-            evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
-        write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
-        del feats
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    shutil.rmtree(out / ".partial", ignore_errors=True)  # the features are in the outputs now
-    kept = {lab: len(c.clusters) for lab, c in clusters.items()}
-    if progress or not any(kept.values()):
-        empty = [lab for lab, n in kept.items() if n == 0]
-        if empty:
-            print(f"mine: no cluster passed the filters for {', '.join(empty)} (--min-members {cfg.min_members}, "
-                  f"--min-images {cfg.min_images}); lower them, or --clusters {cfg.clusters} for fewer, larger "
-                  "clusters")
-    return out
 
 
 # -- 4. outputs -----------------------------------------------------------------------------------

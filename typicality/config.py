@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from diffmine.core.settings import check, check_choice, check_positive, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from diffmine.core.settings import (check, check_choice, check_positive, check_required,
+                                     option, skip_bad_option)
 
-from typicality.draws import PUBLISHED_T_RANGE, SCHEDULES
+SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them
+# docs/method.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
+PUBLISHED_T_RANGE = (0.1, 0.7)
 
 # docs/method.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
 # takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
@@ -29,7 +32,7 @@ class TypicalityConfig(RuntimeSettings):
     data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
     out: str = option(None, "store folder (resumed when it holds a run with the same settings)", required=True)
     label_column: str = option("label", "label column of metadata.csv/jsonl")
-    skip_bad: bool = option(False, "skip unreadable images with one warning")
+    skip_bad: bool = skip_bad_option()
     draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
                         "--no-antithetic is the published schedule", source="docs/method.md §2: 100", affects_maps=True)
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T (0 1: all of it)",

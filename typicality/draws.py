@@ -14,11 +14,7 @@ import torch
 
 from diffmine.core.seeds import generator
 
-SCHEDULES = ("stratified", "uniform")
-
-
-# docs/method.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
-PUBLISHED_T_RANGE = (0.1, 0.7)
+from typicality.config import PUBLISHED_T_RANGE, SCHEDULES  # written once, in the stage's config
 
 
 def image_generator(seed: int, image_id: str, stream: str = "draws") -> torch.Generator:

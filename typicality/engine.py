@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from diffmine.core.lock import writer_lock
 from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
 from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
@@ -31,7 +32,7 @@ from typicality.draws import Draws, image_generator, make_draws
 from typicality.fingerprints import data_fingerprint, model_fingerprint
 from typicality.formula import error_map, noisy_latents, to_epsilon
 from typicality.store import (ImageResult, ShardWriter, check_resumable, finished_images, merge_manifests,
-                    verify_shards)
+                              recover_orphans, verify_shards)
 
 _D = defaults(TypicalityConfig)  # the estimator's keyword defaults are the stage's config defaults
 DEFAULT_DRAWS, DEFAULT_SCHEDULE, DEFAULT_ANTITHETIC = _D["draws"], _D["schedule"], _D["antithetic"]
@@ -274,79 +275,87 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
     overrides = {k: v for k, v in (("process_index", process_index), ("num_processes", num_processes))
                  if v is not None}
     rt = Runtime.start(cfg, **overrides)
-    resolve_model(cfg.model)  # a bad model name fails before the data is scanned
-    dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    loaded = rt.load(cfg.model)
-    model, bundle, prompts = loaded.path, loaded.bundle, loaded.prompts
-    _check_labels(cfg, model, dataset.labels, loaded.labels)
-    rank, world = rt.rank, rt.world
-    out = Path(cfg.out)
-    est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic, cfg.seed,
-                              cfg.batch_size, cfg.sample_latents)
-    resolution = int(cfg.resolution or bundle.resolution)
-    if cfg.labels == "own":  # each label of an image on its own: mining and localisation read per-label maps
-        conditions = {r.image_id: [(lab,) for lab in r.labels] for r in dataset}
-    else:
-        conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
-    store_labels = list(dataset.labels)
-    settings_meta = {k: v for k, v in to_dict(cfg).items() if k in map_keys(TypicalityConfig)}
-    meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
-            "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
-    meta["map_keys"] = sorted(meta)  # everything above must match for a resume
-    meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
-                label_column=cfg.label_column)
+    with writer_lock(cfg.out, rt):  # one writer per store (all processes of a launch are one)
+        resolve_model(cfg.model)  # a bad model name fails before the data is scanned
+        dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+        loaded = rt.load(cfg.model)
+        model, bundle, prompts = loaded.path, loaded.bundle, loaded.prompts
+        _check_labels(cfg, model, dataset.labels, loaded.labels)
+        rank, world = rt.rank, rt.world
+        out = Path(cfg.out)
+        est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic, cfg.seed,
+                                  cfg.batch_size, cfg.sample_latents)
+        resolution = int(cfg.resolution or bundle.resolution)
+        if cfg.labels == "own":  # each label of an image on its own: mining and localisation read per-label maps
+            conditions = {r.image_id: [(lab,) for lab in r.labels] for r in dataset}
+        else:
+            conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
+        store_labels = list(dataset.labels)
+        settings_meta = {k: v for k, v in to_dict(cfg).items() if k in map_keys(TypicalityConfig)}
+        meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
+                "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
+        meta["map_keys"] = sorted(meta)  # everything above must match for a resume
+        meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
+                    label_column=cfg.label_column)
 
-    # Resume: every process reads the same store; images are split before dropping finished ones,
-    # so no process depends on what another has written since.
-    check_resumable(out, meta)
-    verify_shards(out)
-    done = finished_images(out)
-    # Fixed groups of `group` images in dataset order, group k for process k % world. A group's
-    # draws share forwards only with each other, and shards end at group ends, so a map is the same
-    # bit for bit whatever the process count, and a killed run resumes whole groups.
-    todo = [[r for r in g if r.image_id not in done]
-            for k, g in enumerate(fixed_groups(dataset.records, cfg.group)) if k % world == rank]
-    todo = [g for g in todo if g]
-    created = not out.exists()
-    writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds, grouped=True)
-    if rank == 0:
-        save_config(cfg, out)
+        # Resume: every process reads the same store; images are split before dropping finished ones,
+        # so no process depends on what another has written since.
+        check_resumable(out, meta)
+        if rt.is_main:
+            recovered = recover_orphans(out, meta, store_labels, rank, world)  # shards whose manifest was deleted
+        rt.wait()
+        verify_shards(out)
+        done = finished_images(out)
+        if rt.is_main and done:
+            stored = sum(r.image_id in done for r in dataset.records)
+            print(f"resuming: {stored} of {len(dataset)} images already stored in {out}"
+                  + (f" ({recovered} shard(s) listed again from their files)" if recovered else ""), flush=True)
+        # Fixed groups of `group` images in dataset order, group k for process k % world. A group's
+        # draws share forwards only with each other, and shards end at group ends, so a map is the same
+        # bit for bit whatever the process count, and a killed run resumes whole groups.
+        todo = [[r for r in g if r.image_id not in done]
+                for k, g in enumerate(fixed_groups(dataset.records, cfg.group)) if k % world == rank]
+        todo = [g for g in todo if g]
+        created = not out.exists()
+        writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds, grouped=True)
+        if rank == 0:
+            save_config(cfg, out)
 
-    def chunk(group):
+        def chunk(group):
+            try:
+                recs, arrays = dataset.load_arrays(resolution, group)
+            except DataError:  # with skip_bad, only a group of nothing but bad images gets here
+                if not cfg.skip_bad:
+                    raise
+                return None
+            return [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
+
+        bar = tqdm(total=sum(map(len, todo)), unit="img", desc=f"typicality ({est.draws} draws/image)",
+                   disable=not progress or rank != 0, dynamic_ncols=True)
+        finished = 0
         try:
-            recs, arrays = dataset.load_arrays(resolution, group)
-        except DataError:  # with skip_bad, only a group of nothing but bad images gets here
-            if not cfg.skip_bad:
-                raise
-            return None
-        return [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
-
-    bar = tqdm(total=sum(map(len, todo)), unit="img", desc=f"typicality ({est.draws} draws/image)",
-               disable=not progress or rank != 0, dynamic_ncols=True)
-    finished = 0
-    try:
-        for group in todo:
-            loaded = chunk(group)
-            for result in est.run([loaded] if loaded is not None else []):
-                writer.add(result)
-                finished += 1
-                bar.update(1)
-                if on_image is not None:
-                    on_image(result.image_id)
-            writer.end_group()
-    except BaseException:
-        writer.close()  # finished images are kept even when the run is interrupted
+            for group in todo:
+                loaded = chunk(group)
+                for result in est.run([loaded] if loaded is not None else []):
+                    writer.add(result)
+                    finished += 1
+                    bar.update(1)
+                    if on_image is not None:
+                        on_image(result.image_id)
+                writer.end_group()
+        except BaseException:
+            writer.close()  # finished images are kept even when the run is interrupted
+            bar.close()
+            if created and rank == 0 and finished == 0 and not done:
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave no empty folder behind
+            raise
+        writer.close()
         bar.close()
-        if created and rank == 0 and finished == 0 and not done:
-            import shutil
-            shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave no empty folder behind
-        raise
-    writer.close()
-    bar.close()
-    rt.wait()
-    if rt.is_main and rt.launched:
-        merge_manifests(out, compact_to=cfg.shard_size)
-    return out
+        rt.wait()
+        if rt.is_main and rt.launched:
+            merge_manifests(out, compact_to=cfg.shard_size)
+        return out
 
 
 def _check_labels(cfg: TypicalityConfig, model: str, labels: Sequence[str], known: list[str] | None) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
-from diffmine.core.files import write_bytes, write_json
+from diffmine.core.files import safetensors_bytes, write_bytes, write_json
 from diffmine.core.errors import DataError
 
+from typicality.fingerprints import is_legacy
 from typicality.formula import upsample
 
 FORMAT, VERSION = "diffmine-typicality", 1
@@ -43,6 +43,13 @@ def recorded_map_keys(meta: dict) -> list[str]:
     """The meta keys that must match for two runs to share a store: the run lists them itself
     (the config fields marked affects_maps, plus what the model and the data fix)."""
     return list(meta.get("map_keys") or [])
+
+
+def settings_digest(meta: dict) -> str:
+    """A digest of what the maps depend on (the recorded map keys): each shard carries it, so shards
+    that lost their manifest can be taken back by a run with the same settings."""
+    keys = {k: meta.get(k) for k in sorted(recorded_map_keys(meta))}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -59,7 +66,9 @@ def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable typicality manifest ({exc})") from None
+        raise DataError(f"{path}: unreadable typicality manifest ({type(exc).__name__}: {exc}); delete this file and "
+                        "re-run `diffmine typicality` with the same --out: it rebuilds the manifest from the shards") \
+            from None
     if obj.get("format") != FORMAT:
         raise DataError(f"{path}: not a diffmine typicality manifest")
     return obj
@@ -73,7 +82,7 @@ def read_manifests(root: str | Path) -> tuple[dict, list[str], list[dict]] | Non
     if not files:
         return None
     meta = labels = None
-    entries, seen = [], set()
+    entries: dict[str, dict] = {}  # file name -> entry: the last file to list a shard wins (parts are newer)
     for path in files:
         obj = _read_json(path)
         if meta is None:
@@ -82,10 +91,9 @@ def read_manifests(root: str | Path) -> tuple[dict, list[str], list[dict]] | Non
                  for k in set(recorded_map_keys(meta)) | set(recorded_map_keys(obj["meta"]))):
             raise DataError(f"{path}: written by a run with other settings than {files[0].name}")
         for e in obj["shards"]:
-            if e["file"] not in seen:
-                seen.add(e["file"])
-                entries.append(e)
-    return meta, labels, entries
+            entries.pop(e["file"], None)
+            entries[e["file"]] = e
+    return meta, labels, list(entries.values())
 
 
 def check_resumable(root: Path, meta: dict) -> None:
@@ -95,6 +103,10 @@ def check_resumable(root: Path, meta: dict) -> None:
         return
     diff = sorted(k for k in set(recorded_map_keys(found[0])) | set(recorded_map_keys(meta)) if k != "map_keys"
                   and found[0].get(k) != meta.get(k))
+    if "data_fingerprint" in diff and is_legacy(found[0].get("data_fingerprint")):
+        raise DataError(f"{root}: written by an earlier diffmine whose data fingerprint covers file sizes, not "
+                        "content, so it cannot be resumed safely; use another --out, or delete it to recompute "
+                        "(`diffmine mine` still reads it, with a warning)")
     if diff:
         details = "; ".join(f"{k}: {found[0].get(k)!r} there, {meta.get(k)!r} now" for k in diff)
         raise DataError(f"{root}: holds typicality maps computed with other settings ({details}); "
@@ -146,9 +158,13 @@ class ShardWriter:
         self.prefix = f"shard-r{rank}-n{world}-"
         self.part = self.root / f"manifest.part-r{rank}-n{world}.json"
         self.entries = _read_json(self.part)["shards"] if self.part.exists() else []
-        used = [int(m.group(1)) for p in self.root.glob(self.prefix + "*.safetensors")
-                if (m := re.match(re.escape(self.prefix) + r"(\d+)\.safetensors$", p.name))]
-        self.seq = max(used, default=-1) + 1  # never overwrite a file, listed or orphaned
+        found = read_manifests(self.root)
+        names = {p.name for p in self.root.glob(self.prefix + "*.safetensors")}
+        names |= {e["file"] for e in found[2]} if found else set()
+        used = [int(m.group(1)) for name in names
+                if (m := re.match(re.escape(self.prefix) + r"(\d+)\.safetensors$", name))]
+        # never reuse a name, listed or orphaned, present or deleted: a recomputed shard is a new file
+        self.seq = max(used, default=-1) + 1
         # A shard every `shard_size` images or `flush_seconds`, whichever comes first: a kill loses
         # at most about that much work. merge_manifests compacts the small ones at the end. `grouped`:
         # a shard ends only at a group's end (`end_group`), so a resumed run redoes whole groups.
@@ -192,7 +208,8 @@ class ShardWriter:
 def _write_shard(path: Path, arrays: dict[str, np.ndarray], images: list[str], labels: list[list[str]],
                  meta: dict, store_labels: list[str]) -> dict:
     """Write one shard file (atomically) and return its manifest entry."""
-    data = st_save(arrays, metadata={"format": FORMAT, "images": json.dumps(images), "labels": json.dumps(labels)})
+    data = safetensors_bytes(arrays, {"format": FORMAT, "images": json.dumps(images), "labels": json.dumps(labels),
+                                      "settings": settings_digest(meta)})
     write_bytes(path, data)  # the file first, then the entry that lists it
     compact = ALL if meta.get("labels") == "all" and all(l == store_labels for l in labels) else labels
     return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "images": images, "labels": compact}
@@ -225,6 +242,40 @@ def _compact(root: Path, entries: list[dict], labels: list[str], meta: dict, tar
             out.append(group[0])
         group = [e] if e is not None else []
     return out
+
+
+def recover_orphans(root: str | Path, meta: dict, labels: list[str], rank: int = 0, world: int = 1) -> int:
+    """List again the shards no manifest lists (a deleted or unreadable manifest) whose settings digest
+    is this run's: they go into this process's part file, checksummed as they are. Returns how many."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    found = read_manifests(root)
+    listed = {e["file"] for e in found[2]} if found else set()
+    want, recovered = settings_digest(meta), []
+    for p in sorted(root.glob("shard-*.safetensors")):
+        if p.name in listed:
+            continue
+        try:
+            with open(p, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                head = json.loads(f.read(n))["__metadata__"]
+            if head.get("settings") != want:
+                continue  # another run's (or an older diffmine's) shard: recomputed instead
+            data = p.read_bytes()
+            st_load(data)  # whole and readable
+        except Exception:  # noqa: BLE001 - a damaged orphan is recomputed like a missing one
+            continue
+        images, labs = json.loads(head["images"]), json.loads(head["labels"])
+        compact = ALL if meta.get("labels") == "all" and all(lab == labels for lab in labs) else labs
+        recovered.append({"file": p.name, "sha256": hashlib.sha256(data).hexdigest(), "images": images,
+                          "labels": compact})
+    if recovered:
+        part = root / f"manifest.part-r{rank}-n{world}.json"
+        before = _read_json(part)["shards"] if part.exists() else []
+        write_json(part, {"format": FORMAT, "version": VERSION, "meta": meta, "labels": list(labels),
+                          "shards": before + recovered}, indent=1)
+    return len(recovered)
 
 
 def merge_manifests(root: str | Path, compact_to: int | None = None) -> Path:

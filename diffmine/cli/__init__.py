@@ -24,18 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet() -> None:
-    """Keep the terminal for what matters: library chatter that is harmless here is silenced."""
+    """Keep the terminal for what matters: library chatter that is harmless here is silenced.
+    Environment variables, read by diffusers and transformers when a command imports them: a bad
+    flag or --help answers without importing either."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
-    try:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity_error()
-        tlog.set_verbosity_error()
-    except ImportError:
-        pass
+    for lib in ("diffusers", "transformers"):  # already imported (a notebook, the tests): set it there too
+        if lib in sys.modules:
+            importlib.import_module(f"{lib}.utils.logging").set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:

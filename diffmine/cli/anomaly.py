@@ -31,16 +31,15 @@ def require_pyod() -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(SUBCOMMANDS[args.action], args, validate=True)
     require_pyod()
     from diffmine.apps.anomaly.run import fit_detector, score_images
 
     if args.action == "fit":
-        cfg = config_from_args(AnomalyFitConfig, args)
         det = fit_detector(cfg)
         print(f"detector ({cfg.score}) fitted on {len(det.decision_scores_)} images, threshold "
               f"{det.threshold_:.6g}, written to {cfg.out}")
     else:
-        cfg = config_from_args(AnomalyScoreConfig, args)
         res = score_images(cfg)
         if res is not None:  # under `accelerate launch`: the main process wrote the files
             print(f"{res['outliers']} of {res['images']} images above the threshold {res['threshold']:.6g}; "

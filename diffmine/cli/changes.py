@@ -12,8 +12,9 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(ChangesConfig, args, validate=True)
     from diffmine.apps.changes.run import run_changes
 
-    out = run_changes(config_from_args(ChangesConfig, args))
+    out = run_changes(cfg)
     if out is not None:  # the main process, under accelerate launch
         print(f"report: {out / 'report.html'}")

@@ -12,9 +12,9 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(ClassifyConfig, args, validate=True)
     from diffmine.apps.classify.run import run_classify
 
-    cfg = config_from_args(ClassifyConfig, args)
     res = run_classify(cfg)
     if res is None:  # under `accelerate launch`: the main process wrote the files
         return

@@ -12,6 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(TrainConfig, args, validate=True)
     from finetune.train import train
 
-    print(f"model written to {train(config_from_args(TrainConfig, args))}")
+    print(f"model written to {train(cfg)}")

@@ -14,8 +14,8 @@ def register(parser) -> None:
 def run(args) -> None:
     from pathlib import Path
 
+    cfg = config_from_args(LocalizeConfig, args, validate=True)
     from diffmine.apps.localize.run import run_localize
 
-    cfg = config_from_args(LocalizeConfig, args)
     if run_localize(cfg) is not None:  # prints the boxes scored per finding and the metrics table itself
         print(f"report: {Path(cfg.out) / 'report.html'}")  # (the main process, under accelerate launch)

@@ -14,6 +14,7 @@ def register(parser) -> None:
 def run(args) -> None:
     from pathlib import Path
 
+    cfg = config_from_args(MineConfig, args, validate=True)
     from mining.mine import run_mining
 
-    print(f"report: {Path(run_mining(config_from_args(MineConfig, args))) / 'report.html'}")
+    print(f"report: {Path(run_mining(cfg)) / 'report.html'}")

@@ -28,7 +28,7 @@ def _show(value) -> str:
 def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One option per CLI field of `cls`, plus --config."""
     types = field_types(cls)
-    from diffmine.core.runtime import RuntimeSettings
+    from diffmine.core.runtime_settings import RuntimeSettings
 
     shared = {f.name for f in fields(RuntimeSettings)} if issubclass(cls, RuntimeSettings) else set()
     # a command's own options first, then the runtime's (--device, --dtype) that every command shares
@@ -63,10 +63,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
     parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_FLAG_HELP)
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    """The config: --config file first, then every flag given on the command line."""
+def config_from_args(cls, args: argparse.Namespace, validate: bool = False):
+    """The config: --config file first, then every flag given on the command line. validate=True (the
+    commands): checked here, so a bad setting is reported before the command imports torch and its models."""
     given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    return load_config(cls, getattr(args, "config", None), **given)
+    cfg = load_config(cls, getattr(args, "config", None), **given)
+    if validate and hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def error_line(exc: Exception) -> str:

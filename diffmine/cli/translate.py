@@ -12,6 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(TranslateConfig, args, validate=True)
     from diffmine.apps.translate.run import run_translate
 
-    print(f"translations: {run_translate(config_from_args(TranslateConfig, args)) / 'index.html'}")
+    print(f"translations: {run_translate(cfg) / 'index.html'}")

@@ -12,6 +12,7 @@ def register(parser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(TypicalityConfig, args, validate=True)
     from typicality.engine import run_typicality
 
-    print(f"typicality written to {run_typicality(config_from_args(TypicalityConfig, args))}")
+    print(f"typicality written to {run_typicality(cfg)}")

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from diffmine.core.errors import DataError, SkippedInputs
-from diffmine.core.images import IMAGE_SUFFIXES, check_header, load_rgb, resize_crop, to_tensor_array
+from diffmine.core.images import IMAGE_SUFFIXES, SmallImages, check_header, load_rgb, resize_crop, to_tensor_array
 
 MULTI_LABEL_SEP = "|"
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
@@ -70,6 +70,7 @@ class LabeledImages:
         self.records: list[Record] = sorted(records, key=lambda r: r.image_id)
         self.labels: list[str] = sorted({lab for r in self.records for lab in r.labels})
         self._by_id = {r.image_id: i for i, r in enumerate(self.records)}
+        self._small = SmallImages()
         if len(self._by_id) != len(self.records):
             raise DataError(f"{self.root}: two files share an image id (same path but different suffix)")
 
@@ -94,18 +95,23 @@ class LabeledImages:
         for col in ("file_name", self.label_column):
             if col not in columns:
                 raise DataError(f"{path}: no column '{col}' (columns are: {', '.join(columns)})")
-        records = []
+        records, skipped = [], SkippedInputs(self.skip_bad, "bad metadata row(s)")
         for n, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
             where = f"{path} {'row' if path.suffix == '.csv' else 'line'} {n}"
             file = self.root / str(row["file_name"])
-            if not file.is_file():
-                raise DataError(f"{where}: file '{row['file_name']}' does not exist")
             value = row[self.label_column]
             labels = tuple(v.strip() for v in str(value if value is not None else "").split(MULTI_LABEL_SEP)
                            if v.strip())
-            if not labels:
-                raise DataError(f"{where}: empty label in column '{self.label_column}'")
+            try:
+                if not file.is_file():
+                    raise DataError(f"{where}: file '{row['file_name']}' does not exist")
+                if not labels:
+                    raise DataError(f"{where}: empty label in column '{self.label_column}'")
+            except DataError as exc:
+                skipped.add(exc)
+                continue
             records.append(Record(self._image_id(file), file, labels, dict(row)))
+        skipped.warn(stacklevel=4)
         return records
 
     def _drop_bad(self, records: list[Record], check) -> list[Record]:
@@ -148,11 +154,14 @@ class LabeledImages:
         arrays, good, skipped = [], [], SkippedInputs(self.skip_bad, "bad image(s)")
         for r in tqdm(records, desc="decoding images", disable=not progress):
             try:
-                arrays.append(to_tensor_array(resize_crop(load_rgb(r.path), resolution)))
+                image = load_rgb(r.path)
+                self._small.check(r.path, image, resolution)
+                arrays.append(to_tensor_array(resize_crop(image, resolution)))
                 good.append(r)
             except DataError as exc:
                 skipped.add(exc)
         skipped.warn()
+        self._small.warn(resolution)
         if not good:
             raise DataError(f"{self.root}: no readable images")
         return good, np.stack(arrays)

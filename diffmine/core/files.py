@@ -26,6 +26,19 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def safetensors_bytes(arrays: dict, metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on the arrays and metadata: its JSON header is
+    rewritten with sorted keys (safetensors orders the metadata by a hash map's whim, which differs
+    between processes), so a recomputed shard is the same file, checksum included."""
+    from safetensors.numpy import save
+
+    data = save(arrays, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
 def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
@@ -58,23 +71,23 @@ def temporary_name(final: str | Path, inside: bool = False) -> Path:
 
 @contextlib.contextmanager
 def output_folder(final: str | Path, owned: tuple[str, ...] | None = None) -> Iterator[Path]:
-    """A temporary folder that becomes `final` when the block ends without an error, and is removed
-    when it raises (a kill leaves it behind: the next run's `output_folder` removes such leftovers).
+    """A temporary folder beside `final` that becomes `final` when the block ends without an error,
+    and is removed when it raises (a kill leaves it behind: the next run's `output_folder` removes
+    such leftovers).
 
-    owned=None: `final` is replaced whole. owned=names: the new entries are swapped into `final`
-    (`swap_in`), the owned names the run did not write are removed, anything else in `final` (a
-    store, kept partial work) stays."""
+    owned=None: `final` is replaced whole. owned=names: the entries of `final` that the run does not
+    own (a store, kept partial work, checkpoints) move into the new folder, which then replaces
+    `final` in one rename (`swap_in`); owned names the run did not write go with the old folder."""
     final = Path(final)
-    if owned is None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        leftovers = final.parent.glob(f".{final.name}.tmp-*")
-    else:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if owned is not None:
         finish_swap(final)  # a kill mid-swap is completed first
-        final.mkdir(parents=True, exist_ok=True)
-        leftovers = final.glob(f".{final.name}.tmp-*")
+    leftovers = [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old*")]
+    if final.is_dir():  # an earlier diffmine kept its work folders inside `final`
+        leftovers += final.glob(f".{final.name}.tmp-*")
     for old in leftovers:
         shutil.rmtree(old, ignore_errors=True)
-    tmp = temporary_name(final, inside=owned is not None)
+    tmp = temporary_name(final)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -97,31 +110,52 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-SWAP_JOURNAL = ".swap-journal.json"
+SWAP_JOURNAL = ".swap-journal.json"  # inside `final`: the journal of an earlier diffmine's entry-by-entry swap
+
+
+def swap_journal(final: str | Path) -> Path:
+    final = Path(final)
+    return final.with_name(f".{final.name}.swap.json")
 
 
 def swap_in(tmp: str | Path, final: str | Path, owned: tuple[str, ...] = ()) -> None:
-    """Move every entry of the finished folder `tmp` into `final`, replacing same-named entries
-    and removing the `owned` names the new run did not produce (stale outputs of an older run).
-
-    A journal makes it all-or-nothing: a kill mid-swap is completed by `finish_swap` (the next
-    run calls it), so `final` always ends up holding one run's outputs, never a mix."""
+    """Make the finished folder `tmp` (beside `final`) the new `final`: the entries of `final` that
+    `tmp` does not replace and the run does not own are moved into `tmp` first, then one rename
+    swaps the folders. A reader sees the old run or the new one, never a mix (for an instant, no
+    folder). A journal beside `final` lets `finish_swap` (the next run calls it) complete a kill."""
     tmp, final = Path(tmp), Path(final)
-    final.mkdir(parents=True, exist_ok=True)
-    items = sorted(p.name for p in tmp.iterdir())
-    stale = sorted(n for n in owned if n not in items and (final / n).exists())
-    write_json(final / SWAP_JOURNAL, {"from": tmp.name, "items": items, "stale": stale})
+    write_json(swap_journal(final), {"from": tmp.name, "owned": sorted(owned)})
     finish_swap(final)
 
 
 def finish_swap(final: str | Path) -> None:
     """Complete an interrupted `swap_in` (idempotent; nothing to do without a journal)."""
     final = Path(final)
+    journal = swap_journal(final)
+    if not journal.exists():
+        _finish_inner_swap(final)
+        return
+    plan = json.loads(journal.read_text())
+    tmp, old = final.with_name(plan["from"]), final.with_name(f".{final.name}.old-swap")
+    if tmp.is_dir():
+        if final.is_dir():
+            made = {p.name for p in tmp.iterdir()}
+            for p in sorted(final.iterdir()):
+                if p.name not in made and p.name not in plan["owned"]:
+                    os.replace(p, tmp / p.name)  # kept work goes with the new run (a rename: same filesystem)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    journal.unlink()
+
+
+def _finish_inner_swap(final: Path) -> None:
+    """An earlier diffmine's swap, killed midway (journal and work folder inside `final`): completed."""
     journal = final / SWAP_JOURNAL
     if not journal.exists():
         return
     plan = json.loads(journal.read_text())
-    tmp = final / plan["from"]  # the finished run's folder, inside `final` (one filesystem)
+    tmp = final / plan["from"]
     for name in plan["stale"]:
         target = final / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)

@@ -119,6 +119,29 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
 
 
+class SmallImages:
+    """Images much smaller than the model's resolution (under a tenth of it) are upscaled into
+    blur: one warning names the first few, once per collection (`warn` after each batch)."""
+    SHOWN = 5
+
+    def __init__(self):
+        self.found: list[str] = []
+        self.warned = False
+
+    def check(self, name, image, resolution: int) -> None:
+        if min(image.size) * 10 < resolution:
+            self.found.append(f"{name} ({image.size[0]}x{image.size[1]})")
+
+    def warn(self, resolution: int, stacklevel: int = 2) -> None:
+        if self.found and not self.warned:
+            import warnings
+
+            more = f" and {len(self.found) - self.SHOWN} more" if len(self.found) > self.SHOWN else ""
+            warnings.warn(f"{len(self.found)} image(s) smaller than a tenth of the model's {resolution} px are "
+                          f"upscaled to it: {', '.join(self.found[:self.SHOWN])}{more}", stacklevel=stacklevel + 1)
+            self.warned = True
+
+
 def check_header(path: str | Path) -> None:
     """Cheap validity check (header only) used while scanning a dataset."""
     if is_dicom(path):

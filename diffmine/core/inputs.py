@@ -81,10 +81,12 @@ def array_geometry(X: np.ndarray) -> Geometry:
 class ImageInput:
     """A validated detector input: ids, geometry and a loader to model resolution."""
 
-    def __init__(self, X, ids: Sequence[str] | None = None):
+    def __init__(self, X, ids: Sequence[str] | None = None, skip_bad: bool = False):
         if isinstance(X, (str, Path)) and Path(X).is_dir():
             self.paths, self.ids = list_images(X)
             self.array = None
+            if skip_bad:
+                self._drop_unreadable()
         elif is_path_list(X):
             self.paths = [Path(p) for p in X]
             missing = [p for p in self.paths if not p.is_file()]
@@ -105,6 +107,23 @@ class ImageInput:
             raise DataError("no images given (empty input)")
         if len(set(self.ids)) != len(self.ids):
             raise DataError("two images share an id")
+
+    def _drop_unreadable(self) -> None:
+        """--skip-bad: files whose header does not read are left out, all listed in one warning."""
+        from diffmine.core.errors import SkippedInputs
+        from diffmine.core.images import check_header
+
+        keep, skipped = [], SkippedInputs(True, "bad image(s)")
+        for k, p in enumerate(self.paths):
+            try:
+                check_header(p)
+                keep.append(k)
+            except DataError as exc:
+                skipped.add(exc)
+        skipped.warn(stacklevel=4)
+        if not keep:
+            raise DataError(f"{self.paths[0].parent}: no readable images")
+        self.paths, self.ids = [self.paths[k] for k in keep], [self.ids[k] for k in keep]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,7 +152,17 @@ class ImageInput:
     def load(self, resolution: int, idx: Sequence[int] | None = None) -> np.ndarray:
         """(n, 3, R, R) float32 in [-1, 1], resized and centre-cropped as the training loader does."""
         idx = range(len(self)) if idx is None else idx
-        return np.stack([to_tensor_array(resize_crop(self.rgb(i), resolution)) for i in idx])
+        if not hasattr(self, "_small"):
+            from diffmine.core.images import SmallImages
+
+            self._small = SmallImages()
+        images = []
+        for i in idx:
+            image = self.rgb(i)
+            self._small.check(self.paths[i] if self.paths is not None else f"image {self.ids[i]}", image, resolution)
+            images.append(to_tensor_array(resize_crop(image, resolution)))
+        self._small.warn(resolution)
+        return np.stack(images)
 
     def thumbnail(self, i: int, resolution: int) -> np.ndarray:
         """(R, R, 3) uint8, the model's view of image i (for overlays)."""

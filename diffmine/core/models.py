@@ -7,7 +7,9 @@
                                  # trains its VAE first: slow, only on purpose)
 
 A name that cannot be any of these fails at once with one line, before any network call:
-a mistyped folder is not sent to the hub as a repo id.
+a mistyped folder is not sent to the hub as a repo id. A name that could be a hub id (owner/name,
+not a local folder) is asked of the hub once, quickly and without retries, unless it is in the
+local cache: no answer or "no such repository" is one line, not minutes of retries.
 """
 from __future__ import annotations
 
@@ -45,17 +47,40 @@ def resolve_model(name: str | Path, what: str = "model") -> str:
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
-    looks_like_path = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.endswith("/")
+    # ./ ../ / ~, a separator at the end, more than one slash, or an existing parent: a path, never a hub id
+    looks_like_path = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.endswith(("/", os.sep))
                        or spec.count("/") != 1 or Path(spec).parent.is_dir())
     if looks_like_path or not _HUB_ID.match(spec):
         raise DataError(f"{what} {spec}: no such folder, and not a hub id (owner/name) or a small base "
                         f"({SMALL_BASE}, {SCRATCH_BASE})")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
-            raise DataError(f"{what} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    if isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
+        return spec  # downloaded before: the loader reads the cache
+    if _offline():
+        raise DataError(f"{what} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    _ask_hub(spec, what)
     return spec
+
+
+HUB_TIMEOUT_S = 10.0  # one request; the downloads that follow have the hub library's own retries
+
+
+def _ask_hub(spec: str, what: str) -> None:
+    """One quick request (model_info does not retry): DataError in one line when the hub has no such model."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(spec, timeout=HUB_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - network, not found, gated: all become one line
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"{what} {spec}: not a local folder; the hub answered {type(exc).__name__}"
+                        + (f": {reason}" if reason else "") + " (set HF_HUB_OFFLINE=1 to use the local cache only)") \
+            from None
+    files = {s.rfilename for s in (info.siblings or [])}
+    if files and "model_index.json" not in files:
+        raise DataError(f"{what} {spec}: not a local folder; the hub has it, but not as a diffusers pipeline "
+                        "(no model_index.json)")
 
 
 def load_bundle(name: str | Path, text_encoder: str | None = None, **kwargs):

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
 from diffmine.core.errors import DataError
-from diffmine.core.files import write_bytes, write_json
+from diffmine.core.files import safetensors_bytes, write_bytes, write_json
 
 KEY_FILE = "key.json"
 _PART = re.compile(r"^part-r(\d+)-(\d+)\.safetensors$")
@@ -78,7 +78,7 @@ class PartialResults:
             return
         ids = list(results)
         arrays = {f"{n}/{name}": np.ascontiguousarray(a) for n, i in enumerate(ids) for name, a in results[i].items()}
-        data = save(arrays, metadata={"ids": json.dumps(ids)})
+        data = safetensors_bytes(arrays, {"ids": json.dumps(ids)})
         write_bytes(self.folder / f"part-r{self.rank}-{self.seq:06d}.safetensors", data)
         self.seq += 1
 
@@ -106,6 +106,11 @@ def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]
     """Compute this process's share of `groups` (group k goes to process k % world), skipping the
     groups whose items are all stored; each finished group is stored before the next starts."""
     done = store.done()
+    stored = sum(i in done for g in groups for i in g)
+    if stored and runtime.is_main:  # a rerun after a kill says what it reuses
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"resuming: {stored} of {sum(map(len, groups))} images already stored in {store.folder.parent}")
     mine = [g for k, g in enumerate(groups) if k % runtime.world == runtime.rank]
     for n, group in enumerate(mine):
         if all(i in done for i in group):

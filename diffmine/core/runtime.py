@@ -23,29 +23,11 @@ from typing import Callable, Sequence, TypeVar
 import torch
 
 from diffmine.core.errors import DataError
-from diffmine.core.settings import check, option
+from diffmine.core.runtime_settings import DTYPE_CHOICES, RuntimeSettings  # noqa: F401 - part of this module's API
 
 T = TypeVar("T")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_CHOICES = ("auto", *DTYPES)
-
-
-@dataclass
-class RuntimeSettings:
-    """The settings every model-running command shares (its config inherits them)."""
-    device: str = option("auto", "where the models run: auto = this process's GPU when there is one, else "
-                         "the CPU; or cpu, cuda, cuda:1, mps")
-    dtype: str = option("auto", "model precision: auto = bf16 on a GPU that has it, fp32 elsewhere",
-                        choices=DTYPE_CHOICES, affects_maps=True)  # a typicality store records it (resume key)
-    process_index: int | None = option(None, "simulated process index (tests); default: accelerate's", cli=False)
-    num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
-
-    def validate_runtime(self) -> None:
-        check(self.dtype in DTYPE_CHOICES, "dtype", f"must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
-        check(self.num_processes is None or self.num_processes >= 1, "num_processes", "must be >= 1")
-        if self.process_index is not None:
-            check(0 <= self.process_index < (self.num_processes or 1), "process_index",
-                  f"must be in 0..{(self.num_processes or 1) - 1}, got {self.process_index}")
+assert DTYPE_CHOICES == ("auto", *DTYPES)
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -145,6 +127,14 @@ class Runtime:
     def wait(self) -> None:
         if self.state is not None:
             self.state.wait_for_everyone()
+
+    def broadcast(self, value):
+        """The main process's `value` on every process of a launch (a small picklable object)."""
+        if self.state is None or self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     # -- models --------------------------------------------------------------------------------
     def load(self, name: str | Path, text_encoder: str | None = None, what: str = "model") -> LoadedModel:

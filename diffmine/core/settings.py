@@ -53,6 +53,12 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, source: str | 
     return dataclasses.field(default=default, metadata=meta)
 
 
+def skip_bad_option(also: str = ""):
+    """The one `--skip-bad` of every command that reads images (`also`: what else that command skips)."""
+    return option(False, "skip bad inputs (unreadable images; metadata rows naming a missing file or with an "
+                  f"empty label{'; ' + also if also else ''}) with one warning listing them, instead of stopping")
+
+
 def defaults(cls) -> dict[str, Any]:
     """Each field's default, for code that takes the same settings as keyword arguments."""
     return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)

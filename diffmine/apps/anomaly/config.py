@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from typicality.draws import PUBLISHED_T_RANGE
-from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from typicality.config import PUBLISHED_T_RANGE
+from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
+                                     option, skip_bad_option)
 
 # The score kinds (detector.py documents each). Here, not in detector.py: the config must not
 # import PyOD, so every other command starts without the anomaly extra.
@@ -40,6 +41,8 @@ class AnomalyFitConfig(RuntimeSettings):
     batch_size: int = option(64, "UNet rows per forward")
     seed: int = option(0, "seed of draws and finetuning")
     n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (PyOD KNN's default)")
+    skip_bad: bool = skip_bad_option()
+    force: bool = option(False, "replace the detector already in --out")
 
     def validate(self) -> None:
         check_required(self)
@@ -62,6 +65,7 @@ class AnomalyScoreConfig(RuntimeSettings):
     out: str | None = option(None, "CSV of scores to write (image_id, path, score, outlier, probability)",
                              required=True)
     maps: str | None = option(None, "folder for per-pixel anomaly map overlays (PNG), optional")
+    skip_bad: bool = skip_bad_option()
 
     def validate(self) -> None:
         check_required(self)

@@ -18,7 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_text
+from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
 from diffmine.core.settings import save_config
 
@@ -33,10 +35,15 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
     The CLI can print: f"detector ({det.score}) fitted on {len(det.decision_scores_)} images, "
     f"threshold {det.threshold_:.4g}, written to {config.out}".
     """
+    from diffmine.core.runtime import Runtime
+
     config.validate()
-    inp = ImageInput(config.data)  # missing or empty folder: one line, before any work
+    inp = ImageInput(config.data, skip_bad=config.skip_bad)  # missing or empty folder: one line, before any work
     out = Path(config.out)
-    with output_folder(out) as tmp:
+    if out.exists() and any(out.iterdir()) and not config.force:
+        raise DataError(f"{out}: already holds a detector (or other files); pass --force to replace it, "
+                        "or choose another --out")
+    with writer_lock(out, Runtime.start(config)), output_folder(out) as tmp:
         det = DiffusionDetector(
             model=config.model, base=config.base, score=config.score, contamination=config.contamination,
             normal_label=config.normal_label, draws=config.draws, t_range=tuple(config.t_range),
@@ -81,52 +88,53 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True,
 
     config.validate()
     rt = Runtime.start(config)
-    det = load_detector(config.detector)
-    det.progress = False
-    det.use_runtime(rt)
-    inp = ImageInput(config.data)
-    det._check_geometry(inp)
-    paths = [str(p) for p in inp.paths]
-    out = Path(config.out)
-    key = score_key(det, Path(config.detector), inp, rt)
-    partial_root = out.parent / f".{out.name}.partial"
-    store = PartialResults(partial_root / key_digest(key), key, rt.rank)
-    index = {image_id: k for k, image_id in enumerate(inp.ids)}
+    with writer_lock(config.out, rt):  # one writer per CSV (all processes of a launch are one)
+        det = load_detector(config.detector)
+        det.progress = False
+        det.use_runtime(rt)
+        inp = ImageInput(config.data, skip_bad=config.skip_bad)
+        det._check_geometry(inp)
+        paths = [str(p) for p in inp.paths]
+        out = Path(config.out)
+        key = score_key(det, Path(config.detector), inp, rt)
+        partial_root = out.parent / f".{out.name}.partial"
+        store = PartialResults(partial_root / key_digest(key), key, rt.rank)
+        index = {image_id: k for k, image_id in enumerate(inp.ids)}
 
-    def compute(group):
-        scores, maps = det.score_group(inp, [index[i] for i in group])
-        return {i: {"score": np.asarray(scores[n : n + 1], np.float64), "map": maps[n].float().numpy()}
-                for n, i in enumerate(group)}
+        def compute(group):
+            scores, maps = det.score_group(inp, [index[i] for i in group])
+            return {i: {"score": np.asarray(scores[n : n + 1], np.float64), "map": maps[n].float().numpy()}
+                    for n, i in enumerate(group)}
 
-    bar = tqdm(total=len(inp), unit="img", desc=f"anomaly scores ({det.score})",
-               disable=not progress or not rt.is_main, dynamic_ncols=True)
-    with bar:
-        run_groups(fixed_groups(inp.ids, det.group_size_()), compute, store, rt, bar, on_group)
-    stored = collect(store, inp.ids, rt)
-    if stored is None:
-        return None  # not the main process, or a simulated share: a later single-process run writes the files
-    scores = np.array([float(stored[i]["score"][0]) for i in inp.ids])
-    det.remember(ImageInput(paths), scores, torch.from_numpy(np.stack([stored[i]["map"] for i in inp.ids])))
-    outlier = (scores > det.threshold_).astype(int)
-    proba = det.predict_proba(paths, method="linear")[:, 1]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "path", "score", "outlier", "probability"])
-    for i, image_id in enumerate(inp.ids):
-        w.writerow([image_id, paths[i], f"{scores[i]:.6g}", int(outlier[i]), f"{proba[i]:.4f}"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    maps_dir = None
-    if config.maps:
-        maps_dir = write_maps(det, inp, paths, Path(config.maps))
-    write_text(out, buf.getvalue())
-    save_config(config, out.parent, name=f"{out.stem}.config.json")
-    store.remove()
-    try:
-        partial_root.rmdir()  # only when no other computation's partial results are left in it
-    except OSError:
-        pass
-    return {"csv": out, "images": len(inp), "outliers": int(outlier.sum()), "threshold": float(det.threshold_),
-            "maps": maps_dir}
+        bar = tqdm(total=len(inp), unit="img", desc=f"anomaly scores ({det.score})",
+                   disable=not progress or not rt.is_main, dynamic_ncols=True)
+        with bar:
+            run_groups(fixed_groups(inp.ids, det.group_size_()), compute, store, rt, bar, on_group)
+        stored = collect(store, inp.ids, rt)
+        if stored is None:
+            return None  # not the main process, or a simulated share: a later single-process run writes the files
+        scores = np.array([float(stored[i]["score"][0]) for i in inp.ids])
+        det.remember(ImageInput(paths), scores, torch.from_numpy(np.stack([stored[i]["map"] for i in inp.ids])))
+        outlier = (scores > det.threshold_).astype(int)
+        proba = det.predict_proba(paths, method="linear")[:, 1]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image_id", "path", "score", "outlier", "probability"])
+        for i, image_id in enumerate(inp.ids):
+            w.writerow([image_id, paths[i], f"{scores[i]:.6g}", int(outlier[i]), f"{proba[i]:.4f}"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        maps_dir = None
+        if config.maps:
+            maps_dir = write_maps(det, inp, paths, Path(config.maps))
+        write_text(out, buf.getvalue())
+        save_config(config, out.parent, name=f"{out.stem}.config.json")
+        store.remove()
+        try:
+            partial_root.rmdir()  # only when no other computation's partial results are left in it
+        except OSError:
+            pass
+        return {"csv": out, "images": len(inp), "outliers": int(outlier.sum()), "threshold": float(det.threshold_),
+                "maps": maps_dir}
 
 
 def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder: Path) -> Path:

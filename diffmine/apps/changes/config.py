@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from typicality.draws import PUBLISHED_T_RANGE
-from diffmine.core.settings import ConfigError, check_positive, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from typicality.config import PUBLISHED_T_RANGE
+from diffmine.core.settings import ConfigError, check_positive, check_required, option, skip_bad_option
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ChangesConfig(RuntimeSettings):
     show: int = option(8, "patch sequences shown per cluster in the report")
     batch_size: int = option(64, "UNet rows per typicality forward")
     seed: int = option(0, "seed (typicality draws, DIFT noise, k-means)")
+    skip_bad: bool = skip_bad_option()
     group: int = option(8, "source images per unit of work (split over processes; a kill loses at most one "
                         "group per process)")
 

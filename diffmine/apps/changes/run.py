@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmine.report.pictures import crop, safe_name
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_text
 from diffmine.core.settings import ConfigError, save_config
 from diffmine.core.errors import DataError
@@ -119,7 +120,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
     if not folder.is_dir():
         raise ConfigError("translations", f"{folder}: folder does not exist")
     tcfg, meta, files = _read_translations(folder, model_path)
-    dataset = LabeledImages(tcfg["data"], tcfg.get("label_column", "label"))
+    dataset = LabeledImages(tcfg["data"], tcfg.get("label_column", "label"), cfg.skip_bad)
     res = int(meta["resolution"])
     k = int(cfg.patch or default_patch_size(res))
     if k > res:
@@ -139,142 +140,144 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
         raise DataError(f"{folder}: no image is translated to every label ({', '.join(columns)}); "
                         "run `diffmine translate --to all`")
     rt = Runtime.start(cfg)
-    if skipped and rt.is_main:
-        warnings.warn(f"{skipped} image(s) not translated to every label are left out", stacklevel=2)
-    targets = {r.image_id: [c for c in columns if c != r.labels[0]] for r in records}
-    index = {r.image_id: n for n, r in enumerate(records)}
+    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
+        if skipped and rt.is_main:
+            warnings.warn(f"{skipped} image(s) not translated to every label are left out", stacklevel=2)
+        targets = {r.image_id: [c for c in columns if c != r.labels[0]] for r in records}
+        index = {r.image_id: n for n, r in enumerate(records)}
 
-    loaded = rt.load(cfg.model)
-    bundle, prompts = loaded.bundle, loaded.prompts
-    estimator = TypicalityEstimator(bundle, prompts, draws=cfg.draws, t_range=tuple(cfg.t_range), seed=cfg.seed,
-                                    batch_size=cfg.batch_size)
-    extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
-    # every prompt encoded once, up front, in one fixed batch: embeddings do not depend on which group comes first
-    estimator.embed([prompts.prompt((c,)) for c in columns])
-    extractor.embeddings.index([prompts.prompt(c) for c in columns])
+        loaded = rt.load(cfg.model)
+        bundle, prompts = loaded.bundle, loaded.prompts
+        estimator = TypicalityEstimator(bundle, prompts, draws=cfg.draws, t_range=tuple(cfg.t_range), seed=cfg.seed,
+                                        batch_size=cfg.batch_size)
+        extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
+        # every prompt encoded once, up front, in one fixed batch: embeddings do not depend on which group comes first
+        estimator.embed([prompts.prompt((c,)) for c in columns])
+        extractor.embeddings.index([prompts.prompt(c) for c in columns])
 
-    final = Path(cfg.out)
-    key = {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",
-                                                     "per_image", "batch_size", "seed", "group")},
-           "patch": k, "resolution": res, "model_fingerprint": model_fingerprint(model_path),
-           "template": prompts.template, "null_prompt": prompts.null_prompt,
-           "translations": _folder_digest(folder, {i: files[i] for i in index}),
-           "data_fingerprint": data_fingerprint(records, dataset.root),
-           "device": rt.device.type, "dtype": str(rt.dtype).replace("torch.", "")}
-    store = PartialResults(final / ".partial" / key_digest(key), key, rt.rank)
+        final = Path(cfg.out)
+        key = {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",
+                                                         "per_image", "batch_size", "seed", "group")},
+               "patch": k, "resolution": res, "model_fingerprint": model_fingerprint(model_path),
+               "template": prompts.template, "null_prompt": prompts.null_prompt,
+               "translations": _folder_digest(folder, {i: files[i] for i in index}),
+               "data_fingerprint": data_fingerprint(records, dataset.root),
+               "device": rt.device.type, "dtype": str(rt.dtype).replace("torch.", "")}
+        store = PartialResults(final / ".partial" / key_digest(key), key, rt.rank)
 
-    # -- 1-3. per source image, in fixed groups: typicality of its translations, patches, DIFT ------
-    def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
-        recs = [records[index[i]] for i in group]
-        ids, imgs, conds = [], [], []
-        for r in recs:
-            for c in targets[r.image_id]:
-                ids.append(f"{r.image_id}\x00{c}")
-                imgs.append(_load_png(folder / files[r.image_id][c], res))
-                conds.append([c])
-        maps: dict[str, dict[str, np.ndarray]] = {}
-        for result in estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
-            image_id, target = result.image_id.split("\x00")
-            maps.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
-        got, src = dataset.load_arrays(res, recs)
-        if len(got) != len(recs):
-            raise DataError(f"{dataset.root}: an image became unreadable")
-        stack = _label_stack(recs, src, columns, folder, files, res)
-        fmaps = extractor(torch.from_numpy(stack.reshape(-1, 3, res, res)),
-                          [prompts.prompt(c) for _ in recs for c in columns])
-        fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
-        out = {}
-        for n, r in enumerate(recs):
-            each, score = cotypicality_scores(np.stack([maps[r.image_id][c] for c in targets[r.image_id]]), k)
-            p = select_patches(score[None], k, cfg.per_image, "top")
-            typ = np.array([[float(each[m, int(b[1]), int(b[0])]) for m in range(len(targets[r.image_id]))]
-                            for b in p.box], np.float32)
-            local = np.full(len(p), n, dtype=np.int64)
-            parts = [pool_boxes(fmaps[:, j], local, p.box, res).numpy() for j in range(len(columns))]
-            out[r.image_id] = {"box": np.asarray(p.box, np.int64), "score": np.asarray(p.score, np.float32),
-                               "typicality": typ, "features": l2_normalize(np.concatenate(parts, axis=1))}
-        return out
-
-    groups = fixed_groups([r.image_id for r in records], cfg.group)
-    bar = tqdm(total=len(records), desc=f"typicality ({cfg.draws} draws) + DIFT of translations", unit="img",
-               disable=not progress or not rt.is_main)
-    run_groups(groups, compute, store, rt, bar=bar)
-    bar.close()
-    done = collect(store, list(index), rt)
-    if done is None:
-        return None  # not the main process, or a simulated share: a later single-process run writes
-
-    # -- 4. the most co-typical patches overall, clustered (mining's cluster stage) -----------------
-    per_image, typ_rows, feat_rows = [], [], []
-    for r in records:
-        d = done[r.image_id]
-        per_image.append(Patches(np.full(len(d["score"]), index[r.image_id], np.int64), d["box"], d["score"]))
-        typ_rows += [dict(zip(targets[r.image_id], (float(v) for v in row))) for row in d["typicality"]]
-        feat_rows.append(d["features"])
-    patches = Patches.concat(per_image)
-    if len(patches) == 0:
-        raise DataError(f"{folder}: no patch could be selected")
-    keep = top_per_label_index(patches, cfg.top)
-    sel = SimpleNamespace(labels=["changes"], label_rows={"changes": keep}, top=patches,
-                          record_of=lambda p, rows: p.image[rows])
-    feats = SimpleNamespace(features=np.concatenate(feat_rows), row_of=range(len(patches)))
-    settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=20, spherical=True, seed=cfg.seed,
-                               min_members=cfg.min_members, min_images=cfg.min_images)
-    found = cluster_stage(sel, feats, settings, progress=progress)["changes"]
-    clusters = [{"id": cl.id, "members": cl.members, "distances": cl.distances, "median": cl.median,
-                 "n_images": cl.n_images} for cl in found.clusters]
-    pixels: dict[int, np.ndarray] = {}
-
-    def pixels_of(n: int) -> np.ndarray:
-        """Image `n` under every label, (labels, res, res, 3) uint8 (the shown ones only)."""
-        if n not in pixels:
-            got, src = dataset.load_arrays(res, [records[n]])
-            if not got:
+        # -- 1-3. per source image, in fixed groups: typicality of its translations, patches, DIFT ------
+        def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+            recs = [records[index[i]] for i in group]
+            ids, imgs, conds = [], [], []
+            for r in recs:
+                for c in targets[r.image_id]:
+                    ids.append(f"{r.image_id}\x00{c}")
+                    imgs.append(_load_png(folder / files[r.image_id][c], res))
+                    conds.append([c])
+            maps: dict[str, dict[str, np.ndarray]] = {}
+            for result in estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
+                image_id, target = result.image_id.split("\x00")
+                maps.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
+            got, src = dataset.load_arrays(res, recs)
+            if len(got) != len(recs):
                 raise DataError(f"{dataset.root}: an image became unreadable")
-            stack = _label_stack([records[n]], src, columns, folder, files, res)[0]
-            pixels[n] = np.stack([to_uint8(x) for x in stack])
-        return pixels[n]
+            stack = _label_stack(recs, src, columns, folder, files, res)
+            fmaps = extractor(torch.from_numpy(stack.reshape(-1, 3, res, res)),
+                              [prompts.prompt(c) for _ in recs for c in columns])
+            fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
+            out = {}
+            for n, r in enumerate(recs):
+                each, score = cotypicality_scores(np.stack([maps[r.image_id][c] for c in targets[r.image_id]]), k)
+                p = select_patches(score[None], k, cfg.per_image, "top")
+                typ = np.array([[float(each[m, int(b[1]), int(b[0])]) for m in range(len(targets[r.image_id]))]
+                                for b in p.box], np.float32)
+                local = np.full(len(p), n, dtype=np.int64)
+                parts = [pool_boxes(fmaps[:, j], local, p.box, res).numpy() for j in range(len(columns))]
+                out[r.image_id] = {"box": np.asarray(p.box, np.int64), "score": np.asarray(p.score, np.float32),
+                                   "typicality": typ, "features": l2_normalize(np.concatenate(parts, axis=1))}
+            return out
 
-    # -- 5. outputs ---------------------------------------------------------------------------
-    final = Path(cfg.out)
-    with output_folder(final) as out:  # written whole, then moved into place (with .partial)
-        table, doc_clusters = [], []
-        for rank, cl in enumerate(clusters):
-            shown = []
-            for j, (mi, d) in enumerate(zip(cl["members"], cl["distances"])):
-                r = records[int(patches.image[mi])]
-                box = [int(v) for v in patches.box[mi]]
-                entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
-                         "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
-                         "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
-                         "x1": box[2], "y1": box[3], "cotypicality": float(patches.score[mi]), "distance": float(d),
-                         **{f"typicality_{c}": typ_rows[mi].get(c, "") for c in columns}}
-                table.append(entry)
-                if j < cfg.show:
-                    cells = []
-                    for jc, c in enumerate(columns):
-                        f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
-                        save_png(out / f, np.ascontiguousarray(crop(pixels_of(int(patches.image[mi]))[jc], box)))
-                        cells.append({"file": f, "label": c, "source": c == r.labels[0],
-                                      "typicality": typ_rows[mi].get(c)})
-                    shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
-                                  "cotypicality": float(patches.score[mi]), "cells": cells})
-            doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
-                                 "n_images": cl["n_images"], "rows": shown})
-        buf = io.StringIO()
-        fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images", "member_rank",
-                  "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
-            [f"typicality_{c}" for c in columns]
-        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(table)
-        write_text(out / "clusters.csv", buf.getvalue())
-        summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
-                   "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(keep),
-                   "clusters (k)": found.k, "clusters kept": len(clusters), "typicality draws": cfg.draws,
-                   "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
-        write_report(out / "report.html", columns, doc_clusters, summary)
-        save_config(cfg, out)
-    return final
+        groups = fixed_groups([r.image_id for r in records], cfg.group)
+        bar = tqdm(total=len(records), desc=f"typicality ({cfg.draws} draws) + DIFT of translations", unit="img",
+                   disable=not progress or not rt.is_main)
+        run_groups(groups, compute, store, rt, bar=bar)
+        bar.close()
+        done = collect(store, list(index), rt)
+        if done is None:
+            return None  # not the main process, or a simulated share: a later single-process run writes
+
+        # -- 4. the most co-typical patches overall, clustered (mining's cluster stage) -----------------
+        per_image, typ_rows, feat_rows = [], [], []
+        for r in records:
+            d = done[r.image_id]
+            per_image.append(Patches(np.full(len(d["score"]), index[r.image_id], np.int64), d["box"], d["score"]))
+            typ_rows += [dict(zip(targets[r.image_id], (float(v) for v in row))) for row in d["typicality"]]
+            feat_rows.append(d["features"])
+        patches = Patches.concat(per_image)
+        if len(patches) == 0:
+            raise DataError(f"{folder}: no patch could be selected")
+        keep = top_per_label_index(patches, cfg.top)
+        sel = SimpleNamespace(labels=["changes"], label_rows={"changes": keep}, top=patches,
+                              record_of=lambda p, rows: p.image[rows])
+        feats = SimpleNamespace(features=np.concatenate(feat_rows), row_of=range(len(patches)))
+        settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=20, spherical=True, seed=cfg.seed,
+                                   min_members=cfg.min_members, min_images=cfg.min_images)
+        found = cluster_stage(sel, feats, settings, progress=progress)["changes"]
+        clusters = [{"id": cl.id, "members": cl.members, "distances": cl.distances, "median": cl.median,
+                     "n_images": cl.n_images} for cl in found.clusters]
+        pixels: dict[int, np.ndarray] = {}
+
+        def pixels_of(n: int) -> np.ndarray:
+            """Image `n` under every label, (labels, res, res, 3) uint8 (the shown ones only)."""
+            if n not in pixels:
+                got, src = dataset.load_arrays(res, [records[n]])
+                if not got:
+                    raise DataError(f"{dataset.root}: an image became unreadable")
+                stack = _label_stack([records[n]], src, columns, folder, files, res)[0]
+                pixels[n] = np.stack([to_uint8(x) for x in stack])
+            return pixels[n]
+
+        # -- 5. outputs ---------------------------------------------------------------------------
+        final = Path(cfg.out)
+        with output_folder(final) as out:  # written whole, then moved into place (with .partial)
+            table, doc_clusters = [], []
+            for rank, cl in enumerate(clusters):
+                shown = []
+                for j, (mi, d) in enumerate(zip(cl["members"], cl["distances"])):
+                    r = records[int(patches.image[mi])]
+                    box = [int(v) for v in patches.box[mi]]
+                    entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
+                             "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
+                             "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
+                             "x1": box[2], "y1": box[3], "cotypicality": float(patches.score[mi]), "distance": float(d),
+                             **{f"typicality_{c}": typ_rows[mi].get(c, "") for c in columns}}
+                    table.append(entry)
+                    if j < cfg.show:
+                        cells = []
+                        for jc, c in enumerate(columns):
+                            f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
+                            save_png(out / f, np.ascontiguousarray(crop(pixels_of(int(patches.image[mi]))[jc], box)))
+                            cells.append({"file": f, "label": c, "source": c == r.labels[0],
+                                          "typicality": typ_rows[mi].get(c)})
+                        shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
+                                      "cotypicality": float(patches.score[mi]), "cells": cells})
+                doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
+                                     "n_images": cl["n_images"], "rows": shown})
+            buf = io.StringIO()
+            fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images",
+                      "member_rank",
+                      "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
+                [f"typicality_{c}" for c in columns]
+            w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(table)
+            write_text(out / "clusters.csv", buf.getvalue())
+            summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
+                       "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(keep),
+                       "clusters (k)": found.k, "clusters kept": len(clusters), "typicality draws": cfg.draws,
+                       "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
+            write_report(out / "report.html", columns, doc_clusters, summary)
+            save_config(cfg, out)
+        return final
 
 

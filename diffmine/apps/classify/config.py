@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from typicality.draws import PUBLISHED_T_RANGE
-from diffmine.core.settings import check, check_choice, check_positive, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from typicality.config import PUBLISHED_T_RANGE
+from diffmine.core.settings import (check, check_choice, check_positive, check_required,
+                                     option, skip_bad_option)
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ClassifyConfig(RuntimeSettings):
     keep: int = option(3, "adaptive: labels kept after the first round")
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="docs/method.md §2")
     label_column: str = option("label", "metadata column of the labels")
+    skip_bad: bool = skip_bad_option()
     audit: bool = option(True, "write the label audit (audit.html): images more typical of another label")
     audit_top: int = option(50, "images shown in the audit page")
     batch_size: int = option(64, "UNet rows per forward")

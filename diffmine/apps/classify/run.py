@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_json, write_text
 from diffmine.core.settings import save_config
 from diffmine.core.errors import DataError
@@ -35,7 +36,7 @@ from diffmine.apps.classify.config import ClassifyConfig
 from diffmine.core.inputs import ImageInput
 
 
-def load_data(data: str, label_column: str) -> tuple[ImageInput, list[str] | None]:
+def load_data(data: str, label_column: str, skip_bad: bool = False) -> tuple[ImageInput, list[str] | None]:
     """Images and their true labels when the folder has them (label folders or metadata), else None."""
     from diffmine.core.dataset import METADATA_NAMES, LabeledImages
 
@@ -45,8 +46,8 @@ def load_data(data: str, label_column: str) -> tuple[ImageInput, list[str] | Non
     labeled = any((root / n).exists() for n in METADATA_NAMES) or any(
         p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
     if not labeled:
-        return ImageInput(root), None
-    ds = LabeledImages(root, label_column)
+        return ImageInput(root, skip_bad=skip_bad), None
+    ds = LabeledImages(root, label_column, skip_bad)
     multi = [r.image_id for r in ds if len(r.labels) != 1]
     if multi:
         raise DataError(f"{root}: image '{multi[0]}' has {len(ds[ds.index(multi[0])].labels)} labels; "
@@ -154,69 +155,70 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
 
     config.validate()
     rt = Runtime.start(config)
-    loaded = rt.load(config.model)  # "tiny", a folder or a hub id; a missing folder: one line
-    labels = list(loaded.labels or [])
-    if len(labels) < 2:
-        raise DataError(f"{config.model}: the model knows {len(labels)} label(s) (diffmine_train.json); "
-                        "classify needs 2 or more")
-    inp, truth = load_data(config.data, config.label_column)
-    if truth is not None:
-        unknown = sorted(set(truth) - set(labels))
-        if unknown:
-            raise DataError(f"{config.data}: label '{unknown[0]}' is not one the model knows ({', '.join(labels)})")
-    bundle = loaded.bundle
-    scorer = LabelScorer(bundle, loaded.prompts, labels, config.t_range, config.seed, config.batch_size)
-    res = bundle.resolution
-    out = Path(config.out)
-    key = classify_key(config, loaded, inp, rt)
-    store = PartialResults(out / ".partial" / key_digest(key), key, rt.rank)
-    index = {image_id: k for k, image_id in enumerate(inp.ids)}
+    with writer_lock(config.out, rt):  # one writer per folder (all processes of a launch are one)
+        loaded = rt.load(config.model)  # "tiny", a folder or a hub id; a missing folder: one line
+        labels = list(loaded.labels or [])
+        if len(labels) < 2:
+            raise DataError(f"{config.model}: the model knows {len(labels)} label(s) (diffmine_train.json); "
+                            "classify needs 2 or more")
+        inp, truth = load_data(config.data, config.label_column, config.skip_bad)
+        if truth is not None:
+            unknown = sorted(set(truth) - set(labels))
+            if unknown:
+                raise DataError(f"{config.data}: label '{unknown[0]}' is not one the model knows ({', '.join(labels)})")
+        bundle = loaded.bundle
+        scorer = LabelScorer(bundle, loaded.prompts, labels, config.t_range, config.seed, config.batch_size)
+        res = bundle.resolution
+        out = Path(config.out)
+        key = classify_key(config, loaded, inp, rt)
+        store = PartialResults(out / ".partial" / key_digest(key), key, rt.rank)
+        index = {image_id: k for k, image_id in enumerate(inp.ids)}
 
-    def compute(group):
-        idx = [index[i] for i in group]
-        before = scorer.rows
-        s, c, m = classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), list(group), config)
-        rows = (scorer.rows - before) // len(group)  # the same for every image of a group
-        return {i: {"scores": s[n], "counts": c[n].astype(np.int64), "maps": m[n],
-                    "rows": np.array([rows], np.int64)} for n, i in enumerate(group)}
+        def compute(group):
+            idx = [index[i] for i in group]
+            before = scorer.rows
+            s, c, m = classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), list(group), config)
+            rows = (scorer.rows - before) // len(group)  # the same for every image of a group
+            return {i: {"scores": s[n], "counts": c[n].astype(np.int64), "maps": m[n],
+                        "rows": np.array([rows], np.int64)} for n, i in enumerate(group)}
 
-    start = time.time()
-    with tqdm(total=len(inp), unit="img", desc=f"classify ({config.prune})",
-              disable=not progress or not rt.is_main, dynamic_ncols=True) as bar:
-        run_groups(fixed_groups(inp.ids, group_size(config, len(labels))), compute, store, rt, bar, on_group)
-    seconds = max(time.time() - start, 1e-9)
-    stored = collect(store, inp.ids, rt)
-    if stored is None:
-        return None  # not the main process, or a simulated share: a later single-process run writes the files
-    scores = np.stack([stored[i]["scores"] for i in inp.ids])
-    counts = np.stack([stored[i]["counts"] for i in inp.ids])
-    maps = np.stack([stored[i]["maps"] for i in inp.ids])
-    unet_rows = int(sum(int(stored[i]["rows"][0]) for i in inp.ids))
-    pred, margin = predictions(scores, counts)
-    result = {"labels": labels, "images": len(inp), "prune": config.prune, "draws": config.draws,
-              "first_draws": config.first_draws if config.prune == "adaptive" else None,
-              "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": unet_rows,
-              "unet_rows_per_image": unet_rows / len(inp), "accuracy": None, "confusion": None}
-    if truth is not None:
-        t = np.array([labels.index(x) for x in truth])
-        conf = np.zeros((len(labels), len(labels)), int)
-        np.add.at(conf, (t, pred), 1)
-        result["accuracy"] = float((t == pred).mean())
-        result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
-                               "matrix": conf.tolist()}
+        start = time.time()
+        with tqdm(total=len(inp), unit="img", desc=f"classify ({config.prune})",
+                  disable=not progress or not rt.is_main, dynamic_ncols=True) as bar:
+            run_groups(fixed_groups(inp.ids, group_size(config, len(labels))), compute, store, rt, bar, on_group)
+        seconds = max(time.time() - start, 1e-9)
+        stored = collect(store, inp.ids, rt)
+        if stored is None:
+            return None  # not the main process, or a simulated share: a later single-process run writes the files
+        scores = np.stack([stored[i]["scores"] for i in inp.ids])
+        counts = np.stack([stored[i]["counts"] for i in inp.ids])
+        maps = np.stack([stored[i]["maps"] for i in inp.ids])
+        unet_rows = int(sum(int(stored[i]["rows"][0]) for i in inp.ids))
+        pred, margin = predictions(scores, counts)
+        result = {"labels": labels, "images": len(inp), "prune": config.prune, "draws": config.draws,
+                  "first_draws": config.first_draws if config.prune == "adaptive" else None,
+                  "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": unet_rows,
+                  "unet_rows_per_image": unet_rows / len(inp), "accuracy": None, "confusion": None}
+        if truth is not None:
+            t = np.array([labels.index(x) for x in truth])
+            conf = np.zeros((len(labels), len(labels)), int)
+            np.add.at(conf, (t, pred), 1)
+            result["accuracy"] = float((t == pred).mean())
+            result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
+                                   "matrix": conf.tolist()}
 
-    with output_folder(out) as tmp:  # the stored groups go with the old folder: the run is complete
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
-        for i, image_id in enumerate(inp.ids):
-            w.writerow([image_id, truth[i] if truth else "", labels[pred[i]], f"{margin[i]:.6g}"]
-                       + [f"{v:.6g}" for v in scores[i]])
-        write_text(tmp / "predictions.csv", buf.getvalue())
-        if truth is not None and config.audit:
-            from diffmine.apps.classify.audit import write_audit
+        with output_folder(out) as tmp:  # the stored groups go with the old folder: the run is complete
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
+            for i, image_id in enumerate(inp.ids):
+                w.writerow([image_id, truth[i] if truth else "", labels[pred[i]], f"{margin[i]:.6g}"]
+                           + [f"{v:.6g}" for v in scores[i]])
+            write_text(tmp / "predictions.csv", buf.getvalue())
+            if truth is not None and config.audit:
+                from diffmine.apps.classify.audit import write_audit
 
-            result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
-        write_json(tmp / "classification.json", result)
-        save_config(config, tmp)
-    return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}
+                result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
+            write_json(tmp / "classification.json", result)
+            save_config(config, tmp)
+        return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
+from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD
-from diffmine.core.settings import check, check_positive, check_range, check_required, defaults, option
+from diffmine.core.settings import (check, check_positive, check_range, check_required, defaults,
+                                     option, skip_bad_option)
 from typicality.config import TypicalityConfig
 
 _TYPICALITY = defaults(TypicalityConfig)  # the maps' settings that localize does not change
@@ -27,7 +28,7 @@ class LocalizeConfig(RuntimeSettings):
     threshold: float = option(DEFAULT_MAP_THRESHOLD, "fraction of the min-max normalised map above which pixels "
                               "form the predicted box (IoBB)")
     label_column: str = option("label", "label column of the data folder's metadata")
-    skip_bad: bool = option(False, "skip bad box rows and unreadable images with one warning instead of stopping")
+    skip_bad: bool = skip_bad_option("bad box rows")
     seed: int = option(0, "seed of the noise draws", affects_maps=True)
     batch_size: int = option(_TYPICALITY["batch_size"], "UNet rows per forward")
     group: int = option(_TYPICALITY["group"], "images per unit of work of the typicality stage (dealt out to the "

@@ -33,6 +33,7 @@ import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
 from diffmine.evaluation.localization import IOBB_THRESHOLDS, score_map, summarize
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
 from diffmine.core.settings import map_keys, save_config, to_dict
 from diffmine.core.errors import DataError
@@ -230,84 +231,85 @@ def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
     cfg.validate()
     _check_paths(cfg)
     rt = Runtime.start(cfg)
-    loaded = rt.load(cfg.model)  # labels and processing size; the stage loads its own copy
-    labels = model_labels(cfg.model, loaded.labels)
-    res = int(loaded.bundle.resolution)
-    del loaded
-    dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    boxes = read_boxes(cfg.boxes, labels, cfg.skip_bad)
-    inside, outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)
-    if outside and rt.is_main:
-        warnings.warn(f"{len(outside)} box(es) fall outside the {res} px centre crop and cannot be scored: "
-                      + "; ".join(f"{cfg.boxes} row {b.box.row} ({b.box.file_name}, {b.finding})" for b in outside),
-                      stacklevel=2)
-    wanted = {b.image_id for b in inside}
-    records = [r for r in dataset if r.image_id in wanted]
-    if not records:
-        raise DataError(f"{cfg.boxes}: no box can be scored (none inside the images' centre crops)")
-    records, images = dataset.load_arrays(res, records, progress=progress and rt.is_main)
-    loaded_ids = {r.image_id for r in records}
-    dropped = [b for b in inside if b.image_id not in loaded_ids]  # unreadable images, with skip_bad
-    inside = [b for b in inside if b.image_id in loaded_ids]
-    findings = [sorted({b.finding for b in inside if b.image_id == r.image_id}) for r in records]
+    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
+        loaded = rt.load(cfg.model)  # labels and processing size; the stage loads its own copy
+        labels = model_labels(cfg.model, loaded.labels)
+        res = int(loaded.bundle.resolution)
+        del loaded
+        dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+        boxes = read_boxes(cfg.boxes, labels, cfg.skip_bad)
+        inside, outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)
+        if outside and rt.is_main:
+            warnings.warn(f"{len(outside)} box(es) fall outside the {res} px centre crop and cannot be scored: "
+                          + "; ".join(f"{cfg.boxes} row {b.box.row} ({b.box.file_name}, {b.finding})" for b in outside),
+                          stacklevel=2)
+        wanted = {b.image_id for b in inside}
+        records = [r for r in dataset if r.image_id in wanted]
+        if not records:
+            raise DataError(f"{cfg.boxes}: no box can be scored (none inside the images' centre crops)")
+        records, images = dataset.load_arrays(res, records, progress=progress and rt.is_main)
+        loaded_ids = {r.image_id for r in records}
+        dropped = [b for b in inside if b.image_id not in loaded_ids]  # unreadable images, with skip_bad
+        inside = [b for b in inside if b.image_id in loaded_ids]
+        findings = [sorted({b.finding for b in inside if b.image_id == r.image_id}) for r in records]
 
-    out = Path(cfg.out)
-    created = not out.exists()
-    view = out / VIEW
-    tcfgs = {name: _typicality_config(cfg, getattr(cfg, name), view, out / folder, res, force=name == "base_model")
-             for name, folder in STORES.items() if getattr(cfg, name)}
-    try:
-        if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            finish_swap(out)  # a run killed while swapping its outputs in: complete it first
-            _write_view(view, dataset, records, findings)
-            for tcfg in tcfgs.values():
-                if _stale(tcfg, Path(tcfg.out)):
-                    shutil.rmtree(tcfg.out)
-        rt.wait()
-        if not rt.is_main and rt.state is None:  # a simulated split: the view is this call's to write
-            _write_view(view, dataset, records, findings)
-        for name, tcfg in tcfgs.items():
-            run_typicality(tcfg, progress=progress)  # returns merged on the main process of a launch
-    except BaseException:
-        if rt.is_main and created and not any(Path(t.out).exists() for t in tcfgs.values()):
-            shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave nothing behind
-        raise
-    if not (rt.is_main and rt.launched):
-        return None
+        out = Path(cfg.out)
+        created = not out.exists()
+        view = out / VIEW
+        tcfgs = {name: _typicality_config(cfg, getattr(cfg, name), view, out / folder, res, force=name == "base_model")
+                 for name, folder in STORES.items() if getattr(cfg, name)}
+        try:
+            if rt.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                finish_swap(out)  # a run killed while swapping its outputs in: complete it first
+                _write_view(view, dataset, records, findings)
+                for tcfg in tcfgs.values():
+                    if _stale(tcfg, Path(tcfg.out)):
+                        shutil.rmtree(tcfg.out)
+            rt.wait()
+            if not rt.is_main and rt.state is None:  # a simulated split: the view is this call's to write
+                _write_view(view, dataset, records, findings)
+            for name, tcfg in tcfgs.items():
+                run_typicality(tcfg, progress=progress)  # returns merged on the main process of a launch
+        except BaseException:
+            if rt.is_main and created and not any(Path(t.out).exists() for t in tcfgs.values()):
+                shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave nothing behind
+            raise
+        if not (rt.is_main and rt.launched):
+            return None
 
-    store = TypicalityStore.open(out / STORES["model"])
-    table, rows = localization_table(store, inside, cfg.threshold)
-    base_store = None
-    if cfg.base_model:
-        base_store = TypicalityStore.open(out / STORES["base_model"])
-        base_table, base_rows = localization_table(base_store, inside, cfg.threshold)
-        for name, v in base_table.items():
-            table[name].update({f"base_{k}": x for k, x in v.items() if k != "n_boxes"})
-        for r, br in zip(rows, base_rows):
-            r.update({f"base_{k}": br[k] for k in ("auc_pr", "iobb", "pred_box", "pointing")})
-    overall = table.pop("overall")
-    metrics = json_ready({
-        "findings": table, "overall": overall,
-        "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
-        "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
-        "iobb_box": f"tight box of the connected region (8-connectivity) holding the map's maximum, among pixels "
-                    f">= {cfg.threshold:g} of the min-max normalised map",
-        "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
-    })
-    with output_folder(out, owned=OUTPUTS) as tmp:  # the stores beside the outputs stay
-        write_json(tmp / "metrics.json", metrics)
-        write_text(tmp / "per_image.csv", _per_image_csv(rows, records))
-        from diffmine.apps.localize.report import write_report
+        store = TypicalityStore.open(out / STORES["model"])
+        table, rows = localization_table(store, inside, cfg.threshold)
+        base_store = None
+        if cfg.base_model:
+            base_store = TypicalityStore.open(out / STORES["base_model"])
+            base_table, base_rows = localization_table(base_store, inside, cfg.threshold)
+            for name, v in base_table.items():
+                table[name].update({f"base_{k}": x for k, x in v.items() if k != "n_boxes"})
+            for r, br in zip(rows, base_rows):
+                r.update({f"base_{k}": br[k] for k in ("auc_pr", "iobb", "pred_box", "pointing")})
+        overall = table.pop("overall")
+        metrics = json_ready({
+            "findings": table, "overall": overall,
+            "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
+            "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
+            "iobb_box": f"tight box of the connected region (8-connectivity) holding the map's maximum, among pixels "
+                        f">= {cfg.threshold:g} of the min-max normalised map",
+            "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
+        })
+        with output_folder(out, owned=OUTPUTS) as tmp:  # the stores beside the outputs stay
+            write_json(tmp / "metrics.json", metrics)
+            write_text(tmp / "per_image.csv", _per_image_csv(rows, records))
+            from diffmine.apps.localize.report import write_report
 
-        write_report(tmp, metrics, rows, records, images, store, base_store, cfg.show)
-        save_config(cfg, tmp)
-    shutil.rmtree(view, ignore_errors=True)
-    if progress:
-        print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in table.items())
-              + (f"; {len(outside)} outside the crop" if outside else ""))
-        print(format_table(metrics))
-    return metrics
+            write_report(tmp, metrics, rows, records, images, store, base_store, cfg.show)
+            save_config(cfg, tmp)
+        shutil.rmtree(view, ignore_errors=True)
+        if progress:
+            print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in table.items())
+                  + (f"; {len(outside)} outside the crop" if outside else ""))
+            print(format_table(metrics))
+        return metrics
 
 
 def _per_image_csv(rows: list[dict], records) -> str:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.runtime import RuntimeSettings
-from diffmine.core.settings import check, check_choice, check_positive, check_range, check_required, option
+from diffmine.core.runtime_settings import RuntimeSettings
+from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
+                                     option, skip_bad_option)
 
 METHODS = ("pnp", "sdedit")
 
@@ -34,7 +35,7 @@ class TranslateConfig(RuntimeSettings):
     batch_size: int = option(8, "translations (image, target) per UNet forward")
     seed: int = option(0, "seed (sdedit noise, per image and target)")
     label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
-    skip_bad: bool = option(False, "skip unreadable images (one warning) instead of stopping")
+    skip_bad: bool = skip_bad_option()
 
     def validate(self) -> None:
         check_required(self)

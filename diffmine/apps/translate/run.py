@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffmine.core.lock import writer_lock
 from diffmine.core.files import write_json
 from diffmine.core.settings import ConfigError, save_config, to_dict
 from diffmine.core.errors import DataError
@@ -92,62 +93,65 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
     _check_resumable(out, cfg)
 
     rt = Runtime.start(cfg)
-    rank, world = rt.rank, rt.world
-    loaded = rt.load(model_path)
-    bundle, prompts = loaded.bundle, loaded.prompts
-    translator = Translator(bundle, prompts, method=cfg.method, steps=cfg.steps, guidance=cfg.guidance,
-                            inversion_steps=cfg.inversion_steps, strength=cfg.strength,
-                            residual_injection=cfg.residual_injection, attention_injection=cfg.attention_injection,
-                            layers=cfg.layers, seed=cfg.seed)  # bad steps/layers fail here, before any work
-    res = bundle.resolution
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        save_config(cfg, out)
-        write_json(out / META, {"model": os.path.abspath(model_path), "model_fingerprint": model_fingerprint(model_path),
-                                "labels": labels, "resolution": res, "template": prompts.template,
-                                "null_prompt": prompts.null_prompt,
-                                "layers": translator.layers.name if translator.layers else None,
-                                "residual_injection": translator.residual_injection,
-                                "attention_injection": translator.attention_injection})
+    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
+        rank, world = rt.rank, rt.world
+        loaded = rt.load(model_path)
+        bundle, prompts = loaded.bundle, loaded.prompts
+        translator = Translator(bundle, prompts, method=cfg.method, steps=cfg.steps, guidance=cfg.guidance,
+                                inversion_steps=cfg.inversion_steps, strength=cfg.strength,
+                                residual_injection=cfg.residual_injection, attention_injection=cfg.attention_injection,
+                                layers=cfg.layers, seed=cfg.seed)  # bad steps/layers fail here, before any work
+        res = bundle.resolution
+        out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            save_config(cfg, out)
+            write_json(out / META, {"model": os.path.abspath(model_path),
+                                    "model_fingerprint": model_fingerprint(model_path),
+                                    "labels": labels, "resolution": res, "template": prompts.template,
+                                    "null_prompt": prompts.null_prompt,
+                                    "layers": translator.layers.name if translator.layers else None,
+                                    "residual_injection": translator.residual_injection,
+                                    "attention_injection": translator.attention_injection})
 
-    # Fixed groups of whole images (consecutive in id order, at most batch_size translations), shared
-    # out i::n and redone whole when any of their files is missing: every output then comes from the
-    # same batch whatever the process count or interruptions, so the files are the same bit for bit.
-    groups = list(_groups([(r, targets[r.image_id]) for r in dataset if targets[r.image_id]], cfg.batch_size))
-    mine = groups[rank::world]
-    todo = [g for g in mine if any(not (out / translation_file(r.image_id, t)).is_file() for r, tg in g for t in tg)]
-    bar = tqdm(total=sum(len(t) for g in todo for _, t in g), unit="img", desc=f"translate ({cfg.method})",
-               disable=not progress or rank != 0)
-    for group in todo:
-        recs, arrays = dataset.load_arrays(res, [r for r, _ in group])
-        kept = {r.image_id for r in recs}
-        group = [(r, t) for r, t in group if r.image_id in kept]  # skip_bad dropped an image
-        results = translator.translate(torch.from_numpy(arrays), [r.image_id for r, _ in group],
-                                       [r.labels[0] for r, _ in group], [t for _, t in group])
-        for (r, tg), imgs in zip(group, results):
-            for t, img in zip(tg, imgs):
-                path = out / translation_file(r.image_id, t)
-                if not path.is_file():  # a finished file is left as it is
-                    save_png(path, to_uint8(img))
-            bar.update(len(tg))
-    bar.close()
+        # Fixed groups of whole images (consecutive in id order, at most batch_size translations), shared
+        # out i::n and redone whole when any of their files is missing: every output then comes from the
+        # same batch whatever the process count or interruptions, so the files are the same bit for bit.
+        groups = list(_groups([(r, targets[r.image_id]) for r in dataset if targets[r.image_id]], cfg.batch_size))
+        mine = groups[rank::world]
+        todo = [g for g in mine
+                if any(not (out / translation_file(r.image_id, t)).is_file() for r, tg in g for t in tg)]
+        bar = tqdm(total=sum(len(t) for g in todo for _, t in g), unit="img", desc=f"translate ({cfg.method})",
+                   disable=not progress or rank != 0)
+        for group in todo:
+            recs, arrays = dataset.load_arrays(res, [r for r, _ in group])
+            kept = {r.image_id for r in recs}
+            group = [(r, t) for r, t in group if r.image_id in kept]  # skip_bad dropped an image
+            results = translator.translate(torch.from_numpy(arrays), [r.image_id for r, _ in group],
+                                           [r.labels[0] for r, _ in group], [t for _, t in group])
+            for (r, tg), imgs in zip(group, results):
+                for t, img in zip(tg, imgs):
+                    path = out / translation_file(r.image_id, t)
+                    if not path.is_file():  # a finished file is left as it is
+                        save_png(path, to_uint8(img))
+                bar.update(len(tg))
+        bar.close()
 
-    # grids for this process's images (from the files, so a resumed run draws them too)
-    for r in tqdm([r for g in mine for r, _ in g], desc="grids", unit="img", disable=not progress or rank != 0):
-        files = [out / translation_file(r.image_id, t) for t in targets[r.image_id]]
-        if not files or (out / grid_file(r.image_id)).is_file() or not all(f.is_file() for f in files):
-            continue
-        try:
-            _, src = dataset.load_arrays(res, [r])
-        except DataError:
-            continue
-        tiles = [to_uint8(src[0])] + [np.asarray(_read_png(f)) for f in files]
-        caps = [f"source: {r.labels[0]}"] + [f"to {t}" for t in targets[r.image_id]]
-        save_png(out / grid_file(r.image_id), labeled_row(tiles, caps))
-    rt.wait()
-    if rt.is_main:
-        _write_tables(out, cfg, translator, dataset, targets, labels)
-    return out
+        # grids for this process's images (from the files, so a resumed run draws them too)
+        for r in tqdm([r for g in mine for r, _ in g], desc="grids", unit="img", disable=not progress or rank != 0):
+            files = [out / translation_file(r.image_id, t) for t in targets[r.image_id]]
+            if not files or (out / grid_file(r.image_id)).is_file() or not all(f.is_file() for f in files):
+                continue
+            try:
+                _, src = dataset.load_arrays(res, [r])
+            except DataError:
+                continue
+            tiles = [to_uint8(src[0])] + [np.asarray(_read_png(f)) for f in files]
+            caps = [f"source: {r.labels[0]}"] + [f"to {t}" for t in targets[r.image_id]]
+            save_png(out / grid_file(r.image_id), labeled_row(tiles, caps))
+        rt.wait()
+        if rt.is_main:
+            _write_tables(out, cfg, translator, dataset, targets, labels)
+        return out
 
 
 def _read_png(path: Path) -> np.ndarray:
