@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
+from mining.config import DIFT_BLOCK, DIFT_T
 from typicality.config import PUBLISHED_T_RANGE
 from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
                                      option, skip_bad_option)
 
 # The score kinds (detector.py documents each). Here, not in detector.py: the config must not
 # import PyOD, so every other command starts without the anomaly extra.
-SCORES = ("reconstruction", "atypicality", "trajectory", "features")
+SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
+CORESETS = ("greedy", "random")
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -43,6 +45,21 @@ class AnomalyFitConfig(RuntimeSettings):
     n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (PyOD KNN's default)")
     skip_bad: bool = skip_bad_option()
     force: bool = option(False, "replace the detector already in --out")
+    # patches (PatchCore on DIFT patch features of tiles at the image's own resolution, detector.py)
+    tile_stride: int | None = option(None, "patches: pixels between tiles of --resolution px (default: half a "
+                                     "tile, so tiles overlap)")
+    patch_block: int = option(DIFT_BLOCK, "patches: UNet up block whose output cells are the patch features",
+                              source="docs/method.md §4")
+    patch_t: int = option(DIFT_T, "patches: timestep of the DIFT features", source="docs/method.md §4")
+    patch_draws: int = option(2, "patches: noise draws the DIFT features average over")
+    top_k: int = option(1, "patches: the image score is the mean of its top-k patch scores (1: the maximum, "
+                        "as PatchCore)")
+    coreset: str = option("greedy", "patches: how the memory bank is subsampled (greedy k-center, as "
+                          "PatchCore, or random)", choices=CORESETS)
+    coreset_ratio: float = option(0.1, "patches: share of the normal patches the memory bank keeps "
+                                  "(PatchCore's coreset ratio)")
+    bank_size: int = option(8192, "patches: the most patches the memory bank keeps (fit and scoring stay "
+                            "linear in the number of normal images)")
 
     def validate(self) -> None:
         check_required(self)
@@ -51,7 +68,11 @@ class AnomalyFitConfig(RuntimeSettings):
         check_range(self, "contamination", 0, 0.5, closed="right")
         check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
         check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
-                              "n_neighbors"))
+                              "n_neighbors", "tile_stride", "patch_draws", "top_k", "bank_size"))
+        check_choice(self, "coreset")
+        check_range(self, "coreset_ratio", 0, 1, closed="right")
+        check(self.patch_block >= 0, "patch_block", f"must be >= 0, got {self.patch_block}")
+        check(self.patch_t >= 0, "patch_t", f"must be >= 0, got {self.patch_t}")
         check_range(self, "trajectory_start", 0, 1, closed="right")
         check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
               f"got {self.t_range}")

@@ -17,6 +17,20 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   docs/method.md §5). Scale-free: unlike a denoising error it does not grow with how much an image
   contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
   the nearest normal image at the same cell.
+* patches: PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022,
+  as anomalib implements it) on DIFT patch features, at the image's own resolution. An image is cut
+  into overlapping tiles of the model's resolution (or `resolution`), every `tile_stride` px, so
+  a small defect keeps its size in pixels; each tile's DIFT map (UNet up_blocks[`patch_block`] at
+  t = `patch_t`, `patch_draws` draws) gives one feature per cell, averaged over its 3x3
+  neighbourhood and L2-normalised (PatchCore's local aggregation). The normal images' patches form
+  a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size` by
+  greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
+  number of normal images. A patch's score is its distance to the nearest bank patch; the image
+  score is the mean of its `top_k` highest (1: the maximum, as PatchCore); the map is the patch
+  scores upsampled per tile and averaged where tiles overlap, at the image's own size. A training
+  image's score leaves its own patches out of the bank (not 0 for itself). Settings are chosen on
+  training data (benchmarks/anomaly_defects.py chooses stride, block, top-k and coreset ratio on a
+  labelled training split).
 
 Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
 whatever the caller asks for, so an image's score does not depend on which images came with it
@@ -67,7 +81,9 @@ class DiffusionDetector(BaseDetector):
                  finetune_steps=_D["finetune_steps"], finetune_lr=_D["finetune_lr"],
                  finetune_batch=_D["finetune_batch"], resolution=_D["resolution"], batch_size=_D["batch_size"],
                  seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
-                 dtype=_D["dtype"]):
+                 dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_block=_D["patch_block"],
+                 patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], coreset=_D["coreset"],
+                 coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"]):
         self.model = model
         self.base = base
         self.score = score
@@ -88,6 +104,14 @@ class DiffusionDetector(BaseDetector):
         self.n_neighbors = n_neighbors  # features: PyOD KNN's default
         self.device = device  # where the model runs (diffmine.core.runtime: auto, cpu, cuda, ...)
         self.dtype = dtype    # model precision (auto, fp32, fp16, bf16)
+        self.tile_stride = tile_stride  # patches: the tiling and the memory bank (module docstring)
+        self.patch_block = patch_block
+        self.patch_t = patch_t
+        self.patch_draws = patch_draws
+        self.top_k = top_k
+        self.coreset = coreset
+        self.coreset_ratio = coreset_ratio
+        self.bank_size = bank_size
 
     def use_runtime(self, runtime) -> "DiffusionDetector":
         """Run on `runtime` (a command's `Runtime`) instead of one started from `device`/`dtype`."""
@@ -114,7 +138,7 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("model", "give either a model to score with or a base to finetune (not both)")
         if self.model is not None and not Path(self._model_folder()).is_dir():
             raise ConfigError("model", f"{self.model}: model folder does not exist")
-        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors"):
+        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors", "patch_draws", "top_k", "bank_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         lo, hi = self.t_range
@@ -122,6 +146,12 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("t_range", f"must satisfy 0 <= low < high <= 1, got {self.t_range}")
         if not 0 < self.trajectory_start <= 1:
             raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
+        if self.tile_stride is not None and int(self.tile_stride) < 1:
+            raise ConfigError("tile_stride", f"must be >= 1, got {self.tile_stride}")
+        if self.coreset not in ("greedy", "random"):
+            raise ConfigError("coreset", f"must be greedy or random, got {self.coreset!r}")
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError("coreset_ratio", f"must be in (0, 1], got {self.coreset_ratio}")
 
     def _model_folder(self) -> str:
         """`model` as the project's loader reads it: "tiny" stands for the shipped towns model."""
@@ -149,6 +179,8 @@ class DiffusionDetector(BaseDetector):
                                   f"got {len(self.train_features_)}")
             self._fit_knn()
             self.decision_scores_ = self.knn_.decision_scores_.copy()  # leave-one-out: not 0 for itself
+        elif self.score == "patches":
+            self.decision_scores_ = self._fit_bank(inp)
         else:
             self.decision_scores_ = self._scores_and_maps(inp)[0]
         self._set_n_classes(y)
@@ -188,6 +220,81 @@ class DiffusionDetector(BaseDetector):
 
         self.knn_ = KNN(n_neighbors=int(self.n_neighbors), contamination=self.contamination).fit(self.train_features_)
 
+    def _fit_bank(self, inp: ImageInput) -> np.ndarray:
+        """Build the patch memory bank from the normal images; their scores, each without its own patches."""
+        from tqdm.auto import tqdm
+
+        from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, random_subset
+
+        per_image = []
+        with tqdm(total=len(inp), desc="anomaly fit (patches: features)", disable=not self.progress) as bar:
+            for g in self.groups(inp):
+                per_image += [v.reshape(-1, v.shape[-1]).half() for v in self._tile_patches(inp, g)]
+                bar.update(len(g))
+        owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(per_image)])
+        pool = torch.cat(per_image)
+        k = bank_size_for(len(pool), self.coreset_ratio, self.bank_size)
+        if self.progress:
+            print(f"anomaly fit (patches): memory bank of {k} of {len(pool)} patches ({self.coreset})")
+        pick = (greedy_coreset(pool, k, int(self.seed)) if self.coreset == "greedy"
+                else random_subset(len(pool), k, int(self.seed)))
+        self.bank_features_ = pool[torch.from_numpy(pick)].float().numpy()
+        self.bank_owner_ = owner[pick]
+        self._bank = None
+        bank = self._bank_()
+        return np.array([self._image_score(bank.distances(v.float().numpy(), exclude_owner=i))
+                         for i, v in enumerate(per_image)])
+
+    def _bank_(self):
+        if getattr(self, "_bank", None) is None:
+            from diffmine.apps.anomaly.patches import MemoryBank
+
+            self._bank = MemoryBank(self.bank_features_, self.bank_owner_)
+        return self._bank
+
+    def _image_score(self, patch_scores: np.ndarray) -> float:
+        from diffmine.apps.anomaly.patches import top_k_mean
+
+        return top_k_mean(patch_scores, int(self.top_k))
+
+    def tile_stride_(self) -> int:
+        """Pixels between tiles: `tile_stride`, or half a tile."""
+        return int(self.tile_stride or max(1, self.resolution_ // 2))
+
+    def _tile_boxes(self) -> np.ndarray:
+        from diffmine.apps.anomaly.patches import tile_boxes
+
+        h, w, _ = self.geometry_
+        return tile_boxes(h, w, self.resolution_, self.tile_stride_())
+
+    def _tile_patches(self, inp: ImageInput, idx: list[int]) -> list[torch.Tensor]:
+        """Per image of `idx`: (tiles, h, w, C) patch features of its tiles (patches.patch_vectors)."""
+        from mining.features import DiftExtractor
+
+        from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
+
+        bundle, prompts, _ = self._load_runtime()
+        prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
+        draws = int(self.patch_draws)
+        dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
+                             seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
+        tiles = [cut_tiles(inp.rgb(i), self.resolution_, self.tile_stride_()) for i in idx]
+        fmaps = dift(torch.from_numpy(np.concatenate(tiles)), [prompt] * sum(len(t) for t in tiles))
+        return list(patch_vectors(fmaps).split([len(t) for t in tiles]))
+
+    def _patch_scores(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """(scores (n,), stitched maps (n, H, W) at the images' own size) of the images `idx`."""
+        from diffmine.apps.anomaly.patches import stitch
+
+        bank, boxes = self._bank_(), self._tile_boxes()
+        h, w, _ = self.geometry_
+        scores, maps = [], []
+        for v in self._tile_patches(inp, idx):
+            d = bank.distances(v.reshape(-1, v.shape[-1]).numpy())
+            scores.append(self._image_score(d))
+            maps.append(stitch(torch.from_numpy(d.reshape(v.shape[:3])).float(), boxes, (h, w)))
+        return np.array(scores), torch.stack(maps)
+
     # -- scoring -------------------------------------------------------------------------
     def _load_runtime(self):
         if getattr(self, "_runtime", None) is None:
@@ -215,6 +322,8 @@ class DiffusionDetector(BaseDetector):
             from mining.features import DIFT_DRAWS
 
             return DIFT_DRAWS
+        if self.score == "patches":
+            return len(self._tile_boxes()) * int(self.patch_draws)
         return int(self.draws) * (1 + len(self._conditions()))
 
     def group_size_(self) -> int:
@@ -281,6 +390,8 @@ class DiffusionDetector(BaseDetector):
         if self.score == "features":
             flat, cells = self._features(inp, idx)
             return self.knn_.decision_function(flat), self._feature_maps(flat, cells)
+        if self.score == "patches":
+            return self._patch_scores(inp, idx)
         maps = self._latent_maps(inp, idx)
         return maps.double().mean(dim=(1, 2)).numpy(), maps
 
@@ -321,12 +432,16 @@ class DiffusionDetector(BaseDetector):
         return self._scores_and_maps(inp)[0].copy()
 
     def anomaly_maps(self, X) -> np.ndarray:
-        """(n, R, R) per-pixel anomaly maps at the model's resolution: the scores before the spatial mean."""
+        """(n, R, R) per-pixel anomaly maps at the model's resolution: the scores before the spatial mean.
+
+        patches: (n, H, W), the stitched patch scores at the images' own size."""
         from typicality.formula import upsample
 
         inp = ImageInput(X)
         self._check_geometry(inp)
         maps = self._scores_and_maps(inp)[1]
+        if self.score == "patches":
+            return maps.numpy()
         return upsample(maps, (self.resolution_,) * 2).numpy()
 
     # PyOD's predict_proba reads X.shape[0]: give a list of paths a shape (an object array).

@@ -6,6 +6,8 @@
                             points to the --model folder, absolute)
     DET_DIR/config.json     the settings of the fit
     DET_DIR/features.npy    score features: the normal images' DIFT features (the kNN reference)
+    DET_DIR/patches.npy     score patches: the memory bank's patch features (float32, rows by
+                            normal image); DET_DIR/patch_owners.npy the normal image of each row
 A folder of another format version is refused rather than half-read.
 """
 from __future__ import annotations
@@ -25,6 +27,16 @@ FORMAT = "diffmine-anomaly-detector"
 VERSION = 1
 DETECTOR_FILE = "detector.json"
 FEATURES_FILE = "features.npy"
+PATCHES_FILE = "patches.npy"
+PATCH_OWNERS_FILE = "patch_owners.npy"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
@@ -49,6 +61,11 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
         buf = io.BytesIO()
         np.save(buf, det.train_features_)
         write_bytes(folder / FEATURES_FILE, buf.getvalue())
+    if det.score == "patches":
+        from diffmine.core.files import write_bytes
+
+        write_bytes(folder / PATCHES_FILE, _npy_bytes(det.bank_features_))
+        write_bytes(folder / PATCH_OWNERS_FILE, _npy_bytes(det.bank_owner_))
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.get_params().items()}
     for where in ("work_dir", "device", "dtype"):  # where it ran, not what was fitted: `score` picks its own
         params.pop(where, None)
@@ -93,6 +110,13 @@ def load_detector(folder: str | Path) -> DiffusionDetector:
             raise DataError(f"{folder}: a features detector without its {FEATURES_FILE}; fit it again")
         det.train_features_ = np.load(features)
         det._fit_knn()
+    if det.score == "patches":
+        files = [folder / PATCHES_FILE, folder / PATCH_OWNERS_FILE]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{folder}: a patches detector without its {missing[0]}; fit it again")
+        det.bank_features_, det.bank_owner_ = (np.load(f) for f in files)
+        det._bank = None
     det._process_decision_scores()  # threshold_, labels_, _mu, _sigma: PyOD's rule from the saved scores
     det.threshold_ = float(info["threshold"])
     return det

@@ -51,7 +51,9 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
             finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr,
             finetune_batch=config.finetune_batch, resolution=config.resolution, batch_size=config.batch_size,
             seed=config.seed, work_dir=str(tmp), progress=progress, n_neighbors=config.n_neighbors,
-            device=config.device, dtype=config.dtype)
+            device=config.device, dtype=config.dtype, tile_stride=config.tile_stride, patch_block=config.patch_block,
+            patch_t=config.patch_t, patch_draws=config.patch_draws, top_k=config.top_k, coreset=config.coreset,
+            coreset_ratio=config.coreset_ratio, bank_size=config.bank_size)
         det.fit(inp.paths)
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)
@@ -145,5 +147,7 @@ def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder
     res = det.resolution_
     with output_folder(folder) as tmp:
         for i, image_id in enumerate(inp.ids):
-            save_heatmap_pair(inp.thumbnail(i, res), maps[i], tmp / f"{safe_name(image_id)}.png")
+            # patches: the stitched map is at the image's own size, shown over the image itself
+            picture = np.asarray(inp.rgb(i)) if det.score == "patches" else inp.thumbnail(i, res)
+            save_heatmap_pair(picture, maps[i], tmp / f"{safe_name(image_id)}.png")
     return folder

@@ -1,0 +1,146 @@
+"""The `patches` score's parts: tiles at the model's resolution, stitched maps, a patch memory bank.
+
+PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022; as
+anomalib implements it): patch features of the normal images in a memory bank, subsampled by
+greedy k-center coreset selection; a test patch scores its distance to the nearest normal patch.
+Here the patch features are DIFT feature cells (docs/method.md §4) of tiles cut from the image at
+its own resolution, so a small defect keeps its size in pixels instead of being shrunk away.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+CANDIDATES_PER_CENTRE = 4  # greedy coreset: picked from at most this many random candidates per centre
+
+
+def tile_offsets(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles covering [0, length): every `stride`, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def tiled_size(height: int, width: int, tile: int) -> tuple[int, int]:
+    """The size an image is tiled at: itself, or scaled up so its short side is one tile."""
+    short = min(height, width)
+    if short >= tile:
+        return height, width
+    return max(tile, round(height * tile / short)), max(tile, round(width * tile / short))
+
+
+def tile_boxes(height: int, width: int, tile: int, stride: int) -> np.ndarray:
+    """(n, 4) tiles (x0, y0, x1, y1) of an image of that size, at `tiled_size`, row by row."""
+    h, w = tiled_size(height, width, tile)
+    return np.array([(x, y, x + tile, y + tile) for y in tile_offsets(h, tile, stride)
+                     for x in tile_offsets(w, tile, stride)], dtype=np.int64)
+
+
+def cut_tiles(image: Image.Image, tile: int, stride: int) -> np.ndarray:
+    """(n, 3, tile, tile) float32 in [-1, 1] (the VAE's range): the tiles of one RGB image."""
+    w, h = image.size
+    th, tw = tiled_size(h, w, tile)
+    if (th, tw) != (h, w):
+        image = image.resize((tw, th), Image.BICUBIC)
+    a = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return np.stack([a[y0:y1, x0:x1].transpose(2, 0, 1) for x0, y0, x1, y1 in tile_boxes(h, w, tile, stride)])
+
+
+def stitch(tile_maps: torch.Tensor, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """One (H, W) map from per-tile maps (n, h, w): each upsampled to its tile, averaged where tiles overlap.
+
+    `size` is the original image's (H, W); an image tiled at a larger `tiled_size` is resized back.
+    """
+    if len(tile_maps) != len(boxes):
+        raise ValueError(f"{len(tile_maps)} tile maps for {len(boxes)} tiles")
+    tile = int(boxes[0, 2] - boxes[0, 0])
+    th, tw = tiled_size(size[0], size[1], tile)
+    up = F.interpolate(tile_maps[:, None].float(), size=(tile, tile), mode="bilinear", align_corners=False)[:, 0]
+    total = torch.zeros(th, tw)
+    count = torch.zeros(th, tw)
+    for m, (x0, y0, x1, y1) in zip(up, boxes):
+        total[y0:y1, x0:x1] += m
+        count[y0:y1, x0:x1] += 1
+    out = total / count
+    if (th, tw) != tuple(size):
+        out = F.interpolate(out[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+    return out
+
+
+def patch_vectors(fmaps: torch.Tensor) -> torch.Tensor:
+    """(n, C, h, w) feature maps -> (n, h, w, C) patch features: PatchCore's 3x3 local average, L2-normalised."""
+    pooled = F.avg_pool2d(fmaps.float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    return F.normalize(pooled, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of k rows of x chosen by greedy k-center (each next row the farthest from those chosen).
+
+    PatchCore's coreset subsampling; the candidates are first cut to a random
+    CANDIDATES_PER_CENTRE x k rows, so the cost is O(k^2), not O(k x rows).
+    """
+    g = np.random.default_rng(seed)
+    n = len(x)
+    if k >= n:
+        return np.arange(n)
+    cand = np.sort(g.choice(n, size=min(n, CANDIDATES_PER_CENTRE * k), replace=False))
+    xc = x[torch.from_numpy(cand)].float()
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = int(g.integers(len(xc)))
+    nearest = (xc - xc[chosen[0]]).square().sum(dim=1)
+    for i in range(1, k):
+        chosen[i] = int(nearest.argmax())
+        nearest = torch.minimum(nearest, (xc - xc[chosen[i]]).square().sum(dim=1))
+    return np.sort(cand[chosen])
+
+
+def random_subset(n: int, k: int, seed: int = 0) -> np.ndarray:
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+class MemoryBank:
+    """Normal patch features in a FAISS flat L2 index; `owner` = the normal image each came from."""
+
+    def __init__(self, features: np.ndarray, owner: np.ndarray):
+        import faiss  # the anomaly extra's nearest-neighbour search
+
+        order = np.argsort(owner, kind="stable")  # by owner: an image's patches are one id range
+        self.features = np.ascontiguousarray(features[order], dtype=np.float32)
+        self.owner = np.asarray(owner)[order]
+        faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+        self.index = faiss.IndexFlatL2(self.features.shape[1])
+        self.index.add(self.features)
+
+    def distances(self, x: np.ndarray, exclude_owner: int | None = None) -> np.ndarray:
+        """Euclidean distance of each row of x to its nearest bank patch (not one of `exclude_owner`'s)."""
+        import faiss
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        params = None
+        if exclude_owner is not None:
+            lo, hi = np.searchsorted(self.owner, [exclude_owner, exclude_owner + 1])
+            if hi - lo == len(self.owner):  # the only image: nothing else to compare with
+                return np.zeros(len(x))
+            params = faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorRange(int(lo), int(hi))))
+        d, _ = self.index.search(x, 1, params=params)
+        return np.sqrt(np.maximum(d[:, 0], 0)).astype(np.float64)
+
+
+def bank_size_for(n_patches: int, ratio: float, most: int) -> int:
+    """How many patches the bank keeps: `ratio` of them (PatchCore's coreset ratio), at most `most`."""
+    return max(1, min(int(most), math.ceil(n_patches * float(ratio))))
+
+
+def top_k_mean(scores: np.ndarray, k: int) -> float:
+    """The image score: the mean of its k highest patch scores (k = 1: PatchCore's maximum)."""
+    k = min(int(k), scores.size)
+    return float(np.partition(scores.ravel(), scores.size - k)[-k:].mean())

@@ -1,0 +1,194 @@
+"""The `patches` score kind (PatchCore on DIFT tile features), the defects generator, pixel metrics.
+
+Real model (the shipped tiny towns model, 64 px) on real generated textures; small settings.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
+from diffmine.apps.anomaly.detector import DiffusionDetector
+from diffmine.apps.anomaly.folder import PATCHES_FILE, load_detector
+from diffmine.apps.anomaly.patches import greedy_coreset, stitch, tile_boxes, tile_offsets
+from diffmine.apps.anomaly.run import fit_detector, score_images
+from diffmine.core.errors import DataError
+from diffmine.datasets.defects import DEFECTS, GOOD, generate_defects, read_split, render
+from diffmine.evaluation.anomaly import pixel_auroc, pro_curve, pro_score
+
+SIZE = 128  # 2 x 2 model tiles without overlap, 3 x 3 at half-tile stride
+QUICK = dict(model="tiny", score="patches", patch_draws=1, tile_stride=64, batch_size=64, coreset_ratio=0.5)
+
+
+# -- the generator ----------------------------------------------------------------------------
+@pytest.mark.parametrize("texture", ["weave", "grid", "noise"])
+def test_masks_cover_the_planted_defects(texture):
+    for k, label in enumerate(DEFECTS):
+        image, mask, clean = render(np.random.default_rng([7, k]), label, texture, 256)
+        changed = np.abs(image.astype(int) - clean.astype(int)).max(axis=-1) > 16
+        assert mask.any() and changed.any(), label
+        assert not (changed & ~mask).any(), f"{label}: pixels changed outside the mask"
+        assert changed[mask].mean() > (0.3 if label in ("speckle", "scratch", "hole", "colour_spot") else 0.05), label
+        assert mask.mean() < (0.003 if label in ("speckle", "scratch", "hole", "colour_spot") else 0.2), label
+    image, mask, clean = render(np.random.default_rng([7, 99]), GOOD, texture, 256)
+    assert not mask.any() and np.array_equal(image, clean)
+
+
+def test_generator_layout_and_determinism(tmp_path):
+    out = generate_defects(tmp_path / "d", n_train=2, n_val=1, n_test=1, size=64)
+    assert sorted(p.name for p in (out / "train" / "images").iterdir()) == [GOOD]  # train: normal images only
+    rows = read_split(out / "test")
+    assert [r["label"] for r in rows] == [GOOD, GOOD, *DEFECTS]
+    assert {r["group"] for r in rows} == {None, "local", "weave"}
+    for r in rows:
+        assert r["mask"].shape == (64, 64) and r["mask"].any() == (r["label"] != GOOD)
+        if r["box"]:
+            x0, y0, x1, y1 = r["box"]
+            assert r["mask"][y0:y1, x0:x1].sum() == r["mask"].sum()
+    first = (out / "test" / rows[3]["file_name"]).read_bytes()
+    again = generate_defects(tmp_path / "e", n_train=2, n_val=1, n_test=1, size=64)
+    assert (again / "test" / rows[3]["file_name"]).read_bytes() == first
+
+
+# -- tiling and stitching -----------------------------------------------------------------------
+def test_tiles_cover_the_image_and_stitch_to_its_size():
+    assert tile_offsets(256, 64, 48) == [0, 48, 96, 144, 192]  # the last tile flush with the edge
+    assert tile_offsets(50, 64, 32) == [0]
+    boxes = tile_boxes(100, 160, 64, 48)
+    assert boxes[:, 2].max() == 160 and boxes[:, 3].max() == 100 and len(boxes) == 2 * 3
+    # constant maps per tile: where two tiles overlap, the stitched map is their mean
+    maps = torch.arange(len(boxes), dtype=torch.float32)[:, None, None].expand(-1, 16, 16)
+    out = stitch(maps, boxes, (100, 160))
+    assert out.shape == (100, 160)
+    assert out[0, 0] == 0 and out[0, 50] == pytest.approx(0.5) and out[99, 159] == len(boxes) - 1
+    small_boxes = tile_boxes(32, 48, 64, 32)  # tiled at 64 x 96 (short side one tile): two tiles
+    assert small_boxes.tolist() == [[0, 0, 64, 64], [32, 0, 96, 64]]
+    small = stitch(torch.ones(2, 16, 16), small_boxes, (32, 48))  # scaled back to the image's size
+    assert small.shape == (32, 48) and torch.allclose(small, torch.ones(32, 48))
+
+
+def test_greedy_coreset_picks_the_spread_points():
+    x = torch.tensor([[0.0, 0], [0.1, 0], [0, 0.1], [10, 0], [0, 10], [10.1, 0]])
+    assert sorted(greedy_coreset(x, 3, seed=0).tolist()) in ([0, 3, 4], [1, 3, 4], [2, 3, 4], [0, 4, 5],
+                                                            [1, 4, 5], [2, 4, 5])
+
+
+# -- the detector -------------------------------------------------------------------------------
+def _plant_hole(image: np.ndarray, cx: int, cy: int, r: int = 7) -> np.ndarray:
+    y, x = np.mgrid[:image.shape[0], :image.shape[1]]
+    out = image.copy()
+    out[(x - cx) ** 2 + (y - cy) ** 2 <= r * r] = (25, 20, 18)
+    return out
+
+
+@pytest.fixture(scope="module")
+def weaves():
+    """Eight normal 128 px weaves (the first six to fit) and the last two with a hole planted."""
+    imgs = np.stack([render(np.random.default_rng([3, i]), GOOD, "weave", SIZE)[0] for i in range(8)])
+    return imgs
+
+
+@pytest.fixture(scope="module")
+def patch_detector(weaves):
+    return DiffusionDetector(**QUICK, contamination=0.2).fit(weaves[:6])
+
+
+def test_patches_pyod_contract(patch_detector, weaves):
+    from pyod.models.base import BaseDetector
+    from sklearn.base import clone
+
+    det = patch_detector
+    assert isinstance(det, BaseDetector)
+    assert det.decision_scores_.shape == (6,) and np.isfinite(det.decision_scores_).all()
+    assert (det.decision_scores_ > 0).all()  # each training image is scored without its own patches
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 80))
+    assert np.array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    # the bank: coreset_ratio of the 6 x 4 tiles x 16 x 16 cells, unit-norm rows
+    assert det.bank_features_.shape == (6 * 4 * 256 // 2, 64)
+    assert np.allclose(np.linalg.norm(det.bank_features_, axis=1), 1, atol=1e-2)
+    X = np.stack([weaves[6], _plant_hole(weaves[7], 90, 40)])
+    scores = det.decision_function(X)
+    assert scores.shape == (2,) and scores[1] > scores[0]
+    pred, conf = det.predict(X, return_confidence=True)
+    assert np.array_equal(pred, (scores > det.threshold_).astype(int)) and ((conf >= 0) & (conf <= 1)).all()
+    proba = det.predict_proba(X)
+    assert proba.shape == (2, 2) and np.allclose(proba.sum(axis=1), 1)
+    twin = clone(det)
+    assert twin.get_params() == det.get_params() and not hasattr(twin, "bank_features_")
+    twin.set_params(top_k=5, coreset="random")
+    assert twin.top_k == 5 and det.top_k == 1
+
+
+def test_map_has_the_image_size_and_peaks_on_the_planted_defect(weaves):
+    det = DiffusionDetector(**{**QUICK, "tile_stride": 32}).fit(weaves[:6])
+    for cx, cy in ((90, 40), (30, 100)):
+        maps = det.anomaly_maps(_plant_hole(weaves[7], cx, cy)[None])
+        assert maps.shape == (1, SIZE, SIZE)  # the image's own size, not the model's 64 px
+        py, px = np.unravel_index(maps[0].argmax(), maps[0].shape)
+        assert np.hypot(px - cx, py - cy) <= 12, (px, py, cx, cy)
+
+
+def test_bad_patch_settings_name_their_field(weaves):
+    from diffmine.core.settings import ConfigError
+
+    for bad, field in ((dict(coreset="kmeans"), "coreset"), (dict(coreset_ratio=0), "coreset_ratio"),
+                       (dict(tile_stride=0), "tile_stride"), (dict(top_k=0), "top_k")):
+        with pytest.raises(ConfigError, match=field):
+            DiffusionDetector(**{**QUICK, **bad}).fit(weaves[:2])
+    with pytest.raises(ConfigError, match="coreset"):
+        AnomalyFitConfig(data="x", out="y", model="tiny", score="patches", coreset="kmeans").validate()
+
+
+def test_cli_fit_score_with_maps_writes_stitched_maps(weaves, tmp_path):
+    from diffmine.cli import main
+
+    train, test = tmp_path / "normal", tmp_path / "test"
+    train.mkdir()
+    test.mkdir()
+    for i in range(4):
+        Image.fromarray(weaves[i]).save(train / f"n{i}.png")
+    Image.fromarray(weaves[6]).save(test / "a_good.png")
+    Image.fromarray(_plant_hole(weaves[7], 90, 40)).save(test / "b_hole.png")
+    det_dir = tmp_path / "det"
+    assert 0 == main(["anomaly", "fit", "--data", str(train), "--out", str(det_dir), "--model", "tiny", "--score", "patches",
+          "--patch-draws", "1", "--tile-stride", "64", "--coreset-ratio", "0.5"])
+    assert (det_dir / PATCHES_FILE).is_file()
+    assert 0 == main(["anomaly", "score", "--detector", str(det_dir), "--data", str(test), "--out", str(tmp_path / "s.csv"),
+          "--maps", str(tmp_path / "maps")])
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["image_id"] for r in rows] == ["a_good", "b_hole"]
+    assert float(rows[1]["score"]) > float(rows[0]["score"])
+    again = load_detector(det_dir).decision_function(np.stack([weaves[6], _plant_hole(weaves[7], 90, 40)]))
+    assert np.allclose([float(r["score"]) for r in rows], again, rtol=1e-5)
+    pictures = sorted((tmp_path / "maps").glob("*.png"))
+    assert [p.stem.split("-")[0] for p in pictures] == ["a_good", "b_hole"]
+    # image | overlay side by side at the image's own 128 px (not the model's 64), upscaled to >= 256
+    assert Image.open(pictures[0]).size == (2 * 2 * SIZE + 2 * 4, 2 * SIZE)
+    (det_dir / PATCHES_FILE).unlink()
+    with pytest.raises(DataError, match=PATCHES_FILE):
+        load_detector(det_dir)
+
+
+# -- pixel metrics ------------------------------------------------------------------------------
+def test_pro_known_value():
+    """A 1 x 7 image: defect regions A = {0}, B = {2, 3} (one region), C = {5}; pixels 1, 4, 6 normal.
+
+    Scores 0.9 .. 0.0 descending along the row, so the thresholds walk it left to right:
+    (fpr, pro) = (0,0) (0,1/3) (1/3,1/3) (1/3,1/2) (1/3,2/3) (2/3,2/3) (2/3,1) (1,1).
+    Up to FPR 0.3, PRO is 1/3 throughout -> normalised area 1/3. Up to 0.5:
+    (1/3 x 1/3 + 2/3 x (0.5 - 1/3)) / 0.5 = 4/9.
+    """
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.0]])[None]
+    mask = np.array([[1, 0, 1, 1, 0, 1, 0]], bool)[None]
+    fpr, pro = pro_curve(scores, mask)
+    assert np.allclose(fpr, [0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    assert np.allclose(pro, [0, 1 / 3, 1 / 3, 1 / 2, 2 / 3, 2 / 3, 1, 1])
+    assert pro_score(scores, mask, 0.3) == pytest.approx(1 / 3)
+    assert pro_score(scores, mask, 0.5) == pytest.approx(4 / 9)
+    assert pro_score(-scores, mask, 0.3) == pytest.approx(0)  # inverted: no region pixel before fpr 1/3
+    assert pixel_auroc(scores, mask) == pytest.approx(8 / 12)  # 8 of 12 (defect, normal) pairs in order
