@@ -201,6 +201,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
 
     bundle = _base_bundle(cfg, decoded, acc, progress)
     size = cfg.resolution or bundle.resolution
+    recon = _reconstruction(cfg, bundle, data, size, acc) if acc.is_main_process else {}
     factor = bundle.vae_scale_factor
     if size % (factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)):
         raise ConfigError("resolution", f"must be a multiple of {factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)} "
@@ -303,13 +304,25 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
         ema.copy_to(params)
     if acc.is_main_process:
         _phase(f"exporting the diffusers folder to {out}", progress)
-        _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress)
+        _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress,
+                recon)
     acc.wait_for_everyone()
     return out
 
 
+def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, acc: Accelerator) -> dict:
+    """The base's reconstruction PSNR on a sample of the training images (warned when low)."""
+    from diffmine.core.reconstruction import check_reconstruction, dataset_loader
+
+    bundle.vae.to(acc.device)
+    try:
+        return check_reconstruction(bundle.vae, dataset_loader(data, size), len(data), size, what=cfg.data)
+    finally:
+        bundle.vae.to("cpu")
+
+
 def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float,
-            size: int, progress: bool) -> None:
+            size: int, progress: bool, recon: dict) -> None:
     """Write the diffusers SD folder (components swapped in atomically), prompts, run info and samples."""
     out = Path(cfg.out)
     unet = unet.to("cpu", torch.float32).eval()
@@ -320,7 +333,7 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     prompts = cfg.prompt_template()
     prompts.save(out)
     info = to_dict(cfg)
-    info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1))
+    info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1), **recon)
     write_json(out / "diffmine_train.json", info)
     if cfg.samples_per_label:
         from finetune.samples import sample_grid

@@ -28,6 +28,7 @@ def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+    warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"  # one line, no source echo
     try:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
