@@ -25,12 +25,14 @@ from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
 from finetune.config import RESUME_KEYS, TrainConfig
+from finetune.vae_train import VAEStopped
 
 DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
 _T0 = time.time()
+_T_RUN = _T0
 
 
 def _phase(text: str, progress: bool) -> None:
@@ -61,7 +63,8 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
             _, images = decoded(bundle.resolution)
             bundle.vae.to(acc.device)
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
-                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"))
+                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"),
+                      deadline=None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes)
             bundle.vae.to("cpu")
             with output_folder(cached) as tmp:
                 bundle.save_pretrained(tmp)
@@ -173,10 +176,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     _check_out(cfg, out)
     created = not out.exists()
+    global _T_RUN
+    _T_RUN = time.time()  # --max-minutes counts from here when the VAE trains first
     try:
         return _train(cfg, out, progress)
+    except VAEStopped as stop:
+        _phase(f"stopped after {cfg.max_minutes} min in VAE training at step {stop.step} of {stop.steps}; "
+               "--resume continues", progress)
+        return out
     except BaseException:
-        keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*")))
+        keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*"))
+                                 or any(out.glob("cache/vae-*.pt")))
         if created and out.exists() and not keep:
             import shutil
             shutil.rmtree(out, ignore_errors=True)
