@@ -79,3 +79,19 @@ def test_broad_recipe_stops_in_vae_training_and_resumes_to_the_same_weights(tmp_
     a = load_file(model / "vae" / "diffusion_pytorch_model.safetensors")
     b = load_file(straight / "vae" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_planted_set_masks_mark_the_label_element(tmp_path):
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.datasets.planted import LABELS, generate_planted
+    from diffmine.evaluation.groundtruth import record_elements
+
+    out = generate_planted(tmp_path / "p", n_train=2, n_test=1)
+    assert _digest(out) == _digest(generate_planted(tmp_path / "q", n_train=2, n_test=1))
+    test = LabeledImages(out / "test")
+    assert test.labels == sorted(LABELS) and len(test) == 4
+    for r in test:
+        gt = record_elements(r, 64, test.root)
+        own = gt.union(gt.characteristic([r.labels[0]]))
+        assert gt.kinds[0] == r.labels[0] and 10 < own.sum() < 0.1 * 64 * 64  # small: about a fifth of the side
+        assert len(gt.shared()) >= 2
