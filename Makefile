@@ -29,9 +29,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Retrains the shipped tiny model from scratch on the embedded dataset (see README).
+# Retrains the shipped tiny model from scratch on the embedded dataset (see README);
+# `make assets RECIPE=broad` follows assets/tiny-broad-recipe.json instead (the broad small base).
+RECIPE ?= towns
 assets: $(STAMP)
-	$(VENV)/bin/diffmine assets --out assets
+	$(VENV)/bin/diffmine assets --out assets --recipe $(RECIPE)
 
 clean:
 	rm -rf $(VENV) runs

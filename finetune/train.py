@@ -27,12 +27,14 @@ from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
 from finetune.config import RESUME_KEYS, TrainConfig
+from finetune.vae_train import VAEStopped
 
 DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
 _T0 = time.time()
+_T_RUN = _T0
 
 
 def _phase(text: str, progress: bool) -> None:
@@ -63,7 +65,8 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
             _, images = decoded(bundle.resolution)
             bundle.vae.to(acc.device)
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
-                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"))
+                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"),
+                      deadline=None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes)
             bundle.vae.to("cpu")
             with output_folder(cached) as tmp:
                 bundle.save_pretrained(tmp)
@@ -179,10 +182,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with writer_lock(out, launch):  # one writer per model folder (all processes of a launch are one)
         _check_out(cfg, out)
         created = not out.exists()
+        global _T_RUN
+        _T_RUN = time.time()  # --max-minutes counts from here when the VAE trains first
         try:
             return _train(cfg, out, acc, progress)
+        except VAEStopped as stop:
+            _phase(f"stopped after {cfg.max_minutes} min in VAE training at step {stop.step} of {stop.steps}; "
+                   "--resume continues", progress)
+            return out
         except BaseException:
-            keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*")))
+            keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*"))
+                                     or any(out.glob("cache/vae-*.pt")))
             if created and out.exists() and not keep:
                 import shutil
                 shutil.rmtree(out, ignore_errors=True)
@@ -206,6 +216,7 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool) -> Pat
 
     bundle = _base_bundle(cfg, decoded, acc, progress)
     size = cfg.resolution or bundle.resolution
+    recon = _reconstruction(cfg, bundle, data, size, acc) if acc.is_main_process else {}
     factor = bundle.vae_scale_factor
     if size % (factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)):
         raise ConfigError("resolution", f"must be a multiple of {factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)} "
@@ -308,13 +319,25 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool) -> Pat
         ema.copy_to(params)
     if acc.is_main_process:
         _phase(f"exporting the diffusers folder to {out}", progress)
-        _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress)
+        _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress,
+                recon)
     acc.wait_for_everyone()
     return out
 
 
+def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, acc: Accelerator) -> dict:
+    """The base's reconstruction PSNR on a sample of the training images (warned when low)."""
+    from diffmine.core.reconstruction import check_reconstruction, dataset_loader
+
+    bundle.vae.to(acc.device)
+    try:
+        return check_reconstruction(bundle.vae, dataset_loader(data, size), len(data), size, what=cfg.data)
+    finally:
+        bundle.vae.to("cpu")
+
+
 def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float,
-            size: int, progress: bool) -> None:
+            size: int, progress: bool, recon: dict) -> None:
     """Write the diffusers SD folder (components swapped in atomically), prompts, run info and samples."""
     out = Path(cfg.out)
     unet = unet.to("cpu", torch.float32).eval()
@@ -325,7 +348,7 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     prompts = cfg.prompt_template()
     prompts.save(out)
     info = to_dict(cfg)
-    info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1))
+    info.update(labels=data.labels, resolution=size, steps=step, train_seconds=round(seconds, 1), **recon)
     write_json(out / "diffmine_train.json", info)
     if cfg.samples_per_label:
         from finetune.samples import sample_grid

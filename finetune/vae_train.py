@@ -1,6 +1,7 @@
 """Train a small VAE from scratch (`--base tiny-scratch` only: SD's VAE is used frozen)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +13,14 @@ KL_WEIGHT = 1e-6  # as in latent diffusion's KL-f autoencoders: a nearly determi
 CHECKPOINT_EVERY = 100  # steps; at 1-4 s a step on a CPU, a kill loses a few minutes at most
 
 
+class VAEStopped(Exception):
+    """The time limit came during VAE training: the state is in the checkpoint, a rerun continues it."""
+
+    def __init__(self, step: int, steps: int):
+        super().__init__(f"VAE training stopped at step {step} of {steps}")
+        self.step, self.steps = step, steps
+
+
 def _save(path: Path, step: int, vae, opt, sched, g: torch.Generator) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"step": step, "vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -20,7 +29,8 @@ def _save(path: Path, step: int, vae, opt, sched, g: torch.Generator) -> None:
 
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
-              seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None) -> AutoencoderKL:
+              seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
+              deadline: float | None = None) -> AutoencoderKL:
     """Fit `vae` to images (N, 3, H, W) in [-1, 1]; then set `scaling_factor` so latents have unit std.
 
     With `checkpoint`, the state is saved there atomically every CHECKPOINT_EVERY steps and a
@@ -55,6 +65,10 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
             _save(checkpoint, step + 1, vae, opt, sched, g)
+        if deadline is not None and checkpoint is not None and time.time() >= deadline and step + 1 < steps:
+            _save(checkpoint, step + 1, vae, opt, sched, g)
+            bar.close()
+            raise VAEStopped(step + 1, steps)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         z = torch.cat([vae.encode(images[i:i + 64].to(vae.device)).latent_dist.mean for i in range(0, len(images), 64)])

@@ -5,18 +5,16 @@ Real model (the shipped tiny towns model, 64 px) on real generated textures; sma
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
+from diffmine.apps.anomaly.config import AnomalyFitConfig
 from diffmine.apps.anomaly.detector import DiffusionDetector
 from diffmine.apps.anomaly.folder import PATCHES_FILE, load_detector
 from diffmine.apps.anomaly.patches import greedy_coreset, stitch, tile_boxes, tile_offsets
-from diffmine.apps.anomaly.run import fit_detector, score_images
 from diffmine.core.errors import DataError
 from diffmine.datasets.defects import DEFECTS, GOOD, generate_defects, read_split, render
 from diffmine.evaluation.anomaly import pixel_auroc, pro_curve, pro_score

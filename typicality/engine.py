@@ -25,6 +25,7 @@ from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 from diffmine.core.partial import fixed_groups
 from diffmine.core.prompts import PromptTemplate
+from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
 from typicality.attention import shared_prompt_projections
 from typicality.config import TypicalityConfig
@@ -297,6 +298,8 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
         meta["map_keys"] = sorted(meta)  # everything above must match for a resume
         meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
                     label_column=cfg.label_column)
+        meta.update(check_reconstruction(bundle.vae, dataset_loader(dataset, resolution), len(dataset), resolution,
+                                         what=cfg.data, warn=rt.is_main))  # recorded, not a map key
 
         # Resume: every process reads the same store; images are split before dropping finished ones,
         # so no process depends on what another has written since.

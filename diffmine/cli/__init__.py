@@ -32,6 +32,7 @@ def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+    warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"  # one line, no source echo
     for lib in ("diffusers", "transformers"):  # already imported (a notebook, the tests): set it there too
         if lib in sys.modules:
             importlib.import_module(f"{lib}.utils.logging").set_verbosity_error()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from diffmine.core.lock import writer_lock
-from diffmine.core.files import output_folder, write_text
+from diffmine.core.files import output_folder, write_json, write_text
 from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
+from diffmine.core.reconstruction import check_reconstruction
 from diffmine.core.settings import save_config
 
 from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
@@ -57,6 +59,10 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
         det.fit(inp.paths)
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)
+        # with --base the finetuner has measured (and warned about) the same images already
+        recon = check_reconstruction(det._load_runtime()[0].vae, lambda idx: inp.load(det.resolution_, idx),
+                                     len(inp), det.resolution_, what=config.data, warn=det.base is None)
+        write_json(tmp / DETECTOR_FILE, {**json.loads((tmp / DETECTOR_FILE).read_text()), **recon})
         save_config(config, tmp)
     if det.base is not None:
         det.model_path_ = str((out / "model").resolve())

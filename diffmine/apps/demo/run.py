@@ -1,7 +1,8 @@
 """The main job on the embedded default: the towns dataset, the shipped tiny model, the whole pipeline.
 
 `build_assets` is how the shipped model was made (`make assets`, recipe in
-assets/tiny-towns-recipe.json); `run_demo` is `make demo` (settings in diffmine/apps/demo/demo.json).
+assets/tiny-towns-recipe.json; `--recipe broad` follows assets/tiny-broad-recipe.json and writes
+assets/tiny-broad-model); `run_demo` is `make demo` (settings in diffmine/apps/demo/demo.json).
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from pathlib import Path
 from diffmine.core.settings import load_config, option
 from diffmine.core.models import ASSETS, SMALL_BASE_DIR
 
-MODEL_NAME = SMALL_BASE_DIR.name
-RECIPE_FILE = ASSETS / "tiny-towns-recipe.json"
+RECIPES = ("towns", "broad")  # assets/tiny-<name>-recipe.json -> assets/tiny-<name>-model
 DEMO_FILE = Path(__file__).with_name("demo.json")
 MODEL_FILES = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
                "diffmine_prompts.json", "diffmine_train.json", "samples.png", "train_log.jsonl")
@@ -29,8 +29,8 @@ def _settings(path: Path) -> dict:
     return strip(json.loads(path.read_text(encoding="utf-8")))
 
 
-def recipe() -> dict:
-    return _settings(RECIPE_FILE)
+def recipe(name: str = "towns") -> dict:
+    return _settings(ASSETS / f"tiny-{name}-recipe.json")
 
 
 def demo_settings() -> dict:
@@ -48,7 +48,10 @@ class DemoConfig:
 class AssetsConfig:
     out: str = option(str(ASSETS), "folder to write the towns data and the retrained model into")
     minutes: float | None = option(None, "stop after this many minutes (run again to resume)")
-    work: str = option("runs/assets-train", "training folder (checkpoints; resumed when run again)")
+    work: str | None = option(None, "training folder (checkpoints; resumed when run again; default "
+                              "runs/assets-train, runs/assets-train-broad for --recipe broad)")
+    recipe: str = option("towns", "which recipe to follow: towns (the shipped model) or broad (the broad "
+                         "small base, assets/tiny-broad-recipe.json)", choices=RECIPES)
 
 
 def towns_data(root: str | Path, **params) -> Path:
@@ -58,25 +61,44 @@ def towns_data(root: str | Path, **params) -> Path:
     return generate_towns(Path(root), progress=True, **{**recipe()["towns"], **params})
 
 
+def broad_data(root: str | Path, **params) -> Path:
+    """Generate (or reuse) the broad corpus under `root`; returns the folder with train/."""
+    from diffmine.datasets.broad import generate_broad
+
+    return generate_broad(Path(root), progress=True, **{**recipe("broad")["broad"], **params})
+
+
 def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, progress: bool = True,
-                 **overrides) -> Path:
-    """Retrain the shipped model with the finetuner, following its recipe; copy it into `out`."""
+                 data: dict | None = None, **overrides) -> Path | None:
+    """Retrain a small model with the finetuner, following its recipe; copy it into `out`.
+
+    `data` (or `towns`, the towns recipe's name for it) overrides the recipe's dataset parameters
+    (tests). Returns None when `minutes` ran out before the model existed (still training its VAE)."""
     from diffmine.core.files import output_folder
     from finetune.train import train
     from finetune.config import TrainConfig
 
     cfg = config or AssetsConfig()
-    out, work = Path(cfg.out), Path(cfg.work)
-    data = towns_data(out / "towns", **(towns or {}))
+    name = cfg.recipe
+    out = Path(cfg.out)
+    work = Path(cfg.work or ("runs/assets-train" if name == "towns" else f"runs/assets-train-{name}"))
+    params = data if data is not None else (towns or {})
+    folder = towns_data(out / "towns", **params) if name == "towns" else broad_data(out / name, **params)
     start = time.time()
-    train(TrainConfig(data=str(data / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
-                      **{**recipe()["train"], **overrides}), progress=progress)
-    model = out / MODEL_NAME
+    train(TrainConfig(data=str(folder / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
+                      **{**recipe(name)["train"], **overrides}), progress=progress)
+    if not (work / "model_index.json").is_file():
+        print(f"stopped after {cfg.minutes} min before the model exists (its VAE is still training); "
+              f"run the same command again to resume from {work}")
+        return None
+    model = out / f"tiny-{name}-model"
     with output_folder(model) as tmp:
-        for name in MODEL_FILES:
-            src = work / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
-    print(f"shipped model written to {model} ({(time.time() - start) / 60:.1f} min)")
+        for file in MODEL_FILES:
+            src = work / file
+            if file == "samples.png" and not src.exists():  # samples_per_label 0 draws none
+                continue
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / file)
+    print(f"{name} model written to {model} ({(time.time() - start) / 60:.1f} min)")
     return model
 
 

@@ -26,6 +26,7 @@ from diffmine.core.lock import writer_lock
 from diffmine.core.files import write_json
 from diffmine.core.settings import ConfigError, save_config, to_dict
 from diffmine.core.errors import DataError
+from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
 from diffmine.apps.translate.config import OUTPUT_KEYS, TranslateConfig
 from diffmine.core.models import model_labels, resolve_model
@@ -102,6 +103,8 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                                 residual_injection=cfg.residual_injection, attention_injection=cfg.attention_injection,
                                 layers=cfg.layers, seed=cfg.seed)  # bad steps/layers fail here, before any work
         res = bundle.resolution
+        recon = check_reconstruction(bundle.vae, dataset_loader(dataset, res), len(dataset), res, what=cfg.data,
+                                     warn=rank == 0)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:
             save_config(cfg, out)
@@ -111,7 +114,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                                     "null_prompt": prompts.null_prompt,
                                     "layers": translator.layers.name if translator.layers else None,
                                     "residual_injection": translator.residual_injection,
-                                    "attention_injection": translator.attention_injection})
+                                    "attention_injection": translator.attention_injection, **recon})
 
         # Fixed groups of whole images (consecutive in id order, at most batch_size translations), shared
         # out i::n and redone whole when any of their files is missing: every output then comes from the

@@ -1,0 +1,109 @@
+"""How well a small base's VAE reconstructs domains it never saw: PSNR with 95 % bootstrap intervals.
+
+    python benchmarks/vae_reconstruction.py [--model assets/tiny-towns-model] [--vae-checkpoint F.pt]
+                                            [--n 64] [--size 64]
+
+Held-out images of five domains (benchmarks/heldout_domains.py: shapes and textures from a
+generator of their own, sklearn digits' held-out split, radiographs from an unused seed, crops of
+the scikit-image photographs the broad corpus leaves out), each reconstructed from the posterior
+mean (diffmine.core.reconstruction, the commands' guard). --vae-checkpoint reads a VAE training
+checkpoint (finetune/vae_train.py, OUT/cache/vae-*.pt) into the tiny architecture: the state of a
+run still training. Per-image PSNR to results/vae_reconstruction_items.csv, each run appended to
+results/vae_reconstruction.json (commit, date, model). Target for a broad base: >= 26 dB on each.
+Last line: {"psnr_<domain>_db", "psnr_<domain>_db_ci", ..., "model"}.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET_DB = 26.0
+
+
+def load_vae(model: str, checkpoint: str | None):
+    import torch
+    from diffusers import AutoencoderKL
+
+    if checkpoint is None:
+        from diffmine.core.models import resolve_model
+
+        return AutoencoderKL.from_pretrained(resolve_model(model), subfolder="vae").eval(), model
+    from diffmine.core.tiny import build_tiny_bundle
+
+    vae = build_tiny_bundle(resolution=64).vae
+    state = torch.load(checkpoint, weights_only=False)
+    vae.load_state_dict(state["vae"])
+    return vae.eval(), f"{checkpoint} (VAE step {state['step']})"
+
+
+def interval(values: np.ndarray, seed: int = 0) -> list[float]:
+    from scipy.stats import bootstrap
+
+    ci = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return [round(float(ci.low), 2), round(float(ci.high), 2)]
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    from benchmarks.heldout_domains import HELDOUT_DOMAINS, heldout_images
+    from diffmine.core.files import write_json, write_text
+    from diffmine.core.reconstruction import psnr_db, reconstruct, smallest_kept_px
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="model folder whose vae/ is measured (default: the shipped tiny)")
+    p.add_argument("--vae-checkpoint", default=None, help="a VAE training checkpoint instead of --model")
+    p.add_argument("--n", type=int, default=64, help="held-out images per domain")
+    p.add_argument("--size", type=int, default=64, help="image size in px")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    vae, name = load_vae(args.model, args.vae_checkpoint)
+    summary, rows = {}, []
+    for domain in tqdm(HELDOUT_DOMAINS, desc="held-out domains"):
+        ids, images = heldout_images(domain, args.n, args.size)
+        recon = reconstruct(vae, images)
+        psnr = psnr_db(images, recon)
+        rows += [{"domain": domain, "image_id": i, "psnr_db": round(float(v), 3)} for i, v in zip(ids, psnr)]
+        summary[f"psnr_{domain}_db"] = round(float(psnr.mean()), 2)
+        summary[f"psnr_{domain}_db_ci"] = interval(psnr)
+        summary[f"smallest_kept_{domain}_px"] = smallest_kept_px(images, recon)
+    summary["domains_at_target"] = sum(summary[f"psnr_{d}_db_ci"][0] >= TARGET_DB for d in HELDOUT_DOMAINS)
+    summary.update(target_db=TARGET_DB, n_per_domain=args.n, size=args.size, model=name)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    lines = ["domain,image_id,psnr_db"] + [f"{r['domain']},{r['image_id']},{r['psnr_db']}" for r in rows]
+    write_text(RESULTS / "vae_reconstruction_items.csv", "\n".join(lines) + "\n")
+    history_path = RESULTS / "vae_reconstruction.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history.append({"commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"), **summary})
+    write_json(history_path, history)
+    print("| domain | PSNR dB | 95 % CI | smallest kept px |\n|---|---|---|---|")
+    for d in HELDOUT_DOMAINS:
+        lo, hi = summary[f"psnr_{d}_db_ci"]
+        print(f"| {d} | {summary[f'psnr_{d}_db']:.2f} | [{lo:.2f}, {hi:.2f}] | {summary[f'smallest_kept_{d}_px']:g} |")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

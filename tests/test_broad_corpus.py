@@ -1,0 +1,96 @@
+"""The broad corpus (deterministic, every domain with captions) and the broad assets recipe
+(trains its VAE first, stops on time and resumes to the same weights)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from diffmine.datasets.broad import DOMAINS, PHOTOS, PHOTOS_HELDOUT, PROCEDURAL, digits_split, generate_broad
+
+SMALL = {d: 16 for d in DOMAINS}
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return generate_broad(tmp_path_factory.mktemp("broad") / "a", counts=SMALL, seed=3)
+
+
+def test_corpus_is_deterministic(corpus, tmp_path):
+    again = generate_broad(tmp_path / "b", counts=SMALL, seed=3)
+    assert _digest(corpus) == _digest(again)
+    other = generate_broad(tmp_path / "c", counts=SMALL, seed=4)
+    assert _digest(other)["train/metadata.jsonl"] != _digest(corpus)["train/metadata.jsonl"] or \
+        _digest(other) != _digest(corpus)
+
+
+def test_corpus_has_every_domain_with_captions(corpus):
+    from diffmine.core.dataset import LabeledImages
+
+    rows = [json.loads(l) for l in (corpus / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert {r["domain"] for r in rows} == set(DOMAINS) and len(rows) == 16 * len(DOMAINS)
+    by = {d: {r["label"] for r in rows if r["domain"] == d} for d in DOMAINS}
+    assert by["towns"] == {"ashford", "brill", "corran", "dunmore"}
+    assert all(c.startswith("digit ") for c in by["digits"]) and all(c.startswith("handwritten ") for c in by["mnist"])
+    assert len(by["mnist"]) > 3  # not the subset's first class only
+    assert all(c.startswith("photo of ") for c in by["photos"]) and len(by["photos"]) == 16
+    assert not any(h.replace("_", " ") in c for h in PHOTOS_HELDOUT for c in by["photos"])
+    assert by["procedural"] == set(PROCEDURAL)
+    data = LabeledImages(corpus / "train")  # the project's loader reads it; radiograph findings are multi-label
+    assert len(data) == len(rows) and "Nodule" in data.labels or "No Finding" in data.labels
+    _, arrays = data.load_arrays(64, data.records[:8])
+    assert arrays.shape == (8, 3, 64, 64)
+
+
+def test_heldout_digits_and_photos_never_enter_the_corpus():
+    train, test = digits_split()
+    assert len(test) == 360 and not set(train) & set(test)
+    assert not set(PHOTOS) & set(PHOTOS_HELDOUT)
+
+
+@pytest.mark.slow
+def test_broad_recipe_stops_in_vae_training_and_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffmine.apps.demo.run import AssetsConfig, build_assets
+
+    kw = dict(data={"counts": {d: 2 for d in DOMAINS}}, vae_steps=3, max_steps=2, batch_size=4,
+              samples_per_label=0, progress=False)
+    # a deadline already past: one VAE step, a checkpoint, no model yet
+    first = build_assets(AssetsConfig(out=str(tmp_path / "a"), work=str(tmp_path / "w"), recipe="broad",
+                                      minutes=1e-6), **kw)
+    assert first is None and not (tmp_path / "w" / "model_index.json").exists()
+    (ckpt,) = (tmp_path / "w" / "cache").glob("vae-*.pt")
+    assert torch.load(ckpt, weights_only=False)["step"] == 1
+    model = build_assets(AssetsConfig(out=str(tmp_path / "a"), work=str(tmp_path / "w"), recipe="broad"), **kw)
+    assert model == tmp_path / "a" / "tiny-broad-model"
+    info = json.loads((model / "diffmine_train.json").read_text())
+    assert info["steps"] == 2 and info["prompt"] == "{label}" and "photo of astronaut" in info["labels"]
+    assert "reconstruction_psnr_db" in info
+    straight = build_assets(AssetsConfig(out=str(tmp_path / "b"), work=str(tmp_path / "w2"), recipe="broad"), **kw)
+    a = load_file(model / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(straight / "vae" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_planted_set_masks_mark_the_label_element(tmp_path):
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.datasets.planted import LABELS, generate_planted
+    from diffmine.evaluation.groundtruth import record_elements
+
+    out = generate_planted(tmp_path / "p", n_train=2, n_test=1)
+    assert _digest(out) == _digest(generate_planted(tmp_path / "q", n_train=2, n_test=1))
+    test = LabeledImages(out / "test")
+    assert test.labels == sorted(LABELS) and len(test) == 4
+    for r in test:
+        gt = record_elements(r, 64, test.root)
+        own = gt.union(gt.characteristic([r.labels[0]]))
+        assert gt.kinds[0] == r.labels[0] and 10 < own.sum() < 0.1 * 64 * 64  # small: about a fifth of the side
+        assert len(gt.shared()) >= 2
