@@ -60,7 +60,7 @@ def run_baselines(x_train, y_train, x_test, y_test, classes, contamination: floa
 
 
 def table(results: dict, classes) -> str:
-    """Seed 000's Table 1 layout (one row per method, mean over classes), then AUROC per class."""
+    """X. Wang's Table 1 layout (docs/method.md §5.3): one row per method, mean over classes; then AUROC per class."""
     lines = [f"{'Model':<28}" + "".join(f"{m.upper() if m.startswith('au') else m.capitalize():>11}" for m in METRICS)]
     for name, per in results.items():
         lines.append(f"{name:<28}" + "".join(f"{np.mean([per[d][m] for d in classes]):>11.3f}" for m in METRICS))

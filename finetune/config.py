@@ -43,7 +43,7 @@ class TrainConfig:
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
                                "per sample)", source="docs/method.md §1")
-    vae_steps: int | None = option(None, "VAE training steps (--base tiny-scratch only; default 1000)")
+    vae_steps: int | None = option(None, "VAE training steps, --base tiny-scratch only (default: 1000)")
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     ema: bool = option(False, "export an exponential moving average of the weights")

@@ -12,6 +12,7 @@ import typing
 
 from diffmine.core.settings import ConfigError, base_type, field_types, fields, load_config
 
+DEFAULT_MARK = "(default:"
 CONFIG_FLAG_HELP = "JSON or TOML file of settings (e.g. a run's own config.json); flags override it"
 
 
@@ -41,8 +42,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         help_text = meta.get("help") or ""
         if meta.get("required"):
             help_text += " (required)"
-        else:
-            help_text += f" (default: {_show(default)})"
+        elif DEFAULT_MARK not in help_text:  # a derived default (None) is described by the help line itself
+            help_text += f" {DEFAULT_MARK} {_show(default)})"
         if meta.get("source"):
             help_text += f" [{meta['source']}]"
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))

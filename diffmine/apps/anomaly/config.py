@@ -42,7 +42,7 @@ class AnomalyFitConfig(RuntimeSettings):
     resolution: int | None = option(None, "image size the model sees (default: the model's)")
     batch_size: int = option(64, "UNet rows per forward")
     seed: int = option(0, "seed of draws and finetuning")
-    n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (PyOD KNN's default)")
+    n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (as PyOD's KNN)")
     skip_bad: bool = skip_bad_option()
     force: bool = option(False, "replace the detector already in --out")
     # patches (PatchCore on DIFT patch features of tiles at the image's own resolution, detector.py)

@@ -1,4 +1,4 @@
-"""Seed 000's trajectory score: the error accumulated along a reverse DDIM trajectory.
+"""The trajectory score (docs/method.md §5.3): the error accumulated along a reverse DDIM trajectory.
 
 From a partially noised latent z_s = sqrt(a_s) z0 + sqrt(1 - a_s) eps (s = `start` x T), the model
 walks back to t = 0 with deterministic DDIM steps (diffusers' DDIMScheduler, eta = 0, null prompt).

@@ -19,7 +19,7 @@ class ChangesConfig(RuntimeSettings):
                                source="docs/method.md §3")
     per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="docs/method.md §3")
     top: int = option(1000, "most co-typical patches kept overall", source="docs/method.md §3")
-    draws: int = option(64, "typicality draws per translation (engine default: stratified, antithetic)")
+    draws: int = option(64, "typicality draws per translation (stratified, antithetic, as the typicality stage)")
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "typicality timestep range, fractions of T",
                                           source="docs/method.md §2", metavar="LO HI")
     dift_t: int = option(161, "DIFT timestep", source="docs/method.md §4")

@@ -48,7 +48,7 @@ class DemoConfig:
 class AssetsConfig:
     out: str = option(str(ASSETS), "folder to write the towns data and the retrained model into")
     minutes: float | None = option(None, "stop after this many minutes (run again to resume)")
-    work: str | None = option(None, "training folder (checkpoints; resumed when run again; default "
+    work: str | None = option(None, "training folder, checkpoints resumed when run again (default: "
                               "runs/assets-train, runs/assets-train-broad for --recipe broad)")
     recipe: str = option("towns", "which recipe to follow: towns (the shipped model) or broad (the broad "
                          "small base, assets/tiny-broad-recipe.json)", choices=RECIPES)
