@@ -28,3 +28,11 @@ def test_runs_are_appended_with_commit_date_and_items(tmp_path, monkeypatch):
     with open(tables[0]) as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["a", "b"] and rows[1]["extra"] == "[1, 2]" and rows[0]["extra"] == ""
+
+
+def test_benchmarks_page_is_generated_from_the_records():
+    """docs/benchmarks.md is what benchmarks/tables.py renders from benchmarks/results (rerun it after a run)."""
+    from benchmarks import tables
+
+    assert (tables.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8") == tables.render()
+    assert "| pointing_game | 0.9313 [0.8803, 0.9652] |" in tables.render()  # a value beside its interval
