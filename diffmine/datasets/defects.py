@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from diffmine.datasets.generated import DONE_FILE, already_generated
 from diffmine.core.files import output_folder
 
 GENERATOR_VERSION = 1  # bump when rendering changes: invalidates reused outputs
@@ -228,26 +229,15 @@ def generate_defects(out: str | Path, n_train: int = 100, n_val: int = 4, n_test
         raise ValueError(f"unknown texture {texture!r}; textures are {', '.join(TEXTURES)}")
     params = {"generator": "diffmine.defects", "version": GENERATOR_VERSION, "texture": texture, "n_train": n_train,
               "n_val": n_val, "n_test": n_test, "size": size, "seed": seed}
-    done = out / "done.json"
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
-    if out.exists():
-        try:
-            previous = json.loads(done.read_text()) if done.is_file() else None
-        except json.JSONDecodeError:
-            previous = None
-        if previous == params:
-            return out
-        if not (isinstance(previous, dict) and previous.get("generator") == params["generator"]) \
-                and any(out.iterdir()):
-            raise FileExistsError(f"{out}: exists and is not a defects dataset; refusing to overwrite it")
+    if already_generated(out, params, "defects"):
+        return out
     splits = {"train": {GOOD: n_train},
               "val": {GOOD: 2 * n_val, **{d: n_val for d in DEFECTS}},
               "test": {GOOD: 2 * n_test, **{d: n_test for d in DEFECTS}}}
     with output_folder(out) as tmp:
         for split, counts in splits.items():
             _write_split(tmp / split, split, counts, texture, size, seed, progress)
-        (tmp / "done.json").write_text(json.dumps(params, indent=2) + "\n")
+        (tmp / DONE_FILE).write_text(json.dumps(params, indent=2) + "\n")
     return out
 
 

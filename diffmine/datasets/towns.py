@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffmine.datasets.generated import DONE_FILE, already_generated
 from diffmine.core.files import output_folder
 
 GENERATOR_VERSION = 1  # bump when rendering changes: invalidates reused outputs
@@ -531,25 +532,12 @@ def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: 
     if variant not in TOWN_SETS:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(TOWN_SETS)}")
     params = _params(n_train, n_test, size, seed, variant)
-    done = out / "done.json"
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
-    if out.exists():
-        previous = None
-        if done.is_file():
-            try:
-                previous = json.loads(done.read_text())
-            except json.JSONDecodeError:
-                previous = None
-        if previous == params:
-            return out
-        if not (isinstance(previous, dict) and previous.get("generator") == params["generator"]) \
-                and any(out.iterdir()):
-            raise FileExistsError(f"{out}: exists and is not a towns dataset; refusing to overwrite it")
+    if already_generated(out, params, "towns"):
+        return out
     with output_folder(out) as tmp:
         for split, n in zip(SPLITS, (n_train, n_test)):
             _write_split(tmp / split, split, n, size, seed, progress, variant)
-        (tmp / "done.json").write_text(json.dumps(params, indent=2) + "\n")
+        (tmp / DONE_FILE).write_text(json.dumps(params, indent=2) + "\n")
     return out
 
 
