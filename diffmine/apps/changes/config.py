@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from typicality.config import PUBLISHED_T_RANGE
+from mining.config import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+from typicality.config import DEFAULT_DRAWS, PUBLISHED_T_RANGE
 from diffmine.core.settings import ConfigError, check_positive, check_required, option, skip_bad_option
 
 
@@ -19,12 +20,12 @@ class ChangesConfig(RuntimeSettings):
                                source="docs/method.md §3")
     per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="docs/method.md §3")
     top: int = option(1000, "most co-typical patches kept overall", source="docs/method.md §3")
-    draws: int = option(64, "typicality draws per translation (stratified, antithetic, as the typicality stage)")
+    draws: int = option(DEFAULT_DRAWS, "typicality draws per translation (stratified, antithetic, as the typicality stage)")
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "typicality timestep range, fractions of T",
                                           source="docs/method.md §2", metavar="LO HI")
-    dift_t: int = option(161, "DIFT timestep", source="docs/method.md §4")
-    dift_block: int = option(1, "DIFT UNet up block", source="docs/method.md §4")
-    dift_draws: int = option(8, "DIFT noise draws", source="docs/method.md §4")
+    dift_t: int = option(DIFT_T, "DIFT timestep", source="docs/method.md §4")
+    dift_block: int = option(DIFT_BLOCK, "DIFT UNet up block", source="docs/method.md §4")
+    dift_draws: int = option(DIFT_DRAWS, "DIFT noise draws", source="docs/method.md §4")
     min_members: int = option(3, "clusters with fewer patches are dropped")
     min_images: int = option(2, "clusters from fewer images are dropped")
     show: int = option(8, "patch sequences shown per cluster in the report")
