@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def render() -> str:
             "random-weight SD v1.5 UNet) is in `benchmarks/results/GPU.md`.", ""]
     body = [line for b in BENCHMARKS for line in section(*b)]
     text = "\n".join(head + body).rstrip() + "\n"
-    return text.replace(f"{ROOT}/", "")  # records name files by absolute path; the page by repository path
+    # records name files by absolute path (wherever the repository was); the page by repository path
+    return re.sub(r"(?<![\w.])/[^\s`'\"]*?/((?:benchmarks|assets|runs|diffmine|docs)/)", r"\1", text)
 
 
 def main(argv: list[str] | None = None) -> int:
