@@ -12,8 +12,8 @@ Data: diffmine.datasets.defects (weave textures, 256 px by default). Protocol:
   One-Class SVM, COPOD, ECOD, PyOD KNN on 64 x 64 RGB pixels) and the margin of ours over the
   best of them on local defects, with a paired bootstrap interval (the same resampled images
   for both AUROCs).
-Per-image results: benchmarks/results/anomaly_defects_items.csv; each held-out run is appended to
-benchmarks/results/anomaly_defects.json with commit and date. `--timing`: fit on --timing-n
+Each held-out run is appended to benchmarks/results/anomaly_defects.json with commit and date, its
+per-image results beside it (benchmarks.records). `--timing`: fit on --timing-n
 normal images and score --timing-n more with the chosen settings (or the defaults), on --threads.
 
     OMP_NUM_THREADS=2 python benchmarks/anomaly_defects.py --threads 2
@@ -21,10 +21,7 @@ normal images and score --timing-n more with the chosen settings (or the default
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -100,12 +97,6 @@ def pixel_array(paths, side=64):
                                 np.float32).ravel() / 255 for p in paths])
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                       text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def select(data, train, n_select, progress):
@@ -208,22 +199,16 @@ def main(argv=None) -> None:
     print("baselines (image AUROC local / weave):",
           ", ".join(f"{n} {v['local']:.3f}/{v['weave']:.3f}" for n, v in base_auc.items()), flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "anomaly_defects_items.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label", "group", "score", "map_max", "map_mean_in_mask"] + list(base))
-        for i, r in enumerate(rows):
-            inside = float(maps[i][masks[i]].mean()) if masks[i].any() else ""
-            w.writerow([r["file_name"], r["label"], r["group"] or "", f"{scores[i]:.6g}", f"{maps[i].max():.6g}",
-                        inside if inside == "" else f"{inside:.6g}"] + [f"{base[n][i]:.6g}" for n in base])
+    items = [{"image": r["file_name"], "label": r["label"], "group": r["group"] or "", "score": f"{scores[i]:.6g}",
+              "map_max": f"{maps[i].max():.6g}",
+              "map_mean_in_mask": f"{float(maps[i][masks[i]].mean()):.6g}" if masks[i].any() else "",
+              **{n: f"{base[n][i]:.6g}" for n in base}} for i, r in enumerate(rows)]
     if args.timing:
         res.update(timing(Path(args.data).parent, chosen, args.timing_n, args.threads))
-    record = {"commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "args": vars(args), "select_s": round(select_s, 1), "selection": table, **res}
-    log = RESULTS / "anomaly_defects.json"
-    history = json.loads(log.read_text()) if log.is_file() else []
-    history.append(record)
-    log.write_text(json.dumps(history, indent=1) + "\n")
+    from benchmarks.records import save_run
+
+    save_run("anomaly_defects", {"select_s": round(select_s, 1), "selection": table, **res}, items,
+             protocol=vars(args))
     last = {k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list) else v)
             for k, v in res.items() if k not in ("baselines", "chosen")}
     last["fit_s_1000"] = res.get("fit_s") if res.get("timing_n") == 1000 else None

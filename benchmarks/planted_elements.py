@@ -10,7 +10,7 @@ labels), seed 0, 100 training and 25 held-out images per label, 64 px. The READM
 label's element?) and pixel AUROC against the element's pixel mask (diffmine/evaluation/metrics.py,
 as the demo's mining evaluation), per label and overall, with 95 % bootstrap intervals over
 images. The finetune run also records the base's reconstruction PSNR on these images.
-Per-image results to results/planted_elements_items.csv, runs appended to results/planted_elements.json.
+Runs appended to results/planted_elements.json, per-image results beside each (benchmarks.records).
 Last line: {"pointing_game", "pointing_game_ci", "pixel_auroc", "pixel_auroc_ci",
 "<label>_pointing_game", ..., "reconstruction_psnr_db", "base"}.
 """
@@ -40,9 +40,7 @@ def interval(values, seed: int = 0) -> list[float]:
 def main(argv=None) -> dict:
     import torch
 
-    from benchmarks.vae_reconstruction import commit
     from diffmine.core.dataset import LabeledImages
-    from diffmine.core.files import write_json, write_text
     from diffmine.datasets.planted import LABELS, generate_planted
     from diffmine.evaluation.groundtruth import record_elements
     from diffmine.evaluation.metrics import auroc, pointing_hit
@@ -91,14 +89,10 @@ def main(argv=None) -> dict:
                    draws=args.draws, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "planted_elements_items.csv", "image_id,label,pointing,pixel_auroc\n" + "".join(
-        f"{x['image_id']},{x['label']},{x['pointing']:.0f},{x['pixel_auroc']:.4f}\n" for x in rows))
-    path = RESULTS / "planted_elements.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
-    import datetime
-    history.append({"commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"), **summary})
-    write_json(path, history)
+    from benchmarks.records import save_run
+
+    save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc")}
+                                           for x in rows], protocol=vars(args))
     print(json.dumps(summary))
     return summary
 

@@ -8,16 +8,14 @@ generator of their own, sklearn digits' held-out split, radiographs from an unus
 the scikit-image photographs the broad corpus leaves out), each reconstructed from the posterior
 mean (diffmine.core.reconstruction, the commands' guard). --vae-checkpoint reads a VAE training
 checkpoint (finetune/vae_train.py, OUT/cache/vae-*.pt) into the tiny architecture: the state of a
-run still training. Per-image PSNR to results/vae_reconstruction_items.csv, each run appended to
-results/vae_reconstruction.json (commit, date, model). Target for a broad base: >= 26 dB on each.
+run still training. Each run appended to results/vae_reconstruction.json (commit, date, model) with its per-image PSNR
+beside it (benchmarks.records). Target for a broad base: >= 26 dB on each.
 Last line: {"psnr_<domain>_db", "psnr_<domain>_db_ci", ..., "model"}.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,12 +51,6 @@ def interval(values: np.ndarray, seed: int = 0) -> list[float]:
     return [round(float(ci.low), 2), round(float(ci.high), 2)]
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> dict:
@@ -66,7 +58,6 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     from benchmarks.heldout_domains import HELDOUT_DOMAINS, heldout_images
-    from diffmine.core.files import write_json, write_text
     from diffmine.core.reconstruction import psnr_db, reconstruct, smallest_kept_px
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,13 +81,9 @@ def main(argv=None) -> dict:
     summary["domains_at_target"] = sum(summary[f"psnr_{d}_db_ci"][0] >= TARGET_DB for d in HELDOUT_DOMAINS)
     summary.update(target_db=TARGET_DB, n_per_domain=args.n, size=args.size, model=name)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = ["domain,image_id,psnr_db"] + [f"{r['domain']},{r['image_id']},{r['psnr_db']}" for r in rows]
-    write_text(RESULTS / "vae_reconstruction_items.csv", "\n".join(lines) + "\n")
-    history_path = RESULTS / "vae_reconstruction.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    history.append({"commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"), **summary})
-    write_json(history_path, history)
+    from benchmarks.records import save_run
+
+    save_run("vae_reconstruction", summary, rows, protocol={"n": args.n, "size": args.size, "model": name})
     print("| domain | PSNR dB | 95 % CI | smallest kept px |\n|---|---|---|---|")
     for d in HELDOUT_DOMAINS:
         lo, hi = summary[f"psnr_{d}_db_ci"]
