@@ -38,6 +38,14 @@ def _maps(out) -> dict:
     return {pair: store.latent_map(*pair) for pair in store.pairs()}
 
 
+def _assert_same_maps(out, reference) -> None:
+    """The store holds exactly the reference's (image, label) maps, bit for bit."""
+    got = _maps(out)
+    assert sorted(got) == sorted(reference)
+    for pair, expected in reference.items():
+        np.testing.assert_array_equal(got[pair], expected)
+
+
 def _cli(args, cwd, env=None, timeout=120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "diffmine", *map(str, args)], cwd=cwd, env=env,
@@ -168,10 +176,7 @@ def test_the_damaged_shard_advice_works_and_shards_are_the_same_bytes_in_any_pro
     named.unlink()  # the advice, to the letter
     _typ(tiny_model_dir, data, out, **kw)
     verify_shards(out)
-    got = _maps(out)
-    assert sorted(got) == sorted(reference)
-    for pair, expected in reference.items():
-        np.testing.assert_array_equal(got[pair], expected)
+    _assert_same_maps(out, reference)
 
 
 def test_a_truncated_manifest_says_how_to_recover_and_the_store_is_rebuilt(tiny_model_dir, color_dataset, tmp_path,
@@ -189,10 +194,7 @@ def test_a_truncated_manifest_says_how_to_recover_and_the_store_is_rebuilt(tiny_
     _typ(tiny_model_dir, color_dataset, out, group=4, shard_size=4, on_image=computed.append)
     assert computed == []  # nothing recomputed: every shard was listed again from its own header
     assert "resuming: 12 of 12 images already stored" in capsys.readouterr().out
-    got = _maps(out)
-    assert sorted(got) == sorted(reference)
-    for pair, expected in reference.items():
-        np.testing.assert_array_equal(got[pair], expected)
+    _assert_same_maps(out, reference)
 
 
 # -- 4. two writers into one folder ---------------------------------------------------------------
