@@ -13,6 +13,7 @@ from diffmine.core.settings import (check, check_choice, check_positive, check_r
 # import PyOD, so every other command starts without the anomaly extra.
 SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
+PATCH_FEATURES = ("vae", "dift")  # encoder_features.py / mining.features.DiftExtractor
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -45,9 +46,14 @@ class AnomalyFitConfig(RuntimeSettings):
     n_neighbors: int = option(5, "features: nearest normal images whose distance is the score (as PyOD's KNN)")
     skip_bad: bool = skip_bad_option()
     force: bool = option(False, "replace the detector already in --out")
-    # patches (PatchCore on DIFT patch features of tiles at the image's own resolution, detector.py)
-    tile_stride: int | None = option(None, "patches: pixels between tiles of --resolution px (default: half a "
-                                     "tile, so tiles overlap)")
+    # patches (PatchCore on patch features of tiles at the image's own resolution, detector.py)
+    tile_stride: int | None = option(None, "patches: pixels between tiles of --resolution px (default: one "
+                                     "tile, tiles side by side; less: tiles overlap, smoother maps, more work)")
+    patch_features: str = option("vae", "patches: what a patch is described by: the VAE encoder's last feature "
+                                 "map (vae) or DIFT features (dift: --patch-block, --patch-t, --patch-draws)",
+                                 choices=PATCH_FEATURES)
+    patch_pool: int = option(1, "patches: cells each patch feature is averaged over, per side (1: none, a "
+                             "one-cell defect keeps its contrast; 3: PatchCore's 3x3 neighbourhood)")
     patch_block: int = option(DIFT_BLOCK, "patches: UNet up block whose output cells are the patch features",
                               source="docs/method.md §4")
     patch_t: int = option(DIFT_T, "patches: timestep of the DIFT features", source="docs/method.md §4")
@@ -58,7 +64,7 @@ class AnomalyFitConfig(RuntimeSettings):
                           "PatchCore, or random)", choices=CORESETS)
     coreset_ratio: float = option(0.1, "patches: share of the normal patches the memory bank keeps "
                                   "(PatchCore's coreset ratio)")
-    bank_size: int = option(8192, "patches: the most patches the memory bank keeps (fit and scoring stay "
+    bank_size: int = option(16384, "patches: the most patches the memory bank keeps (fit and scoring stay "
                             "linear in the number of normal images)")
 
     def validate(self) -> None:
@@ -68,8 +74,11 @@ class AnomalyFitConfig(RuntimeSettings):
         check_range(self, "contamination", 0, 0.5, closed="right")
         check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
         check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
-                              "n_neighbors", "tile_stride", "patch_draws", "top_k", "bank_size"))
+                              "n_neighbors", "tile_stride", "patch_draws", "patch_pool", "top_k", "bank_size"))
         check_choice(self, "coreset")
+        check_choice(self, "patch_features")
+        check(self.patch_pool % 2 == 1, "patch_pool", f"must be odd (a neighbourhood centred on the cell), "
+              f"got {self.patch_pool}")
         check_range(self, "coreset_ratio", 0, 1, closed="right")
         check(self.patch_block >= 0, "patch_block", f"must be >= 0, got {self.patch_block}")
         check(self.patch_t >= 0, "patch_t", f"must be >= 0, got {self.patch_t}")

@@ -18,19 +18,21 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   contains, so sparse anomalies are not ranked as normal. Map: per cell, the feature distance to
   the nearest normal image at the same cell.
 * patches: PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022,
-  as anomalib implements it) on DIFT patch features, at the image's own resolution. An image is cut
-  into overlapping tiles of the model's resolution (or `resolution`), every `tile_stride` px, so
-  a small defect keeps its size in pixels; each tile's DIFT map (UNet up_blocks[`patch_block`] at
-  t = `patch_t`, `patch_draws` draws) gives one feature per cell, averaged over its 3x3
-  neighbourhood and L2-normalised (PatchCore's local aggregation). The normal images' patches form
-  a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size` by
-  greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
+  as anomalib implements it) on patch features at the image's own resolution. An image is cut into
+  tiles of the model's resolution (or `resolution`), every `tile_stride` px (default: side by side),
+  so a small defect keeps its size in pixels. Each tile gives one feature per latent cell: by
+  default (`patch_features="vae"`) the VAE encoder's last feature map (encoder_features.py), or
+  DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws); each is
+  averaged over its `patch_pool` x `patch_pool` neighbourhood (PatchCore's local aggregation is 3;
+  1, the default, keeps a one-cell defect's contrast) and L2-normalised. The normal images' patches
+  form a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size`
+  by greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
   number of normal images. A patch's score is its distance to the nearest bank patch; the image
   score is the mean of its `top_k` highest (1: the maximum, as PatchCore); the map is the patch
   scores upsampled per tile and averaged where tiles overlap, at the image's own size. A training
-  image's score leaves its own patches out of the bank (not 0 for itself). Settings are chosen on
-  training data (benchmarks/anomaly_defects.py chooses stride, block, top-k and coreset ratio on a
-  labelled training split).
+  image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
+  on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
+  repeats the choice of features, pooling, stride and top-k on its validation split).
 
 Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
 whatever the caller asks for, so an image's score does not depend on which images came with it
@@ -52,7 +54,7 @@ from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
 from diffmine.core.partial import fixed_groups
 
-from diffmine.apps.anomaly.config import SCORES, AnomalyFitConfig
+from diffmine.apps.anomaly.config import PATCH_FEATURES, SCORES, AnomalyFitConfig
 
 _D = defaults(AnomalyFitConfig)  # the detector's defaults are the command's, written once there
 
@@ -81,7 +83,8 @@ class DiffusionDetector(BaseDetector):
                  finetune_steps=_D["finetune_steps"], finetune_lr=_D["finetune_lr"],
                  finetune_batch=_D["finetune_batch"], resolution=_D["resolution"], batch_size=_D["batch_size"],
                  seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
-                 dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_block=_D["patch_block"],
+                 dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_features=_D["patch_features"],
+                 patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
                  patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], coreset=_D["coreset"],
                  coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"]):
         self.model = model
@@ -105,6 +108,8 @@ class DiffusionDetector(BaseDetector):
         self.device = device  # where the model runs (diffmine.core.runtime: auto, cpu, cuda, ...)
         self.dtype = dtype    # model precision (auto, fp32, fp16, bf16)
         self.tile_stride = tile_stride  # patches: the tiling and the memory bank (module docstring)
+        self.patch_features = patch_features
+        self.patch_pool = patch_pool
         self.patch_block = patch_block
         self.patch_t = patch_t
         self.patch_draws = patch_draws
@@ -138,9 +143,15 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("model", "give either a model to score with or a base to finetune (not both)")
         if self.model is not None and not Path(self._model_folder()).is_dir():
             raise ConfigError("model", f"{self.model}: model folder does not exist")
-        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors", "patch_draws", "top_k", "bank_size"):
+        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors", "patch_draws", "patch_pool", "top_k",
+                     "bank_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.patch_features not in PATCH_FEATURES:
+            raise ConfigError("patch_features", f"must be one of {', '.join(PATCH_FEATURES)}, "
+                              f"got {self.patch_features!r}")
+        if int(self.patch_pool) % 2 != 1:
+            raise ConfigError("patch_pool", f"must be odd, got {self.patch_pool}")
         lo, hi = self.t_range
         if not 0 <= lo < hi <= 1:
             raise ConfigError("t_range", f"must satisfy 0 <= low < high <= 1, got {self.t_range}")
@@ -258,8 +269,8 @@ class DiffusionDetector(BaseDetector):
         return top_k_mean(patch_scores, int(self.top_k))
 
     def tile_stride_(self) -> int:
-        """Pixels between tiles: `tile_stride`, or half a tile."""
-        return int(self.tile_stride or max(1, self.resolution_ // 2))
+        """Pixels between tiles: `tile_stride`, or one tile (side by side)."""
+        return int(self.tile_stride or self.resolution_)
 
     def _tile_boxes(self) -> np.ndarray:
         from diffmine.apps.anomaly.patches import tile_boxes
@@ -271,16 +282,22 @@ class DiffusionDetector(BaseDetector):
         """Per image of `idx`: (tiles, h, w, C) patch features of its tiles (patches.patch_vectors)."""
         from mining.features import DiftExtractor
 
+        from diffmine.apps.anomaly.encoder_features import vae_encoder_features
         from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
 
         bundle, prompts, _ = self._load_runtime()
-        prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
-        draws = int(self.patch_draws)
-        dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
-                             seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
         tiles = [cut_tiles(inp.rgb(i), self.resolution_, self.tile_stride_()) for i in idx]
-        fmaps = dift(torch.from_numpy(np.concatenate(tiles)), [prompt] * sum(len(t) for t in tiles))
-        return list(patch_vectors(fmaps).split([len(t) for t in tiles]))
+        batch = torch.from_numpy(np.concatenate(tiles))
+        if self.patch_features == "vae":
+            fmaps = vae_encoder_features(bundle.vae, batch, int(self.batch_size))
+        else:
+            prompt = (prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_
+                      else prompts.null_prompt)
+            draws = int(self.patch_draws)
+            dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
+                                 seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
+            fmaps = dift(batch, [prompt] * len(batch))
+        return list(patch_vectors(fmaps, int(self.patch_pool)).split([len(t) for t in tiles]))
 
     def _patch_scores(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
         """(scores (n,), stitched maps (n, H, W) at the images' own size) of the images `idx`."""
@@ -323,7 +340,7 @@ class DiffusionDetector(BaseDetector):
 
             return DIFT_DRAWS
         if self.score == "patches":
-            return len(self._tile_boxes()) * int(self.patch_draws)
+            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features == "dift" else 1)
         return int(self.draws) * (1 + len(self._conditions()))
 
     def group_size_(self) -> int:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 CANDIDATES_PER_CENTRE = 4  # greedy coreset: picked from at most this many random candidates per centre
+OWN_NEIGHBOURS = 16  # leave-one-out search: neighbours looked at before falling back to a filtered search
 
 
 def tile_offsets(length: int, tile: int, stride: int) -> list[int]:
@@ -74,10 +75,13 @@ def stitch(tile_maps: torch.Tensor, boxes: np.ndarray, size: tuple[int, int]) ->
     return out
 
 
-def patch_vectors(fmaps: torch.Tensor) -> torch.Tensor:
-    """(n, C, h, w) feature maps -> (n, h, w, C) patch features: PatchCore's 3x3 local average, L2-normalised."""
-    pooled = F.avg_pool2d(fmaps.float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
-    return F.normalize(pooled, dim=1).permute(0, 2, 3, 1).contiguous()
+def patch_vectors(fmaps: torch.Tensor, pool: int = 3) -> torch.Tensor:
+    """(n, C, h, w) feature maps -> (n, h, w, C) patch features: each cell averaged over its pool x pool
+    neighbourhood (PatchCore's local aggregation, 3; 1 keeps the cell itself), L2-normalised."""
+    x = fmaps.float()
+    if pool > 1:
+        x = F.avg_pool2d(x, kernel_size=pool, stride=1, padding=pool // 2, count_include_pad=False)
+    return F.normalize(x, dim=1).permute(0, 2, 3, 1).contiguous()
 
 
 def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
@@ -92,12 +96,17 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
         return np.arange(n)
     cand = np.sort(g.choice(n, size=min(n, CANDIDATES_PER_CENTRE * k), replace=False))
     xc = x[torch.from_numpy(cand)].float()
+    sq = xc.square().sum(dim=1)
+
+    def dist2(j: int) -> torch.Tensor:  # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matrix-vector product a centre
+        return (sq - 2 * (xc @ xc[j]) + sq[j]).clamp_min_(0)
+
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = int(g.integers(len(xc)))
-    nearest = (xc - xc[chosen[0]]).square().sum(dim=1)
+    nearest = dist2(chosen[0])
     for i in range(1, k):
         chosen[i] = int(nearest.argmax())
-        nearest = torch.minimum(nearest, (xc - xc[chosen[i]]).square().sum(dim=1))
+        torch.minimum(nearest, dist2(chosen[i]), out=nearest)
     return np.sort(cand[chosen])
 
 
@@ -125,14 +134,23 @@ class MemoryBank:
         import faiss
 
         x = np.ascontiguousarray(x, dtype=np.float32)
-        params = None
-        if exclude_owner is not None:
-            lo, hi = np.searchsorted(self.owner, [exclude_owner, exclude_owner + 1])
+        if exclude_owner is None:
+            d = self.index.search(x, 1)[0][:, 0]
+        else:
+            lo, hi = (int(v) for v in np.searchsorted(self.owner, [exclude_owner, exclude_owner + 1]))
             if hi - lo == len(self.owner):  # the only image: nothing else to compare with
                 return np.zeros(len(x))
-            params = faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorRange(int(lo), int(hi))))
-        d, _ = self.index.search(x, 1, params=params)
-        return np.sqrt(np.maximum(d[:, 0], 0)).astype(np.float64)
+            # The nearest of a few neighbours found by the fast (BLAS) search that is another image's;
+            # only rows whose every one is the image's own are searched again with a selector (slow).
+            k = min(OWN_NEIGHBOURS, len(self.owner))
+            dk, ik = self.index.search(x, k)
+            other = (ik < lo) | (ik >= hi)
+            found = other.any(axis=1)
+            d = dk[np.arange(len(x)), other.argmax(axis=1)]
+            if not found.all():
+                sel = faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorRange(lo, hi)))
+                d[~found] = self.index.search(np.ascontiguousarray(x[~found]), 1, params=sel)[0][:, 0]
+        return np.sqrt(np.maximum(d, 0)).astype(np.float64)
 
 
 def bank_size_for(n_patches: int, ratio: float, most: int) -> int:
