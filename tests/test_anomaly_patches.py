@@ -14,7 +14,7 @@ from PIL import Image
 from diffmine.apps.anomaly.config import AnomalyFitConfig
 from diffmine.apps.anomaly.detector import DiffusionDetector
 from diffmine.apps.anomaly.folder import PATCHES_FILE, load_detector
-from diffmine.apps.anomaly.patches import greedy_coreset, stitch, tile_boxes, tile_offsets
+from diffmine.apps.anomaly.patches import MemoryBank, greedy_coreset, stitch, tile_boxes, tile_offsets
 from diffmine.core.errors import DataError
 from diffmine.datasets.defects import DEFECTS, GOOD, generate_defects, read_split, render
 from diffmine.evaluation.anomaly import pixel_auroc, pro_curve, pro_score
@@ -76,6 +76,17 @@ def test_greedy_coreset_picks_the_spread_points():
                                                             [1, 4, 5], [2, 4, 5])
 
 
+def test_leave_one_out_distance_is_the_nearest_other_images_patch():
+    g = np.random.default_rng(0)
+    x = g.normal(size=(3000, 8)).astype(np.float32)
+    owner = np.repeat(np.arange(30), 100)
+    bank = MemoryBank(x, owner)
+    q = x[owner == 7] + 0.01 * g.normal(size=(100, 8)).astype(np.float32)  # nearest: its own rows
+    brute = np.sqrt(((q[:, None] - x[owner != 7][None]) ** 2).sum(-1).min(1))
+    assert np.allclose(bank.distances(q, exclude_owner=7), brute, atol=1e-5)
+    assert bank.distances(q).max() < 0.1  # without leaving out: its own rows
+
+
 # -- the detector -------------------------------------------------------------------------------
 def _plant_hole(image: np.ndarray, cx: int, cy: int, r: int = 7) -> np.ndarray:
     y, x = np.mgrid[:image.shape[0], :image.shape[1]]
@@ -122,6 +133,12 @@ def test_patches_pyod_contract(patch_detector, weaves):
     assert twin.top_k == 5 and det.top_k == 1
 
 
+def test_dift_patch_features_still_fit_and_score(weaves):
+    det = DiffusionDetector(**QUICK, patch_features="dift", patch_pool=3).fit(weaves[:4])
+    assert det.bank_features_.shape == (4 * 4 * 256 // 2, 64)  # up_blocks[1] of the tiny UNet: 64 channels
+    assert det.decision_function(weaves[6:7]).shape == (1,)
+
+
 def test_map_has_the_image_size_and_peaks_on_the_planted_defect(weaves):
     det = DiffusionDetector(**{**QUICK, "tile_stride": 32}).fit(weaves[:6])
     for cx, cy in ((90, 40), (30, 100)):
@@ -135,7 +152,8 @@ def test_bad_patch_settings_name_their_field(weaves):
     from diffmine.core.settings import ConfigError
 
     for bad, field in ((dict(coreset="kmeans"), "coreset"), (dict(coreset_ratio=0), "coreset_ratio"),
-                       (dict(tile_stride=0), "tile_stride"), (dict(top_k=0), "top_k")):
+                       (dict(tile_stride=0), "tile_stride"), (dict(top_k=0), "top_k"),
+                       (dict(patch_features="clip"), "patch_features"), (dict(patch_pool=2), "patch_pool")):
         with pytest.raises(ConfigError, match=field):
             DiffusionDetector(**{**QUICK, **bad}).fit(weaves[:2])
     with pytest.raises(ConfigError, match="coreset"):
