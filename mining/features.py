@@ -25,8 +25,8 @@ from diffmine.core.errors import DataError
 from mining.config import DIFT_BLOCK, DIFT_DRAWS, DIFT_T  # noqa: F401 - the defaults, written once in the config
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a forward hook once it has the output it needs: the layers after it do not run."""
 
 
 def l2_normalize(x: np.ndarray | torch.Tensor, eps: float = 1e-12):
@@ -129,12 +129,12 @@ class DiftExtractor:
 
         def hook(_module, _args, output):
             captured["x"] = output[0] if isinstance(output, (tuple, list)) else output
-            raise _StopForward  # nothing after the hooked block is needed
+            raise StopForward  # nothing after the hooked block is needed
 
         handle = unet.up_blocks[self.block].register_forward_hook(hook)
         try:
             unet(zt.to(dev, dtype), t.to(dev), encoder_hidden_states=cond.to(dev, dtype))
-        except _StopForward:
+        except StopForward:
             pass
         finally:
             handle.remove()

@@ -139,6 +139,28 @@ def test_dift_patch_features_still_fit_and_score(weaves):
     assert det.decision_function(weaves[6:7]).shape == (1,)
 
 
+def test_denoise_features_are_the_engines_denoising_errors_per_draw_and_channel(weaves):
+    """Averaged over draws and channels, exp(feature) - FLOOR is the typicality engine's null-prompt error map."""
+    from diffmine.apps.anomaly.denoise_features import FLOOR, denoising_error_features
+    from diffmine.apps.anomaly.patches import cut_tiles
+    from typicality.engine import TypicalityEstimator
+
+    det = DiffusionDetector(**{**QUICK, "patch_draws": 3}, patch_features="denoise").fit(weaves[:2])
+    bundle, prompts, _ = det._load_runtime()
+    draws = det._patch_draws_()
+    tiles = torch.from_numpy(cut_tiles(Image.fromarray(weaves[5]), 64, 64))
+    feats = denoising_error_features(det._load_runtime()[2], tiles, draws, batch_size=5)  # 5 rows: uneven batches
+    assert feats.shape == (4, 3 * 4, 16, 16)  # 4 tiles; 3 draws x 4 latent channels; 64 px / 4 (tiny VAE)
+    est = TypicalityEstimator(bundle, prompts, draws=3, draw_fn=lambda _id, _shape: draws, share_prompts=False)
+    ref = est.estimate(tiles, [f"t{i}" for i in range(4)], [[]] * 4)
+    mean_err = (feats.exp() - FLOOR).reshape(4, 3, 4, 16, 16).mean(dim=(1, 2))
+    torch.testing.assert_close(mean_err, torch.stack([torch.from_numpy(r.err_null) for r in ref]),
+                               rtol=1e-4, atol=1e-6)
+    assert det.bank_features_.shape[1] == 12
+    # not L2-normalised: the size of a log error is kept
+    assert not np.allclose(np.linalg.norm(det.bank_features_, axis=1), 1.0)
+
+
 def test_map_has_the_image_size_and_peaks_on_the_planted_defect(weaves):
     det = DiffusionDetector(**{**QUICK, "tile_stride": 32}).fit(weaves[:6])
     for cx, cy in ((90, 40), (30, 100)):

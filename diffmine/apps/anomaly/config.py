@@ -13,7 +13,7 @@ from diffmine.core.settings import (check, check_choice, check_positive, check_r
 # import PyOD, so every other command starts without the anomaly extra.
 SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
-PATCH_FEATURES = ("vae", "dift")  # encoder_features.py / mining.features.DiftExtractor
+PATCH_FEATURES = ("vae", "dift", "denoise")  # encoder_features.py / mining.features.DiftExtractor / denoise_features.py
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -50,14 +50,16 @@ class AnomalyFitConfig(RuntimeSettings):
     tile_stride: int | None = option(None, "patches: pixels between tiles of --resolution px (default: one "
                                      "tile, tiles side by side; less: tiles overlap, smoother maps, more work)")
     patch_features: str = option("vae", "patches: what a patch is described by: the VAE encoder's last feature "
-                                 "map (vae) or DIFT features (dift: --patch-block, --patch-t, --patch-draws)",
+                                 "map (vae), DIFT features (dift: --patch-block, --patch-t, --patch-draws) or, "
+                                 "for comparison, denoising errors (denoise: --patch-draws over --t-range)",
                                  choices=PATCH_FEATURES)
     patch_pool: int = option(1, "patches: cells each patch feature is averaged over, per side (1: none, a "
                              "one-cell defect keeps its contrast; 3: PatchCore's 3x3 neighbourhood)")
     patch_block: int = option(DIFT_BLOCK, "patches: UNet up block whose output cells are the patch features",
                               source="docs/method.md §4")
     patch_t: int = option(DIFT_T, "patches: timestep of the DIFT features", source="docs/method.md §4")
-    patch_draws: int = option(2, "patches: noise draws the DIFT features average over")
+    patch_draws: int = option(2, "patches: noise draws the DIFT features average over (denoise: draws, each "
+                              "its own feature components)")
     top_k: int = option(1, "patches: the image score is the mean of its top-k patch scores (1: the maximum, "
                         "as PatchCore)")
     coreset: str = option("greedy", "patches: how the memory bank is subsampled (greedy k-center, as "

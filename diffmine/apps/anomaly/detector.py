@@ -22,9 +22,11 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   tiles of the model's resolution (or `resolution`), every `tile_stride` px (default: side by side),
   so a small defect keeps its size in pixels. Each tile gives one feature per latent cell: by
   default (`patch_features="vae"`) the VAE encoder's last feature map (encoder_features.py), or
-  DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws); each is
-  averaged over its `patch_pool` x `patch_pool` neighbourhood (PatchCore's local aggregation is 3;
-  1, the default, keeps a one-cell defect's contrast) and L2-normalised. The normal images' patches
+  DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws), or, for
+  comparison, the null prompt's denoising errors (`"denoise"`: per draw and latent channel, logged,
+  `patch_draws` draws over `t_range`; denoise_features.py); each is averaged over its `patch_pool` x
+  `patch_pool` neighbourhood (PatchCore's local aggregation is 3; 1, the default, keeps a one-cell
+  defect's contrast) and, appearance features only, L2-normalised. The normal images' patches
   form a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size`
   by greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
   number of normal images. A patch's score is its distance to the nearest bank patch; the image
@@ -282,6 +284,7 @@ class DiffusionDetector(BaseDetector):
         """Per image of `idx`: (tiles, h, w, C) patch features of its tiles (patches.patch_vectors)."""
         from mining.features import DiftExtractor
 
+        from diffmine.apps.anomaly.denoise_features import denoising_error_features
         from diffmine.apps.anomaly.encoder_features import vae_encoder_features
         from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
 
@@ -290,6 +293,9 @@ class DiffusionDetector(BaseDetector):
         batch = torch.from_numpy(np.concatenate(tiles))
         if self.patch_features == "vae":
             fmaps = vae_encoder_features(bundle.vae, batch, int(self.batch_size))
+        elif self.patch_features == "denoise":
+            fmaps = denoising_error_features(self._load_runtime()[2], batch, self._patch_draws_(),
+                                             int(self.batch_size))
         else:
             prompt = (prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_
                       else prompts.null_prompt)
@@ -297,7 +303,19 @@ class DiffusionDetector(BaseDetector):
             dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
                                  seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
             fmaps = dift(batch, [prompt] * len(batch))
-        return list(patch_vectors(fmaps, int(self.patch_pool)).split([len(t) for t in tiles]))
+        # log denoising errors are on a common scale already: their size is the signal, not normalised away
+        vectors = patch_vectors(fmaps, int(self.patch_pool), normalize=self.patch_features != "denoise")
+        return list(vectors.split([len(t) for t in tiles]))
+
+    def _patch_draws_(self):
+        """denoise features: the `patch_draws` (timestep, noise) pairs every tile shares (common random numbers)."""
+        from typicality.draws import make_draws
+
+        bundle, _, est = self._load_runtime()
+        side = self.resolution_ // bundle.vae_scale_factor
+        shape = (int(bundle.unet.config.in_channels), side, side)
+        return make_draws(int(self.patch_draws), shape, int(self.seed), DRAW_KEY, est.t_range,
+                          est.num_train_timesteps, est.schedule, est.antithetic)
 
     def _patch_scores(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
         """(scores (n,), stitched maps (n, H, W) at the images' own size) of the images `idx`."""
@@ -340,7 +358,7 @@ class DiffusionDetector(BaseDetector):
 
             return DIFT_DRAWS
         if self.score == "patches":
-            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features == "dift" else 1)
+            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features != "vae" else 1)
         return int(self.draws) * (1 + len(self._conditions()))
 
     def group_size_(self) -> int:

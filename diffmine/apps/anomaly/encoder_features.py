@@ -14,11 +14,21 @@ import torch
 @torch.no_grad()
 def vae_encoder_features(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """(n, C, h, w) float32 on the CPU: `vae.encoder.mid_block`'s output for images (n, 3, R, R) in [-1, 1]."""
+    from mining.features import StopForward
+
     captured: list[torch.Tensor] = []
-    handle = vae.encoder.mid_block.register_forward_hook(lambda _m, _a, out: captured.append(out.float().cpu()))
+
+    def hook(_module, _args, out):
+        captured.append(out.float().cpu())
+        raise StopForward  # the encoder's output layers are not needed
+
+    handle = vae.encoder.mid_block.register_forward_hook(hook)
     try:
         for i in range(0, len(images), max(1, int(batch_size))):
-            vae.encoder(images[i:i + batch_size].to(vae.device, vae.dtype))
+            try:
+                vae.encoder(images[i:i + batch_size].to(vae.device, vae.dtype))
+            except StopForward:
+                pass
     finally:
         handle.remove()
     return torch.cat(captured) if captured else torch.zeros(0)

@@ -3,8 +3,8 @@
 PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022; as
 anomalib implements it): patch features of the normal images in a memory bank, subsampled by
 greedy k-center coreset selection; a test patch scores its distance to the nearest normal patch.
-Here the patch features are DIFT feature cells (docs/method.md §4) of tiles cut from the image at
-its own resolution, so a small defect keeps its size in pixels instead of being shrunk away.
+Here the patch features are per-latent-cell features (the VAE encoder's, DIFT's or denoising errors,
+detector.py) of tiles cut from the image at its own resolution, so a small defect keeps its size in pixels instead of being shrunk away.
 """
 from __future__ import annotations
 
@@ -75,13 +75,15 @@ def stitch(tile_maps: torch.Tensor, boxes: np.ndarray, size: tuple[int, int]) ->
     return out
 
 
-def patch_vectors(fmaps: torch.Tensor, pool: int = 3) -> torch.Tensor:
+def patch_vectors(fmaps: torch.Tensor, pool: int = 3, normalize: bool = True) -> torch.Tensor:
     """(n, C, h, w) feature maps -> (n, h, w, C) patch features: each cell averaged over its pool x pool
-    neighbourhood (PatchCore's local aggregation, 3; 1 keeps the cell itself), L2-normalised."""
+    neighbourhood (PatchCore's local aggregation, 3; 1 keeps the cell itself), L2-normalised (normalize)."""
     x = fmaps.float()
     if pool > 1:
         x = F.avg_pool2d(x, kernel_size=pool, stride=1, padding=pool // 2, count_include_pad=False)
-    return F.normalize(x, dim=1).permute(0, 2, 3, 1).contiguous()
+    if normalize:
+        x = F.normalize(x, dim=1)
+    return x.permute(0, 2, 3, 1).contiguous()
 
 
 def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
