@@ -1,11 +1,12 @@
 """How fast the command line answers when it has nothing heavy to do: --help, a subcommand's --help,
 and an argument error (each a fresh `python -m diffmine` process, so imports count).
 
-    python benchmarks/cli_latency.py [--runs 15]
+    python -m benchmarks.cli_latency [--runs 15]
 
-Per-run seconds of each case go into benchmarks/results/cli_latency.json (appended: commit, date,
-python, runs), with the median and a 95 % bootstrap interval of the median (scipy.stats.bootstrap).
-Last stdout line: {"help_s": ..., "help_s_ci": [lo, hi], "typicality_help_s": ..., ..., "runs": n}.
+Each run is appended to benchmarks/results/cli_latency.json through benchmarks.records (commit, date,
+python, runs), its per-run seconds of each case in the run's items table, with the median and a 95 %
+bootstrap interval of the median (scipy.stats.bootstrap). Last stdout line:
+{"help_s": ..., "help_s_ci": [lo, hi], "typicality_help_s": ..., ..., "runs": n}.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import numpy as np
 from scipy.stats import bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "cli_latency.json"
 CASES = {  # name -> (arguments, expected exit status)
     "help_s": (["--help"], 0),
     "typicality_help_s": (["typicality", "--help"], 0),
@@ -60,13 +60,11 @@ def main() -> None:
         summary[name] = round(float(np.median(values)), 4)
         summary[f"{name}_ci"] = median_ci(values)
     summary["runs"] = a.runs
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or None
-    record = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": sys.version.split()[0],
-              "summary": summary, "per_run_s": per_run}
-    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(history + [record], indent=1) + "\n")
+    from benchmarks.records import save_run
+
+    items = [{"run": i, "case": name, "seconds": values[i]} for name, values in per_run.items()
+             for i in range(len(values))]
+    save_run("cli_latency", summary, items, protocol={"runs": a.runs, "python": sys.version.split()[0]})
     print(json.dumps(summary))
 
 

@@ -69,7 +69,7 @@ BENCHMARKS = [
      "shipped towns VAE (10-17 dB); the latest shown here is the broad-corpus VAE after only 144 CPU steps "
      "(a direction check, not the trained broad base).", "python benchmarks/vae_reconstruction.py"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
-     "python benchmarks/cli_latency.py"),
+     "python -m benchmarks.cli_latency"),
 ]
 META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine"}
 

@@ -36,3 +36,16 @@ def test_benchmarks_page_is_generated_from_the_records():
 
     assert (tables.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8") == tables.render()
     assert "| pointing_game | 0.9313 [0.8803, 0.9652] |" in tables.render()  # a value beside its interval
+
+
+def test_defects_selection_takes_the_cheapest_candidate_near_the_best():
+    from benchmarks.anomaly_defects import SELECT_TOL, pick
+
+    cheap = [dict(top_k=1, mean=0.9985, fit_and_val_s=90.0), dict(top_k=4, mean=0.9985, fit_and_val_s=90.0)]
+    costly = dict(top_k=4, mean=0.9985 + SELECT_TOL / 2, fit_and_val_s=170.0)
+    poor = dict(top_k=1, mean=0.9, fit_and_val_s=60.0)
+    assert pick(cheap + [costly, poor]) is cheap[0]  # within the tolerance: the cheaper; of equals the first
+    clearly = dict(top_k=16, mean=0.9985 + 2 * SELECT_TOL, fit_and_val_s=170.0)
+    assert pick(cheap + [clearly, poor]) is clearly  # beyond it: the better, whatever it costs
+    assert pick([dict(top_k=1, mean=0.97, fit_and_val_s=90.0), dict(top_k=4, mean=0.98, fit_and_val_s=90.0)]
+                )["top_k"] == 4  # one fit's top-k choices: the higher mean
