@@ -39,7 +39,8 @@ from diffmine.evaluation.anomaly import pixel_auroc, pro_score
 RESULTS = Path(__file__).parent / "results"
 # Candidates, the cheaper first (a tie keeps the first): DIFT at its default block and timestep, denoising
 # errors at the default draws (for comparison, as the issue asks).
-GRID = {"patch_features": ("vae", "dift", "denoise"), "patch_pool": (1, 3), "tile_stride": (64, 32), "top_k": (1, 4, 16)}
+GRID = {"patch_features": ("vae", "dift", "denoise"), "patch_pool": (1, 3), "tile_stride": (64, 32),
+        "top_k": (1, 4, 16)}
 # A costlier candidate must beat a cheaper one by more than this on the val mean: on 8 val images per
 # kind a difference below it is one or two images' worth (and a 3x slower stride is not worth that).
 SELECT_TOL = 0.005

@@ -146,13 +146,13 @@ def test_denoise_features_are_the_engines_denoising_errors_per_draw_and_channel(
     from typicality.engine import TypicalityEstimator
 
     det = DiffusionDetector(**{**QUICK, "patch_draws": 3}, patch_features="denoise").fit(weaves[:2])
-    bundle, prompts, _ = det._load_runtime()
+    bundle, prompts, est = det._load_runtime()
     draws = det._patch_draws_()
     tiles = torch.from_numpy(cut_tiles(Image.fromarray(weaves[5]), 64, 64))
-    feats = denoising_error_features(det._load_runtime()[2], tiles, draws, batch_size=5)  # 5 rows: uneven batches
+    feats = denoising_error_features(est, tiles, draws, batch_size=5)  # 5 rows: uneven batches
     assert feats.shape == (4, 3 * 4, 16, 16)  # 4 tiles; 3 draws x 4 latent channels; 64 px / 4 (tiny VAE)
-    est = TypicalityEstimator(bundle, prompts, draws=3, draw_fn=lambda _id, _shape: draws, share_prompts=False)
-    ref = est.estimate(tiles, [f"t{i}" for i in range(4)], [[]] * 4)
+    engine = TypicalityEstimator(bundle, prompts, draws=3, draw_fn=lambda _id, _shape: draws, share_prompts=False)
+    ref = engine.estimate(tiles, [f"t{i}" for i in range(4)], [[]] * 4)
     mean_err = (feats.exp() - FLOOR).reshape(4, 3, 4, 16, 16).mean(dim=(1, 2))
     torch.testing.assert_close(mean_err, torch.stack([torch.from_numpy(r.err_null) for r in ref]),
                                rtol=1e-4, atol=1e-6)

@@ -37,10 +37,10 @@ def denoising_error_features(est, images: torch.Tensor, draws: Draws, batch_size
     for i in range(0, len(z0), per_forward):
         z = z0[i:i + per_forward]
         n = len(z)
-        z_t = noisy_latents(z.repeat_interleave(d, dim=0), eps.repeat(n, 1, 1, 1), alpha_bar.repeat(n))
+        eps_n, alpha_n = eps.repeat(n, 1, 1, 1), alpha_bar.repeat(n)  # rows: image-major, draws within
+        z_t = noisy_latents(z.repeat_interleave(d, dim=0), eps_n, alpha_n)
         pred = unet(z_t.to(unet.dtype), t.repeat(n), encoder_hidden_states=null.expand(n * d, -1, -1),
                     return_dict=False)[0]
-        pred = to_epsilon(pred.float(), z_t, alpha_bar.repeat(n), est.prediction_type)
-        err = (eps.repeat(n, 1, 1, 1) - pred).square()  # (n * d, C, h, w)
+        err = (eps_n - to_epsilon(pred.float(), z_t, alpha_n, est.prediction_type)).square()  # (n * d, C, h, w)
         out.append(err.add_(FLOOR).log_().reshape(n, d * err.shape[1], *err.shape[2:]).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)

@@ -288,14 +288,13 @@ class DiffusionDetector(BaseDetector):
         from diffmine.apps.anomaly.encoder_features import vae_encoder_features
         from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
 
-        bundle, prompts, _ = self._load_runtime()
+        bundle, prompts, est = self._load_runtime()
         tiles = [cut_tiles(inp.rgb(i), self.resolution_, self.tile_stride_()) for i in idx]
         batch = torch.from_numpy(np.concatenate(tiles))
         if self.patch_features == "vae":
             fmaps = vae_encoder_features(bundle.vae, batch, int(self.batch_size))
         elif self.patch_features == "denoise":
-            fmaps = denoising_error_features(self._load_runtime()[2], batch, self._patch_draws_(),
-                                             int(self.batch_size))
+            fmaps = denoising_error_features(est, batch, self._patch_draws_(), int(self.batch_size))
         else:
             prompt = (prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_
                       else prompts.null_prompt)

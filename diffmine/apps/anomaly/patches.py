@@ -4,7 +4,8 @@ PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", 
 anomalib implements it): patch features of the normal images in a memory bank, subsampled by
 greedy k-center coreset selection; a test patch scores its distance to the nearest normal patch.
 Here the patch features are per-latent-cell features (the VAE encoder's, DIFT's or denoising errors,
-detector.py) of tiles cut from the image at its own resolution, so a small defect keeps its size in pixels instead of being shrunk away.
+detector.py) of tiles cut from the image at its own resolution, so a small defect keeps its size in
+pixels instead of being shrunk away.
 """
 from __future__ import annotations
 
