@@ -30,7 +30,7 @@ def _save(path: Path, step: int, vae, opt, sched, g: torch.Generator) -> None:
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
               seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
-              deadline: float | None = None) -> AutoencoderKL:
+              deadline: float | None = None, desc: str = "training VAE") -> AutoencoderKL:
     """Fit `vae` to images (N, 3, H, W) in [-1, 1]; then set `scaling_factor` so latents have unit std.
 
     With `checkpoint`, the state is saved there atomically every CHECKPOINT_EVERY steps and a
@@ -50,7 +50,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
         start = int(state["step"])
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
     for step in bar:
         x = images[torch.randint(len(images), (batch_size,), generator=g)].to(vae.device)
         post = vae.encode(x).latent_dist

@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 # small settings per command, appended after the recipe's own flags
 TINY = {
-    "finetune": "--max-steps 2 --batch-size 4 --samples-per-label 1 --mixed-precision no",
+    "finetune": "--max-steps 2 --batch-size 4 --samples-per-label 1 --mixed-precision no --vae-steps 2",
     "typicality": "--draws 2",
     "mine": "--clusters 2 --per-image 1 --dift-draws 1 --min-members 1 --min-images 1",
     "localize": "--draws 2",
