@@ -7,13 +7,16 @@ from diffmine.core.settings import (check, check_choice, check_positive, check_r
                                      option, skip_bad_option)
 from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
-from finetune.vae_adapt import ADAPT_STEPS, MODES as VAE_ADAPT_MODES
 
 # Settings a resumed run must share with the checkpoint it continues (the rest may change:
 # how long to train, how often to save, what to print).
 RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
                "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
                "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps", "adapt_vae")
+
+SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
+ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
+VAE_ADAPT_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -47,8 +50,8 @@ class TrainConfig:
     adapt_vae: str = option("auto", "train the base's VAE on these images before the UNet: 'auto' when a small VAE "
                             "reconstructs them below the guard's floor, 'always', or 'never'",
                             choices=VAE_ADAPT_MODES, source="docs/method.md §1")
-    vae_steps: int | None = option(None, "VAE training steps: from scratch (tiny-scratch, default 1000) or adapting "
-                                   f"the base's VAE (default {ADAPT_STEPS})")
+    vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
+                                   f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given")
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     ema: bool = option(False, "export an exponential moving average of the weights")

@@ -26,10 +26,9 @@ from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
-from finetune.config import RESUME_KEYS, TrainConfig
+from finetune.config import ADAPT_VAE_STEPS, RESUME_KEYS, SCRATCH_VAE_STEPS, TrainConfig
 from finetune.vae_train import VAEStopped
 
-DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
@@ -51,7 +50,7 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
         _phase(f"loading base model {cfg.base}", progress)
         return load_bundle(cfg.base, text_encoder=cfg.text_encoder)
     resolution = cfg.resolution or 64
-    steps = cfg.vae_steps if cfg.vae_steps is not None else DEFAULT_VAE_STEPS
+    steps = cfg.vae_steps if cfg.vae_steps is not None else SCRATCH_VAE_STEPS
     key = stable_seed("tiny-scratch", resolution, cfg.seed, steps, decoded.key) % 10**12
     cached = Path(cfg.out, "cache", f"base-{key:012d}")
     if not cached.exists():
@@ -352,7 +351,7 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
     if acc.is_main_process:
         recon = _reconstruction(cfg, bundle, data, size, acc, warn=False)
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
-            steps = cfg.vae_steps if cfg.vae_steps is not None else vae_adapt.ADAPT_STEPS
+            steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
             key = (cfg.base, size, cfg.seed, steps, decoded.key)
             _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
                    f"{recon['reconstruction_floor_db']:g} dB): adapting its VAE to them first ({steps} steps, "

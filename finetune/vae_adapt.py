@@ -19,29 +19,28 @@ from diffmine.core.files import output_folder
 from diffmine.core.seeds import stable_seed
 from finetune.vae_train import train_vae
 
-MODES = ("auto", "always", "never")
 # `auto` adapts VAEs this small only: the tiny family trains in minutes on a CPU, while SD's
 # 83M-parameter VAE rarely falls below the floor and would need a GPU run of its own.
 SMALL_VAE_PARAMS = 10_000_000
-ADAPT_STEPS = 600  # chosen in benchmarks/vae_adaptation.py (PSNR against CPU minutes)
 ADAPT_LR = 2e-3
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
 def wanted(mode: str, vae, figures: dict) -> bool:
     """Whether to adapt: always, never, or (auto) a small VAE measured below the guard's floor."""
-    if mode != "auto":
+    if mode != "auto":  # finetune.config.VAE_ADAPT_MODES
         return mode == "always"
     small = sum(p.numel() for p in vae.parameters()) <= SMALL_VAE_PARAMS
     return small and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
 
 
 def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: int,
-          progress: bool = True, deadline: float | None = None):
+          progress: bool = True, deadline: float | None = None, lr: float = ADAPT_LR, batch_size: int = ADAPT_BATCH,
+          on_step=None):
     """`vae` trained `steps` more steps on `images`, or the cached result of the same adaptation.
 
     Returns (vae, seconds spent training now). Raises finetune.vae_train.VAEStopped at `deadline`
-    (the checkpoint keeps the state for a rerun)."""
+    (the checkpoint keeps the state for a rerun). `lr`, `batch_size`, `on_step`: for benchmarks."""
     from diffusers import AutoencoderKL
 
     tag = f"{stable_seed('adapt-vae', *key) % 10**12:012d}"
@@ -49,8 +48,8 @@ def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: 
     if (done / "config.json").exists():
         return AutoencoderKL.from_pretrained(done), 0.0
     start = time.time()
-    train_vae(vae, images, steps, batch_size=ADAPT_BATCH, lr=ADAPT_LR, seed=seed, progress=progress,
-              checkpoint=Path(cache, f"vae-adapt-{tag}.pt"), deadline=deadline, desc="adapting VAE")
+    train_vae(vae, images, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+              checkpoint=Path(cache, f"vae-adapt-{tag}.pt"), deadline=deadline, desc="adapting VAE", on_step=on_step)
     with output_folder(done) as tmp:
         vae.save_pretrained(tmp)
     Path(cache, f"vae-adapt-{tag}.pt").unlink(missing_ok=True)
