@@ -343,7 +343,7 @@ def main(argv=None) -> None:
         cfg = TrainConfig(data=str(data), out=fresh(model), base=str(folder), resolution=res,
                           max_steps=a.finetune_steps, batch_size=a.finetune_batch, mixed_precision=mp,
                           lora_rank=a.lora_rank, samples_per_label=0, checkpoint_every=10**9, log_every=1,
-                          max_minutes=0.6 * info["budget_s"] / 60)  # stop training in time to export
+                          max_minutes=max(1.0, 0.6 * info["budget_s"]) / 60)  # stop training in time to export
         info.update(unit="steps", mixed_precision=mp, batch=a.finetune_batch, lora_rank=a.lora_rank)
         train(cfg, progress=False)
         shutil.rmtree(model / "checkpoints", ignore_errors=True)  # the optimizer state: ~10 GB of disk

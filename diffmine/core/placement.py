@@ -55,16 +55,36 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+class Recording(list):
+    """The Forwards recorded so far (a list), and `paused()`: a block run with the plain forwards
+    (torch.compile would otherwise trace the recorder into its graph)."""
+
+    def __init__(self, classes: dict[str, type], originals: dict[str, Callable], spies: dict[str, Callable]):
+        super().__init__()
+        self._classes, self._originals, self._spies = classes, originals, spies
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        for name, forward in self._originals.items():
+            self._classes[name].forward = forward
+        try:
+            yield
+        finally:
+            for name, spy in self._spies.items():
+                self._classes[name].forward = spy
+
+
 @contextmanager
 def record_forwards(parts: tuple[str, ...] = PARTS,
-                    before: Callable[[Forward], None] | None = None) -> Iterator[list[Forward]]:
+                    before: Callable[[Forward], None] | None = None) -> Iterator[Recording]:
     """Record a Forward per call of the given parts while the block runs; originals restored after."""
     classes = _classes()
     unknown = sorted(set(parts) - set(classes))
     if unknown:
         raise ValueError(f"unknown parts {unknown}; known: {list(classes)}")
-    seen: list[Forward] = []
     originals = {name: classes[name].forward for name in parts}
+    spies: dict[str, Callable] = {}
+    seen = Recording(classes, originals, spies)
 
     def wrap(name, forward):
         def spy(self, sample, *args, **kwargs):
@@ -76,9 +96,10 @@ def record_forwards(parts: tuple[str, ...] = PARTS,
             return forward(self, sample, *args, **kwargs)
         return spy
 
+    spies.update({name: wrap(name, forward) for name, forward in originals.items()})
     try:
-        for name, forward in originals.items():
-            classes[name].forward = wrap(name, forward)
+        for name, spy in spies.items():
+            classes[name].forward = spy
         yield seen
     finally:
         for name, forward in originals.items():
