@@ -10,7 +10,8 @@ script for the next lent GPU.
    images at `--resolution` (diffmine.datasets.towns, `--images` in all, over its 4 labels), and
    synthetic radiographs with boxes (diffmine.datasets.radiographs) for localize.
 2. The phases, in-process through the config dataclasses and run functions that diffmine/cli/*.py
-   calls: finetune (`--finetune-steps`; bf16 mixed precision on a GPU, none on the CPU), typicality
+   calls: finetune (`--finetune-steps`; bf16 mixed precision on a GPU, none on the CPU; it runs where
+   accelerate puts it, as `diffmine finetune` has no --device), typicality
    (`--draws`, 64), mine (its DIFT pass), classify (every label of the data: the towns have 4),
    anomaly fit and score with the `features` and `patches` scores, translate (Plug-and-Play,
    `--steps` sampling + `--steps` inversion steps, 50 + 50), changes, localize (boxes of the
