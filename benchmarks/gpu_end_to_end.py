@@ -271,7 +271,7 @@ def table(rows: list[dict], setup: dict) -> str:
              "| phase | status | seconds | budget s | items | items/s | peak GPU GB | placement ok | note |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
-        unit = f" {r['unit']}" if r.get("unit") else ""
+        unit = f" {r['unit']}" if r.get("unit") and r["items"] is not None else ""
         note = r.get("note", "")
         if r["phase"] == "engine_vs_reference" and r.get("contenders"):
             note = "; ".join(f"{k}: {v['images_per_s']:.3g} img/s, corr {v['corr']:.4f}"
