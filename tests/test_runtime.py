@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 
 from diffmine.core import runtime
 from diffmine.core.errors import DataError
 from diffmine.core.partial import PartialResults, fixed_groups, run_groups
+from diffmine.core.placement import misplaced, record_forwards
 from diffmine.core.runtime import Runtime, RuntimeSettings, default_policy, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,21 +85,13 @@ def recorded_forwards(monkeypatch):
     """bf16 on the CPU as the runtime's choice; every UNet forward's (weights dtype, input dtype, device)."""
     chosen = (torch.device("cpu"), torch.bfloat16)
     monkeypatch.setattr(runtime, "POLICY", lambda device, dtype, accel: chosen)
-    seen = []
-    forward = UNet2DConditionModel.forward
-
-    def spy(self, sample, *args, **kwargs):
-        p = next(self.parameters())
-        seen.append((p.device.type, p.dtype, sample.dtype))
-        return forward(self, sample, *args, **kwargs)
-
-    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
-    return seen
+    with record_forwards(parts=("unet",)) as seen:  # the benchmarks' recorder: one copy of the hook
+        yield seen
 
 
 def _check(seen, command):
     assert seen, f"{command}: no UNet forward was recorded"
-    wrong = {s for s in seen if s != ("cpu", torch.bfloat16, torch.bfloat16)}
+    wrong = {s.placement for s in seen if s.placement != ("cpu", torch.bfloat16, torch.bfloat16)}
     assert not wrong, f"{command}: UNet ran as {wrong}, the runtime chose cpu / bfloat16"
     seen.clear()
 
@@ -153,3 +145,21 @@ def test_the_placement_check_catches_a_model_loaded_outside_the_runtime(recorded
     bundle.unet(z, torch.tensor([10]), encoder_hidden_states=bundle.encode_prompts([""]))
     with pytest.raises(AssertionError, match="UNet ran as .*float32.*the runtime chose cpu / bfloat16"):
         _check(recorded_forwards, "a rogue command")
+
+
+def test_the_recorder_sees_unet_and_vae_forwards_under_autocast(tiny_bundle):
+    """One copy of the hook serves the tests and benchmarks/gpu_end_to_end.py: it sees the VAE too,
+    and what autocast computes in (the finetuner's mixed precision)."""
+    bundle = tiny_bundle.eval()
+    stops = []
+    with torch.no_grad(), record_forwards(before=stops.append) as seen:
+        z = bundle.encode_images(torch.zeros(1, 3, 32, 32))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bundle.unet(z, torch.tensor([10]), encoder_hidden_states=bundle.encode_prompts([""]))
+    assert [f.part for f in seen] == ["vae.encoder", "unet"] and stops == seen
+    assert [f.compute for f in seen] == [torch.float32, torch.bfloat16] and seen[1].weights is torch.float32
+    assert misplaced(seen, "cpu", {"unet": torch.bfloat16, "vae": torch.float32}) == []
+    assert misplaced(seen, "cpu", torch.float32) == [seen[1]]
+    assert misplaced(seen, "cuda", torch.float32) == seen
+    from diffusers import UNet2DConditionModel
+    assert UNet2DConditionModel.forward.__name__ == "forward"  # restored after the block
