@@ -68,7 +68,7 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
                       checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"),
                       deadline=None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes)
             bundle.vae.to("cpu")
-            with output_folder(cached) as tmp:
+            with output_folder(cached, owned=None) as tmp:  # a cache entry: replaced whole
                 bundle.save_pretrained(tmp)
         acc.wait_for_everyone()
     return load_bundle(cached)

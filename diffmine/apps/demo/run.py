@@ -92,7 +92,7 @@ def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, 
               f"run the same command again to resume from {work}")
         return None
     model = out / f"tiny-{name}-model"
-    with output_folder(model) as tmp:
+    with output_folder(model, owned=MODEL_FILES) as tmp:
         for file in MODEL_FILES:
             src = work / file
             if file == "samples.png" and not src.exists():  # samples_per_label 0 draws none
