@@ -179,3 +179,67 @@ def test_changes_names_a_truncated_translation_or_skips_it(tiny_model_dir, trans
         out = _changes(tiny_model_dir, tr, tmp_path / "ch2", skip_bad=True)
     with open(Path(out) / "clusters.csv", newline="", encoding="utf-8") as f:
         assert rows[0]["image_id"] not in {r["image_id"] for r in csv.DictReader(f)}  # its image is left out
+
+
+# -- the minor ones ------------------------------------------------------------------------------------
+def test_the_writer_lock_is_one_for_every_name_of_a_folder(tmp_path):
+    """Two runs writing one folder through a symlink were both let in: the lock was keyed on the name."""
+    from diffmine.core.lock import FolderLock, lock_path
+
+    real, link = tmp_path / "out", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "since": "earlier"}  # another live process
+    lock_path(real).write_text(json.dumps(owner), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"link is being written by pid {os.getppid()} "):
+        FolderLock(link).acquire()
+    assert lock_path(link) == lock_path(real)
+
+
+def test_a_folder_of_images_without_label_folders_says_what_it_found(tiny_model_dir, tmp_path):
+    from diffmine.apps.translate.config import TranslateConfig
+    from diffmine.apps.translate.run import run_translate
+    from diffmine.core.dataset import LabeledImages
+    from typicality.engine import run_typicality
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)).save(root / f"{i}.png")
+    expected = (r"flat: 10 image file\(s\) but no label folders; expected a folder per label \(flat/<label>/\*.png\) "
+                r"or metadata.csv with a 'label' column")
+    with pytest.raises(DataError, match=expected):
+        LabeledImages(root)
+    with pytest.raises(DataError, match=expected):
+        run_typicality(model=str(tiny_model_dir), data=str(root), out=str(tmp_path / "t"), progress=False,
+                       process_index=0, num_processes=1, draws=2)
+    with pytest.raises(DataError, match=expected):
+        run_translate(TranslateConfig(model=str(tiny_model_dir), data=str(root), out=str(tmp_path / "tr"),
+                                      **TRANSLATE), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no images found$"):  # nothing there: nothing more to say
+        LabeledImages(tmp_path / "empty")
+
+
+def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
+    from diffmine.cli import main
+
+    data = make_color_dataset(tmp_path / "d", n_per_label=1)
+    argv = ["typicality", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "t")]
+    for value, problem in (('"many"', "must be int, got 'many'"), ("0", "must be >= 1, got 0")):
+        config = tmp_path / "settings.json"
+        config.write_text(f'{{"draws": {value}}}')
+        assert main(argv + ["--config", str(config)]) == 2
+        assert capsys.readouterr().err.strip() == f"diffmine typicality: error: {config}: draws {problem}"
+    assert main(argv + ["--config", str(config), "--draws", "0"]) == 2  # given as a flag: named as the flag
+    assert capsys.readouterr().err.strip() == "diffmine typicality: error: --draws must be >= 1, got 0"
+
+
+def test_bf16_on_a_cpu_says_it_is_slow():
+    from diffmine.core.runtime import Runtime
+
+    with pytest.warns(UserWarning, match=r"--dtype bf16 on the CPU .* slower than fp32"):
+        Runtime.start(device="cpu", dtype="bf16", process_index=0, num_processes=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Runtime.start(device="cpu", dtype="auto", process_index=0, num_processes=1)

@@ -90,7 +90,7 @@ class LabeledImages:
             good = set(readable_images([r.path for r in records], skip_bad, stacklevel=3))
             records = [r for r in records if r.path in good]
         if not records:
-            raise DataError(f"{self.root}: no images found")
+            raise DataError(self._nothing_found(bool(metadata)))
         self.records: list[Record] = sorted(records, key=lambda r: r.image_id)
         self.labels: list[str] = sorted({lab for r in self.records for lab in r.labels})
         self._by_id = {r.image_id: i for i, r in enumerate(self.records)}
@@ -99,6 +99,15 @@ class LabeledImages:
             raise DataError(f"{self.root}: two files share an image id (same path but different suffix)")
 
     # -- scanning -------------------------------------------------------------------------
+    def _nothing_found(self, has_metadata: bool) -> str:
+        """What the folder holds, and the layouts it could have had."""
+        expected = (f"expected a folder per label ({self.root.name}/<label>/*.png) or metadata.csv with a "
+                    f"'{self.label_column}' column")
+        loose = [] if has_metadata else [p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            return f"{self.root}: {len(loose)} image file(s) but no label folders; {expected}"
+        return f"{self.root}: no images found"
+
     def _image_id(self, path: Path) -> str:
         return path.relative_to(self.root).with_suffix("").as_posix()
 
