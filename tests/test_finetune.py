@@ -53,6 +53,7 @@ def test_resume_gives_same_weights_as_uninterrupted(color_dataset, tiny_model_di
 
 def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
+    torch.manual_seed(0)  # the adapters' initial weights come from torch's global generator: the same in both runs
     train(_cfg(color_dataset, out, base=str(tiny_model_dir), max_steps=2, lora_rank=4, ema=True), progress=False)
     weights = _unet_weights(out)
     assert not any("lora" in k for k in weights)
@@ -63,6 +64,7 @@ def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_pat
     moved = {k for k in base if not torch.equal(base[k], weights[k])}
     assert weights.keys() == base.keys() and moved and moved <= adapted, sorted(moved - adapted)[:3]
     # EMA was applied: the export is the moving average, not the last weights of the same run without it
+    torch.manual_seed(0)
     last = _unet_weights(train(_cfg(color_dataset, tmp_path / "no-ema", base=str(tiny_model_dir), max_steps=2,
                                     lora_rank=4), progress=False))
     assert {k for k in base if not torch.equal(base[k], last[k])} == moved  # the same adapters trained
