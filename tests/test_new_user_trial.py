@@ -243,3 +243,23 @@ def test_bf16_on_a_cpu_says_it_is_slow():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Runtime.start(device="cpu", dtype="auto", process_index=0, num_processes=1)
+
+
+def test_assets_says_it_resumes_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    """`diffmine assets` resumed its VAE but said "from scratch", and told the user to pass a --resume it lacks."""
+    from diffmine.apps.demo.run import AssetsConfig, build_assets
+    from finetune import vae_train
+
+    def stopped(vae, images, steps, checkpoint=None, **kw):  # the time limit, as it comes mid-VAE
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        Path(checkpoint).write_bytes(b"state")
+        raise vae_train.VAEStopped(1, steps)
+
+    monkeypatch.setattr(vae_train, "train_vae", stopped)
+    cfg = AssetsConfig(out=str(tmp_path / "assets"), work=str(tmp_path / "work"), minutes=1)
+    for attempt in (1, 2):
+        assert build_assets(cfg, towns={"n_train": 4, "n_test": 1}, vae_steps=2, max_steps=2, batch_size=8) is None
+        out = capsys.readouterr().out
+        assert "--resume" not in out and "in VAE training at step 1 of 2; run the same command again" in out
+        assert ("training the small VAE from scratch" in out) == (attempt == 1), out
+        assert ("resuming the small VAE's training from" in out) == (attempt == 2), out
