@@ -1,4 +1,4 @@
-"""Issue 35's new-user trial: the three bad cases and the minor ones, each tried as the user did.
+"""A new user's trial of every command: the three bad cases and the minor ones, each tried as the user did.
 
 Bad: `classify` and `changes` deleted a user's own file in --out; a kill between the two renames of
 the output-folder swap left every rerun in a traceback; `changes` read translations with a loader of
