@@ -150,7 +150,8 @@ def swap_in(tmp: str | Path, final: str | Path, owned: tuple[str, ...] = ()) -> 
 def finish_swap(final: str | Path) -> None:
     """Complete an interrupted `swap_in` (idempotent; nothing to do without a journal), whatever
     step the kill came at. `writer_lock` calls it before a run writes anything into `final`; if
-    something made `final` again after a kill between the two renames, that folder is kept as well."""
+    something made `final` again after a kill between the two renames, its entries that the swap
+    neither owns nor replaces move into the new folder like any kept entry."""
     final = Path(final)
     journal = swap_journal(final)
     if not journal.exists():
