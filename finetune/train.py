@@ -58,16 +58,18 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
             from diffmine.core.tiny import build_tiny_bundle
             from finetune.vae_train import train_vae
 
-            _phase(f"training the small VAE from scratch ({steps} steps; slow on a CPU, once per "
+            checkpoint = Path(cfg.out, "cache", f"vae-{key:012d}.pt")
+            _phase(f"resuming the small VAE's training from {checkpoint} ({steps} steps in all)" if checkpoint.exists()
+                   else f"training the small VAE from scratch ({steps} steps; slow on a CPU, once per "
                    "resolution/seed)", progress)
             bundle = build_tiny_bundle(resolution=resolution, seed=cfg.seed)
             _, images = decoded(bundle.resolution)
             bundle.vae.to(acc.device)
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
-                      checkpoint=Path(cfg.out, "cache", f"vae-{key:012d}.pt"),
+                      checkpoint=checkpoint,
                       deadline=None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes)
             bundle.vae.to("cpu")
-            with output_folder(cached) as tmp:
+            with output_folder(cached, owned=None) as tmp:  # a cache entry: replaced whole
                 bundle.save_pretrained(tmp)
         acc.wait_for_everyone()
     return load_bundle(cached)
@@ -166,11 +168,12 @@ def _crop_latents(latents: torch.Tensor, size: int, g: torch.Generator) -> torch
     return torch.stack([z[:, y:y + size, x:x + size] for z, y, x in zip(latents, ys, xs)])
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, progress: bool = True, again: str = "--resume continues") -> Path:
     """Finetune `cfg.base` on `cfg.data`; returns the output folder (a diffusers SD folder).
 
     Everything is checked before any work; a run that fails before its first checkpoint leaves
-    no output folder behind."""
+    no output folder behind. `again`: how the caller's user continues a stopped run (a command
+    that runs the finetuner, as `diffmine assets`, has no --resume of its own)."""
     cfg.validate()
     if cfg.base != SCRATCH_BASE:
         resolve_model(cfg.base, "base")  # a mistyped folder fails here, not after minutes
@@ -184,10 +187,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         global _T_RUN
         _T_RUN = time.time()  # --max-minutes counts from here when the VAE trains first
         try:
-            return _train(cfg, out, acc, progress)
+            return _train(cfg, out, acc, progress, again)
         except VAEStopped as stop:
             _phase(f"stopped after {cfg.max_minutes} min in VAE training at step {stop.step} of {stop.steps}; "
-                   "--resume continues", progress)
+                   f"{again}", progress)
             return out
         except BaseException:
             keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*"))
@@ -198,7 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             raise
 
 
-def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool) -> Path:
+def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again: str) -> Path:
     progress = progress and acc.is_local_main_process
     data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
     if acc.is_main_process:
@@ -309,7 +312,7 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool) -> Pat
         if step % cfg.checkpoint_every == 0 or step == total or timed_out:
             checkpoints.save(acc, out, step)
         if timed_out:
-            _phase(f"stopped after {cfg.max_minutes} min at step {step}; --resume continues", progress)
+            _phase(f"stopped after {cfg.max_minutes} min at step {step}; {again}", progress)
             break
     bar.close()
 

@@ -53,7 +53,19 @@ def test_resume_gives_same_weights_as_uninterrupted(color_dataset, tiny_model_di
 
 def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
+    torch.manual_seed(0)  # the adapters' initial weights come from torch's global generator: the same in both runs
     train(_cfg(color_dataset, out, base=str(tiny_model_dir), max_steps=2, lora_rank=4, ema=True), progress=False)
     weights = _unet_weights(out)
     assert not any("lora" in k for k in weights)
     StableDiffusionPipeline.from_pretrained(out)
+    # LoRA was applied: only the adapted projections' weights moved (their deltas folded in), and they did
+    base = _unet_weights(tiny_model_dir)
+    adapted = {k for k in base if k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))}
+    moved = {k for k in base if not torch.equal(base[k], weights[k])}
+    assert weights.keys() == base.keys() and moved and moved <= adapted, sorted(moved - adapted)[:3]
+    # EMA was applied: the export is the moving average, not the last weights of the same run without it
+    torch.manual_seed(0)
+    last = _unet_weights(train(_cfg(color_dataset, tmp_path / "no-ema", base=str(tiny_model_dir), max_steps=2,
+                                    lora_rank=4), progress=False))
+    assert {k for k in base if not torch.equal(base[k], last[k])} == moved  # the same adapters trained
+    assert all(not torch.equal(weights[k], last[k]) for k in moved)

@@ -23,8 +23,8 @@ FLOORS = {
 PACKAGES = ("finetune", "typicality", "mining", "diffmine")
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -40,10 +40,10 @@ def app_of(module: str) -> str | None:
     return ".".join(parts[:3]) if parts[:2] == ["diffmine", "apps"] and len(parts) > 2 else None
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, root: Path = ROOT) -> set[str]:
     """Every project module a file imports, lazy ones and relative ones (resolved) included."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    here = module_name(path).split(".")
+    here = module_name(path, root).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     names = set()
     for node in ast.walk(tree):
@@ -68,13 +68,14 @@ def _existing(name: str, modules: set[str]) -> str | None:
     return name or None
 
 
-def violations(files: list[Path]) -> list[str]:
-    modules = {module_name(p) for p in project_files() + files}
+def violations(files: list[Path], root: Path = ROOT) -> list[str]:
+    """`files` lie under `root`: the project's, or a copy of its layout in a temporary folder (probes)."""
+    modules = {module_name(p) for p in project_files()} | {module_name(p, root) for p in files}
     bad = []
     for path in files:  # (sorted imports: one line per offending module)
-        me = module_name(path)
+        me = module_name(path, root)
         mine = floor_of(me)
-        for name in sorted(imports_of(path)):
+        for name in sorted(imports_of(path, root)):
             other = _existing(name, modules)
             if other is None or other == me:
                 continue
@@ -88,10 +89,11 @@ def violations(files: list[Path]) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
-def cycles(files: list[Path]) -> list[list[str]]:
-    modules = {module_name(p) for p in files}
-    graph = {module_name(p): {o for n in imports_of(p) if (o := _existing(n, modules)) and o != module_name(p)
-                              and not module_name(p).startswith(o + ".")}  # a package's own __init__
+def cycles(files: list[Path], root: Path = ROOT) -> list[list[str]]:
+    names = {p: module_name(p, root) for p in files}
+    modules = set(names.values())
+    graph = {names[p]: {o for n in imports_of(p, root) if (o := _existing(n, modules)) and o != names[p]
+                        and not names[p].startswith(o + ".")}  # a package's own __init__
              for p in files}
     found, state = [], {}
 
@@ -120,16 +122,18 @@ def test_no_import_cycle_between_modules():
     assert cycles(project_files()) == []
 
 
-def test_the_contract_catches_upward_relative_and_cross_application_imports():
-    probe = ROOT / "typicality" / "_layering_probe.py"
-    probe.write_text("def f():\n    from mining.mine import run_mining\n")
-    app_probe = ROOT / "diffmine" / "apps" / "localize" / "_layering_probe.py"
-    app_probe.write_text("from ..translate import run\n")
-    try:
-        bad = violations([probe, app_probe])
-    finally:
-        probe.unlink()
-        app_probe.unlink()
+def _probe(root: Path, relative: str, text: str) -> Path:
+    """A probe module at `relative` in a copy of the project's layout under `root` (the source tree stays as it is)."""
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_the_contract_catches_upward_relative_and_cross_application_imports(tmp_path):
+    probe = _probe(tmp_path, "typicality/_layering_probe.py", "def f():\n    from mining.mine import run_mining\n")
+    app_probe = _probe(tmp_path, "diffmine/apps/localize/_layering_probe.py", "from ..translate import run\n")
+    bad = violations([probe, app_probe], tmp_path)
     assert bad == ["typicality._layering_probe imports mining.mine (floor mining is not below typicality)",
                    "diffmine.apps.localize._layering_probe imports diffmine.apps.translate: "
                    "one application imports another",
@@ -137,16 +141,10 @@ def test_the_contract_catches_upward_relative_and_cross_application_imports():
                    "one application imports another"]
 
 
-def test_the_cycle_check_sees_a_cycle_through_relative_imports():
-    a = ROOT / "mining" / "_probe_a.py"
-    b = ROOT / "mining" / "_probe_b.py"
-    a.write_text("from ._probe_b import x\n")
-    b.write_text("def x():\n    from . import _probe_a\n")
-    try:
-        found = cycles([a, b])
-    finally:
-        a.unlink()
-        b.unlink()
+def test_the_cycle_check_sees_a_cycle_through_relative_imports(tmp_path):
+    a = _probe(tmp_path, "mining/_probe_a.py", "from ._probe_b import x\n")
+    b = _probe(tmp_path, "mining/_probe_b.py", "def x():\n    from . import _probe_a\n")
+    found = cycles([a, b], tmp_path)
     assert found == [["mining._probe_a", "mining._probe_b", "mining._probe_a"]]
 
 
@@ -161,13 +159,12 @@ def _project_names_imported(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def test_benchmarks_import_only_names_that_exist():
-    """The benchmarks are run by hand, so a refactor that renames a constant they import (as
-    the demo's DEMO_T_RANGE once was) would only show up when someone reruns them."""
+def missing_names(paths: list[Path]) -> list[str]:
+    """"file: module.name" for every project name a file imports that neither exists nor is a submodule."""
     import importlib
 
     missing = []
-    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+    for path in paths:
         for module, name in _project_names_imported(path):
             mod = importlib.import_module(module)
             if not hasattr(mod, name):
@@ -175,12 +172,19 @@ def test_benchmarks_import_only_names_that_exist():
                     importlib.import_module(f"{module}.{name}")
                 except ImportError:
                     missing.append(f"{path.name}: {module}.{name}")
-    assert missing == []
+    return missing
+
+
+def test_benchmarks_import_only_names_that_exist():
+    """The benchmarks are run by hand, so a refactor that renames a constant they import (as
+    the demo's DEMO_T_RANGE once was) would only show up when someone reruns them."""
+    assert missing_names(sorted((ROOT / "benchmarks").glob("*.py"))) == []
 
 
 def test_the_benchmark_import_check_would_catch_a_missing_name(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def main():\n    from diffmine.apps.demo.run import DEMO_T_RANGE\n")
-    assert _project_names_imported(probe) == [("diffmine.apps.demo.run", "DEMO_T_RANGE")]
-    import importlib
-    assert not hasattr(importlib.import_module("diffmine.apps.demo.run"), "DEMO_T_RANGE")
+    probe.write_text("def main():\n    from diffmine.apps.demo.run import DEMO_T_RANGE, DemoConfig\n"
+                     "    from diffmine.core import files\n")  # a submodule: not missing
+    assert _project_names_imported(probe) == [("diffmine.apps.demo.run", "DEMO_T_RANGE"),
+                                              ("diffmine.apps.demo.run", "DemoConfig"), ("diffmine.core", "files")]
+    assert missing_names([probe]) == ["probe.py: diffmine.apps.demo.run.DEMO_T_RANGE"]  # the check the test above runs

@@ -10,7 +10,8 @@ import argparse
 import dataclasses
 import typing
 
-from diffmine.core.settings import ConfigError, base_type, field_types, fields, load_config
+from diffmine.core.errors import DataError
+from diffmine.core.settings import ConfigError, base_type, field_types, fields, from_dict, read_config_file
 
 DEFAULT_MARK = "(default:"
 CONFIG_FLAG_HELP = "JSON or TOML file of settings (e.g. a run's own config.json); flags override it"
@@ -68,9 +69,16 @@ def config_from_args(cls, args: argparse.Namespace, validate: bool = False):
     """The config: --config file first, then every flag given on the command line. validate=True (the
     commands): checked here, so a bad setting is reported before the command imports torch and its models."""
     given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    cfg = load_config(cls, getattr(args, "config", None), **given)
-    if validate and hasattr(cfg, "validate"):
-        cfg.validate()
+    path = getattr(args, "config", None)
+    from_file = read_config_file(path) if path else {}
+    try:
+        cfg = from_dict(cls, {**from_file, **given}, str(path) if path else cls.__name__)
+        if validate and hasattr(cfg, "validate"):
+            cfg.validate()
+    except ConfigError as exc:
+        if exc.param in from_file and exc.param not in given:  # the user wrote it in the file, not as a flag
+            raise DataError(f"{path}: {exc.param} {exc.detail}") from None
+        raise
     return cfg
 
 

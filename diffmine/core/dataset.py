@@ -33,6 +33,29 @@ class Record:
     row: dict | None = None  # the metadata row, for extra columns (ground truth, boxes...)
 
 
+def readable_images(paths, skip_bad: bool, stacklevel: int = 2) -> list[Path]:
+    """The paths whose image header reads (`images.check_header`): a bad one raises DataError naming
+    the file or, with skip_bad, is left out, every one listed in a single warning."""
+    good, skipped = [], SkippedInputs(skip_bad, "bad image(s)")
+    for path in paths:
+        try:
+            check_header(path)
+            good.append(Path(path))
+        except DataError as exc:
+            skipped.add(exc)
+    skipped.warn(stacklevel=stacklevel)  # as warnings.warn's: 2 is the caller
+    return good
+
+
+def image_array(path: str | Path, resolution: int, small: SmallImages | None = None) -> np.ndarray:
+    """One image file as the models read it: decoded (`images.load_rgb`: one line naming a bad file),
+    resized and centre-cropped to 3xRxR float32 in [-1, 1]."""
+    image = load_rgb(path)
+    if small is not None:
+        small.check(path, image, resolution)
+    return to_tensor_array(resize_crop(image, resolution))
+
+
 def _read_metadata(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
@@ -64,9 +87,10 @@ class LabeledImages:
         metadata = [self.root / n for n in METADATA_NAMES if (self.root / n).exists()]
         records = self._scan_metadata(metadata[0]) if metadata else self._scan_folders()
         if check_images:
-            records = self._drop_bad(records, check_header)
+            good = set(readable_images([r.path for r in records], skip_bad, stacklevel=3))
+            records = [r for r in records if r.path in good]
         if not records:
-            raise DataError(f"{self.root}: no images found")
+            raise DataError(self._nothing_found(bool(metadata)))
         self.records: list[Record] = sorted(records, key=lambda r: r.image_id)
         self.labels: list[str] = sorted({lab for r in self.records for lab in r.labels})
         self._by_id = {r.image_id: i for i, r in enumerate(self.records)}
@@ -75,6 +99,15 @@ class LabeledImages:
             raise DataError(f"{self.root}: two files share an image id (same path but different suffix)")
 
     # -- scanning -------------------------------------------------------------------------
+    def _nothing_found(self, has_metadata: bool) -> str:
+        """What the folder holds, and the layouts it could have had."""
+        expected = (f"expected a folder per label ({self.root.name}/<label>/*.png) or metadata.csv with a "
+                    f"'{self.label_column}' column")
+        loose = [] if has_metadata else [p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            return f"{self.root}: {len(loose)} image file(s) but no label folders; {expected}"
+        return f"{self.root}: no images found"
+
     def _image_id(self, path: Path) -> str:
         return path.relative_to(self.root).with_suffix("").as_posix()
 
@@ -114,17 +147,6 @@ class LabeledImages:
         skipped.warn(stacklevel=4)
         return records
 
-    def _drop_bad(self, records: list[Record], check) -> list[Record]:
-        good, skipped = [], SkippedInputs(self.skip_bad, "bad image(s)")
-        for r in records:
-            try:
-                check(r.path)
-                good.append(r)
-            except DataError as exc:
-                skipped.add(exc)
-        skipped.warn(stacklevel=3)
-        return good
-
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.records)
@@ -154,9 +176,7 @@ class LabeledImages:
         arrays, good, skipped = [], [], SkippedInputs(self.skip_bad, "bad image(s)")
         for r in tqdm(records, desc="decoding images", disable=not progress):
             try:
-                image = load_rgb(r.path)
-                self._small.check(r.path, image, resolution)
-                arrays.append(to_tensor_array(resize_crop(image, resolution)))
+                arrays.append(image_array(r.path, resolution, self._small))
                 good.append(r)
             except DataError as exc:
                 skipped.add(exc)

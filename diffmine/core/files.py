@@ -1,8 +1,14 @@
 """Atomic writes: a reader sees the old file or folder or the new one, never half of one.
 
     write_json(path, obj)                    # strict JSON: NaN -> null, numpy scalars and paths as values
-    with output_folder(out) as tmp: ...      # everything written into tmp appears in `out` at once
-    with output_folder(out, owned=OUTPUTS) as tmp: ...   # only the names a run owns are replaced in `out`
+    with output_folder(out, owned=OUTPUTS) as tmp: ...   # what is written into tmp appears in `out` at once
+    with output_folder(cache, owned=None) as tmp: ...    # a folder only diffmine writes: replaced whole
+
+The output-folder policy of every command: a run replaces the entries of `out` it owns (its
+outputs, its own partial work) and keeps every other one: a user's own file in `out` is never
+deleted (a command's --force may refuse less, never delete more). The swap recovers from a kill at
+any point: the next run (`finish_swap`, called by `writer_lock` as soon as it holds the folder)
+completes it before it writes anything.
 """
 from __future__ import annotations
 
@@ -70,23 +76,26 @@ def temporary_name(final: str | Path, inside: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def output_folder(final: str | Path, owned: tuple[str, ...] | None = None) -> Iterator[Path]:
+def output_folder(final: str | Path, owned: tuple[str, ...] | None) -> Iterator[Path]:
     """A temporary folder beside `final` that becomes `final` when the block ends without an error,
     and is removed when it raises (a kill leaves it behind: the next run's `output_folder` removes
     such leftovers).
 
-    owned=None: `final` is replaced whole. owned=names: the entries of `final` that the run does not
-    own (a store, kept partial work, checkpoints) move into the new folder, which then replaces
-    `final` in one rename (`swap_in`); owned names the run did not write go with the old folder."""
-    final = Path(final)
+    owned=names (every command's --out): the entries of `final` that the run does not own (a user's
+    files, a store, kept partial work, checkpoints) move into the new folder, which then replaces
+    `final` in one rename (`swap_in`); owned names the run did not write go with the old folder.
+    owned=None: `final` is replaced whole; only for folders that diffmine alone writes into (a model
+    copy, a cache, a generated dataset). No default: each caller says which it is."""
+    final = Path(final).resolve()  # --out given as a symlink: the folder it names is swapped, the link stays
     final.parent.mkdir(parents=True, exist_ok=True)
-    if owned is not None:
-        finish_swap(final)  # a kill mid-swap is completed first
-    leftovers = [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old*")]
+    finish_swap(final)  # a kill mid-swap is completed first
+    _restore_replaced(final)
+    leftovers = [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old*"),
+                 *final.parent.glob(f".{final.name}.swap.json.tmp-*")]  # a journal killed mid-write
     if final.is_dir():  # an earlier diffmine kept its work folders inside `final`
         leftovers += final.glob(f".{final.name}.tmp-*")
     for old in leftovers:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     tmp = temporary_name(final)
     tmp.mkdir(parents=True)
     try:
@@ -98,6 +107,16 @@ def output_folder(final: str | Path, owned: tuple[str, ...] | None = None) -> It
         replace_dir(tmp, final)
     else:
         swap_in(tmp, final, owned)
+
+
+def _restore_replaced(final: Path) -> None:
+    """A kill inside `replace_dir` between its two renames left `final` missing and the old folder
+    aside: the old one comes back (the new one may be half written), so nothing is lost."""
+    if final.exists():
+        return
+    aside = sorted(final.parent.glob(f".{final.name}.old[0-9]*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], final)
 
 
 def replace_dir(tmp: str | Path, final: str | Path) -> None:
@@ -129,7 +148,10 @@ def swap_in(tmp: str | Path, final: str | Path, owned: tuple[str, ...] = ()) -> 
 
 
 def finish_swap(final: str | Path) -> None:
-    """Complete an interrupted `swap_in` (idempotent; nothing to do without a journal)."""
+    """Complete an interrupted `swap_in` (idempotent; nothing to do without a journal), whatever
+    step the kill came at. `writer_lock` calls it before a run writes anything into `final`; if
+    something made `final` again after a kill between the two renames, its entries that the swap
+    neither owns nor replaces move into the new folder like any kept entry."""
     final = Path(final)
     journal = swap_journal(final)
     if not journal.exists():
@@ -143,6 +165,8 @@ def finish_swap(final: str | Path) -> None:
             for p in sorted(final.iterdir()):
                 if p.name not in made and p.name not in plan["owned"]:
                     os.replace(p, tmp / p.name)  # kept work goes with the new run (a rename: same filesystem)
+            # killed after `final` went aside once already: that old folder holds only owned outputs
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Iterator
 
 from diffmine.core.errors import DataError
+from diffmine.core.files import finish_swap
 
 
 def lock_path(folder: str | Path) -> Path:
-    folder = Path(folder).absolute()
+    """The lock of the folder itself, however it is named (a symlink, `..`): two names, one writer."""
+    folder = Path(folder).resolve()
     return folder.with_name(f".{folder.name}.lock")
 
 
@@ -121,6 +123,10 @@ def writer_lock(folder: str | Path, runtime=None) -> Iterator[None]:
     if refused:
         raise DataError(refused)
     try:
+        if main:  # a killed run's output-folder swap is completed before this run writes anything
+            finish_swap(Path(folder).resolve())
+        if runtime is not None:
+            runtime.wait()  # the other processes write nothing into the folder before it is whole again
         yield
     finally:
         lock.release()

@@ -108,6 +108,12 @@ class Runtime:
             index, count = state.process_index, state.num_processes
             accel_device = state.device if state.device.type != "cpu" else None
         dev, dt = POLICY(device, dtype, accel_device)
+        if torch.device(dev).type == "cpu" and dtype in ("bf16", "fp16") and int(index) == 0:
+            import warnings
+
+            # CPUs lack fast half-precision kernels: asked for explicitly, it is a surprise worth one line
+            warnings.warn(f"--dtype {dtype} on the CPU runs many times slower than fp32 (no fast {dtype} kernels "
+                          "there); leave --dtype auto for fp32", stacklevel=2)
         return cls(torch.device(dev), dt, int(index), int(count or 1), state)
 
     # -- the work share ------------------------------------------------------------------------

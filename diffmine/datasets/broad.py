@@ -346,7 +346,7 @@ def generate_broad(out: str | Path, counts: dict[str, int] | None = None, size: 
             pass
     if out.exists() and any(out.iterdir()) and not done.is_file():
         raise FileExistsError(f"{out}: exists and is not a broad corpus; refusing to overwrite it")
-    with output_folder(out) as tmp:
+    with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
         images = tmp / "train" / "images"
         images.mkdir(parents=True)
         rows = []

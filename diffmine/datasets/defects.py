@@ -234,7 +234,7 @@ def generate_defects(out: str | Path, n_train: int = 100, n_val: int = 4, n_test
     splits = {"train": {GOOD: n_train},
               "val": {GOOD: 2 * n_val, **{d: n_val for d in DEFECTS}},
               "test": {GOOD: 2 * n_test, **{d: n_test for d in DEFECTS}}}
-    with output_folder(out) as tmp:
+    with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
         for split, counts in splits.items():
             _write_split(tmp / split, split, counts, texture, size, seed, progress)
         (tmp / DONE_FILE).write_text(json.dumps(params, indent=2) + "\n")

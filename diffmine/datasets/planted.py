@@ -111,7 +111,7 @@ def generate_planted(out: str | Path, n_train: int = 100, n_test: int = 25, size
               "n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
     if (out / "done.json").is_file() and json.loads((out / "done.json").read_text()) == params:
         return out
-    with output_folder(out) as tmp:
+    with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
         for split_id, (split, n) in enumerate(zip(SPLITS, (n_train, n_test))):
             folder = tmp / split
             (folder / "images").mkdir(parents=True)

@@ -534,7 +534,7 @@ def generate_towns(out: str | Path, n_train: int = 200, n_test: int = 40, size: 
     params = _params(n_train, n_test, size, seed, variant)
     if already_generated(out, params, "towns"):
         return out
-    with output_folder(out) as tmp:
+    with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
         for split, n in zip(SPLITS, (n_train, n_test)):
             _write_split(tmp / split, split, n, size, seed, progress, variant)
         (tmp / DONE_FILE).write_text(json.dumps(params, indent=2) + "\n")

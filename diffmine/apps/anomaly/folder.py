@@ -29,6 +29,8 @@ DETECTOR_FILE = "detector.json"
 FEATURES_FILE = "features.npy"
 PATCHES_FILE = "patches.npy"
 PATCH_OWNERS_FILE = "patch_owners.npy"
+# what `anomaly fit --force` replaces in DET_DIR (data/: the normal images as the finetuner read them)
+DETECTOR_OUTPUTS = (DETECTOR_FILE, "model", "config.json", FEATURES_FILE, PATCHES_FILE, PATCH_OWNERS_FILE, "data")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -48,7 +50,7 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
         if model.resolve() != (folder / "model").resolve():
             from diffmine.core.files import output_folder
 
-            with output_folder(folder / "model") as tmp:
+            with output_folder(folder / "model", owned=None) as tmp:  # the copy of diffmine's own model
                 shutil.copytree(model, tmp, dirs_exist_ok=True)
         model_ref = "model"
     else:

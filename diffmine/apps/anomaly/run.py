@@ -28,7 +28,7 @@ from diffmine.core.settings import save_config
 
 from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
 from diffmine.apps.anomaly.detector import DiffusionDetector
-from diffmine.apps.anomaly.folder import DETECTOR_FILE, load_detector, save_detector
+from diffmine.apps.anomaly.folder import DETECTOR_FILE, DETECTOR_OUTPUTS, load_detector, save_detector
 
 
 def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDetector:
@@ -45,7 +45,7 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
     if out.exists() and any(out.iterdir()) and not config.force:
         raise DataError(f"{out}: already holds a detector (or other files); pass --force to replace it, "
                         "or choose another --out")
-    with writer_lock(out, Runtime.start(config)), output_folder(out) as tmp:
+    with writer_lock(out, Runtime.start(config)), output_folder(out, owned=DETECTOR_OUTPUTS) as tmp:
         det = DiffusionDetector(
             model=config.model, base=config.base, score=config.score, contamination=config.contamination,
             normal_label=config.normal_label, draws=config.draws, t_range=tuple(config.t_range),
@@ -152,7 +152,8 @@ def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder
 
     maps = det.anomaly_maps(paths)
     res = det.resolution_
-    with output_folder(folder) as tmp:
+    # a maps folder holds maps: earlier runs' PNGs are this command's; anything else in it is kept
+    with output_folder(folder, owned=tuple(p.name for p in folder.glob("*.png"))) as tmp:
         for i, image_id in enumerate(inp.ids):
             # patches: the stitched map is at the image's own size, shown over the image itself
             picture = np.asarray(inp.rgb(i)) if det.score == "patches" else inp.thumbnail(i, res)

@@ -39,6 +39,7 @@ from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_text
 from diffmine.core.settings import ConfigError, save_config
 from diffmine.core.errors import DataError
+from diffmine.core.dataset import image_array, readable_images
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
 from typicality.formula import upsample
 from mining.patches import Patches, default_patch_size, select_patches, top_per_label_index
@@ -50,6 +51,9 @@ from typicality.fingerprints import model_fingerprint
 from diffmine.report.pictures import save_png, to_uint8
 from diffmine.apps.changes.report import write_report
 from diffmine.core.handoffs import TRANSLATIONS_META as META
+
+# what a run replaces in --out (the rest is the user's and stays); its stored groups go once it is complete
+OUTPUTS = ("report.html", "clusters.csv", "config.json", "patches", ".partial")
 
 def _read_translations(folder: Path, model: str) -> tuple[dict, dict, dict[str, dict[str, str]]]:
     """(translate config, meta, {image id: {target: file}}) of a translations folder made with `model`."""
@@ -71,15 +75,6 @@ def _read_translations(folder: Path, model: str) -> tuple[dict, dict, dict[str, 
     return tcfg, meta, files
 
 
-def _load_png(path: Path, res: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        a = np.asarray(img.convert("RGB").resize((res, res), Image.BICUBIC) if img.size != (res, res)
-                       else img.convert("RGB"), dtype=np.float32)
-    return a.transpose(2, 0, 1) / 127.5 - 1.0
-
-
 def _folder_digest(folder: Path, files: dict[str, dict[str, str]]) -> str:
     """sha256 over the translations folder's tables and every translation file's bytes."""
     h = hashlib.sha256()
@@ -96,7 +91,7 @@ def _label_stack(recs, src: np.ndarray, columns: list[str], folder: Path, files,
     stack = np.zeros((len(recs), len(columns), 3, res, res), np.float32)
     for n, r in enumerate(recs):
         for j, c in enumerate(columns):
-            stack[n, j] = src[n] if c == r.labels[0] else _load_png(folder / files[r.image_id][c], res)
+            stack[n, j] = src[n] if c == r.labels[0] else image_array(folder / files[r.image_id][c], res)
     return stack
 
 
@@ -120,6 +115,10 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
     if not folder.is_dir():
         raise ConfigError("translations", f"{folder}: folder does not exist")
     tcfg, meta, files = _read_translations(folder, model_path)
+    # translations are images like any other: the one reader checks them, honouring --skip-bad (an
+    # image whose translation is skipped is then not translated to every label: it is left out below)
+    good = set(readable_images([folder / f for tr in files.values() for f in tr.values()], cfg.skip_bad, 3))
+    files = {i: {c: f for c, f in tr.items() if folder / f in good} for i, tr in files.items()}
     dataset = LabeledImages(tcfg["data"], tcfg.get("label_column", "label"), cfg.skip_bad)
     res = int(meta["resolution"])
     k = int(cfg.patch or default_patch_size(res))
@@ -172,7 +171,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
             for r in recs:
                 for c in targets[r.image_id]:
                     ids.append(f"{r.image_id}\x00{c}")
-                    imgs.append(_load_png(folder / files[r.image_id][c], res))
+                    imgs.append(image_array(folder / files[r.image_id][c], res))
                     conds.append([c])
             maps: dict[str, dict[str, np.ndarray]] = {}
             for result in estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
@@ -239,7 +238,7 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
 
         # -- 5. outputs ---------------------------------------------------------------------------
         final = Path(cfg.out)
-        with output_folder(final) as out:  # written whole, then moved into place (with .partial)
+        with output_folder(final, owned=OUTPUTS) as out:  # written whole, then moved into place (with .partial)
             table, doc_clusters = [], []
             for rank, cl in enumerate(clusters):
                 shown = []

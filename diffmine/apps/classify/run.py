@@ -33,6 +33,9 @@ from diffmine.core.settings import save_config
 from diffmine.core.errors import DataError
 
 from diffmine.apps.classify.config import ClassifyConfig
+
+# what a run replaces in --out (the rest is the user's and stays); its stored groups go once it is complete
+OUTPUTS = ("predictions.csv", "classification.json", "config.json", "audit.csv", "audit.html", "audit", ".partial")
 from diffmine.core.inputs import ImageInput
 
 
@@ -207,7 +210,7 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
             result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
                                    "matrix": conf.tolist()}
 
-        with output_folder(out) as tmp:  # the stored groups go with the old folder: the run is complete
+        with output_folder(out, owned=OUTPUTS) as tmp:  # the stored groups go with the old folder: the run is complete
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])

@@ -86,13 +86,14 @@ def build_assets(config: AssetsConfig | None = None, towns: dict | None = None, 
     folder = towns_data(out / "towns", **params) if name == "towns" else broad_data(out / name, **params)
     start = time.time()
     train(TrainConfig(data=str(folder / "train"), out=str(work), max_minutes=cfg.minutes, resume=work.exists(),
-                      **{**recipe(name)["train"], **overrides}), progress=progress)
+                      **{**recipe(name)["train"], **overrides}), progress=progress,
+          again="run the same command again to continue")  # assets resumes by itself: it has no --resume
     if not (work / "model_index.json").is_file():
         print(f"stopped after {cfg.minutes} min before the model exists (its VAE is still training); "
               f"run the same command again to resume from {work}")
         return None
     model = out / f"tiny-{name}-model"
-    with output_folder(model) as tmp:
+    with output_folder(model, owned=MODEL_FILES) as tmp:
         for file in MODEL_FILES:
             src = work / file
             if file == "samples.png" and not src.exists():  # samples_per_label 0 draws none
