@@ -50,7 +50,7 @@ def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: 
     start = time.time()
     train_vae(vae, images, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
               checkpoint=Path(cache, f"vae-adapt-{tag}.pt"), deadline=deadline, desc="adapting VAE", on_step=on_step)
-    with output_folder(done) as tmp:
+    with output_folder(done, owned=None) as tmp:  # a cache entry: replaced whole
         vae.save_pretrained(tmp)
     Path(cache, f"vae-adapt-{tag}.pt").unlink(missing_ok=True)
     return vae, time.time() - start
