@@ -22,7 +22,7 @@ from finetune.vae_train import train_vae
 # `auto` adapts VAEs this small only: the tiny family trains in minutes on a CPU, while SD's
 # 83M-parameter VAE rarely falls below the floor and would need a GPU run of its own.
 SMALL_VAE_PARAMS = 10_000_000
-ADAPT_LR = 2e-3
+ADAPT_LR = 5e-4  # on shapes (400 user images): 16.1 dB at step 60 against 13.5 at 2e-3, 11.8 at 5e-3
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
