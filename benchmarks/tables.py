@@ -25,7 +25,9 @@ THIS_MACHINE = "the project's 2-core CPU, 24 GiB, no GPU (shared with other jobs
 BENCHMARKS = [
     ("demo_heldout", "Demo: mining the towns held-out split",
      "The demo's settings (`diffmine/apps/demo/demo.json`) on 160 held-out towns images with the shipped "
-     "model; intervals by image bootstrap. A target counts as met only when its interval clears it.",
+     "model. Intervals: Clopper-Pearson for the pointing game (one pair per image) and elements recovered, "
+     "percentile bootstrap over images for pixel AUROC, shared/characteristic and characteristic-vs-shared "
+     "AUROC. A target counts as met only when its interval clears it.",
      "python benchmarks/small_models.py"),
     ("demo_map_blur", "Demo: map blur, chosen on training images",
      "Pointing game and pixel AUROC against the evaluation blur (sigma at 256 px) on 80 training images; "
@@ -71,7 +73,20 @@ BENCHMARKS = [
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
-META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine"}
+META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine", "dirty",
+             "protocol_file", "protocol_commit", "confirmation"}
+DIRTY = "\u2020"  # a dagger beside a commit: the record was made from a tree with uncommitted changes
+DIRTY_NOTE = (f"{DIRTY} made from a tree with uncommitted changes to tracked files: the commit alone may not "
+              "reproduce it.")
+
+
+def is_dirty(record: dict) -> bool:
+    """Marked by the records helper, or (older records) '+dirty' in the commit."""
+    return bool(record.get("dirty")) or str(record.get("commit", "")).endswith("+dirty")
+
+
+def commit_cell(record: dict) -> str:
+    return f"`{str(record.get('commit', '?')).removesuffix('+dirty')}`" + (DIRTY if is_dirty(record) else "")
 
 
 def _num(v) -> str:
@@ -139,14 +154,19 @@ def section(name: str, title: str, what: str, command: str) -> list[str]:
     lines = [f"## {title}", "", what, "",
              f"- reproduce: `{command}`",
              f"- machine: {last.get('machine') or THIS_MACHINE}",
-             f"- latest run: {last.get('date', '?')}, commit `{last.get('commit', '?')}`; "
+             f"- latest run: {last.get('date', '?')}, commit {commit_cell(last)}; "
              f"{len(runs)} run(s) in `benchmarks/results/{name}.json`"
              + (f"; held-out runs before the recording began: {earlier}" if earlier is not None else ""),
              ]
     if last.get("items"):
         lines.append(f"- per-item results: `{last['items']}`")
+    if last.get("protocol_file"):
+        lines.append(f"- confirmation run of the protocol `{last['protocol_file']}` (committed in "
+                     f"`{str(last.get('protocol_commit'))[:10]}`)")
     if last.get("protocol"):
         lines.append("- protocol: `" + json.dumps(last["protocol"]) + "`")
+    if is_dirty(last):
+        lines.append(f"- {DIRTY_NOTE}")
     return lines + [""] + table(summary) + [""]
 
 
