@@ -60,6 +60,26 @@ def protocol_commit(path: str | Path) -> tuple[str, str]:
     return rel, _git("log", "-1", "--format=%H", "--", rel)
 
 
+def _smoke() -> bool:
+    return RESULTS.resolve() != HELD_OUT.resolve()
+
+
+def _confirmable(path: str) -> str:
+    """--protocol's check at start: a confirmation run refused at its end would waste the run."""
+    if not _smoke():
+        protocol_commit(path)
+        if changed_files() and os.environ.get(ALLOW_DIRTY) != "1":
+            raise SystemExit("benchmarks/records: tracked files differ from HEAD: commit first, then run again")
+    return path
+
+
+def protocol_argument(parser) -> None:
+    """--protocol FILE: the committed protocol this run confirms; pass args.protocol to save_run(protocol_file=)."""
+    parser.add_argument("--protocol", type=_confirmable, default=None,
+                        help="benchmarks/protocols/<claim>.json this run confirms (committed before the run; its "
+                             "command sets the data seed; the record names the file and its commit)")
+
+
 def previous_runs(name: str) -> list[dict]:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else []
@@ -84,7 +104,7 @@ def save_run(name: str, summary: dict, items: list[dict], protocol: dict | None 
     SystemExit (one line) for a held-out record from a dirty tree (unless allowed) or from a protocol file
     that is not committed as it stands."""
     when = dt.datetime.now(dt.timezone.utc)
-    smoke = RESULTS.resolve() != HELD_OUT.resolve()
+    smoke = _smoke()
     try:
         head, changed = _git("rev-parse", "--short=10", "HEAD"), changed_files()
     except (OSError, subprocess.CalledProcessError):
