@@ -101,6 +101,21 @@ def test_confirmation_runs_name_their_committed_protocol(tmp_path, monkeypatch):
         rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=proto)
 
 
+def test_protocol_files_are_complete_and_name_themselves():
+    from benchmarks.records import PROTOCOL_KEYS
+
+    files = sorted((ROOT / "benchmarks" / "protocols").glob("*.json"))
+    assert {f.stem for f in files} >= {"demo", "planted", "localisation", "translation", "defects", "digits", "mnist",
+                                       "classify"}
+    seeds = []
+    for f in files:
+        body = json.loads(f.read_text(encoding="utf-8"))
+        assert [k for k in PROTOCOL_KEYS if k not in body] == [], f.name
+        assert f"--protocol benchmarks/protocols/{f.name}" in body["command"] and (ROOT / body["script"]).is_file()
+        seeds += [v for v in body["seeds"].values() if v]
+    assert len(seeds) == len(set(seeds)) and min(seeds) > 1000  # fresh, one set per claim
+
+
 def test_benchmarks_page_is_generated_from_the_records():
     """docs/benchmarks.md is what benchmarks/tables.py renders from benchmarks/results (rerun it after a run)."""
     from benchmarks import tables
