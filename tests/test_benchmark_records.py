@@ -124,6 +124,25 @@ def test_benchmarks_page_is_generated_from_the_records():
     assert "| pointing_game | 0.9313 [0.8803, 0.9652] |" in tables.render()  # a value beside its interval
 
 
+def test_readme_headline_table_is_generated_from_the_records():
+    """The README's headline table is what benchmarks/tables.py renders from the records (rerun it after a run)."""
+    from benchmarks import tables
+
+    readme = (tables.ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(tables.HEAD_START) == 1 and readme == tables.readme_with_headline(readme)
+    edited = readme.replace("| 0.931 [0.880, 0.965] |", "| 0.951 [0.880, 0.965] |")
+    assert edited != readme and tables.readme_with_headline(edited) == readme  # a value typed by hand is caught
+
+
+def test_headline_rules():
+    from benchmarks.tables import _met
+
+    assert [_met(0.93, [0.88, 0.96], 0.9, ">="), _met(0.93, [0.91, 0.96], 0.9, ">="), _met(0.8, [0.7, 0.85], 0.9, ">=")
+            ] == ["point only", "yes", "**no**"]
+    assert [_met(0.1, [0.05, 0.2], 0, "ci>0"), _met(-0.1, [-0.2, -0.05], 0, "ci>0"), _met(0.0, [-0.1, 0.1], 0, "ci>0"),
+            _met(275.2, None, 600, "<"), _met(1, None, None, None)] == ["yes", "**no**", "not established", "yes", ""]
+
+
 def test_dirty_records_are_marked_in_the_tables():
     from benchmarks import tables
 
