@@ -1,7 +1,8 @@
 """`diffmine classify` on the towns held-out split: accuracy, speed of adaptive pruning vs exhaustive,
 and the label audit's precision / recall at finding 5% flipped labels.
 
-    python -m benchmarks.anomaly_classify_towns [--first-draws 4] [--draws 12] [--keep 2]
+    python -m benchmarks.anomaly_classify_towns [--first-draws 4] [--draws 12] [--keep 2] [--data-seed N]
+        [--protocol benchmarks/protocols/classify.json]
 
 The shipped model (assets/tiny-towns-model) classifies the held-out towns images (diffmine.apps.demo.run's
 towns data, 40 per town). 5% of the images (seeded) get another town's label in the metadata;
@@ -57,12 +58,17 @@ def main(argv=None) -> None:
     p.add_argument("--flip", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--towns", default="runs/towns", help="where the towns data is generated (or reused)")
-    args = p.parse_args(argv)
-    started = time.time()
-    test = towns_data(args.towns) / "test"
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="towns data seed, under TOWNS/seedN (default: the recipe's; --seed draws the flips and draws)")
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.records import save_run
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(p)
+    args = p.parse_args(argv)
+    started = time.time()
+    seeded = {} if args.data_seed is None else {"seed": args.data_seed}
+    test = towns_data(Path(args.towns) / ("" if args.data_seed is None else f"seed{args.data_seed}"), **seeded) / "test"
     from diffmine.evaluation.intervals import proportion_interval
 
     results, items = {}, []
@@ -107,7 +113,7 @@ def main(argv=None) -> None:
         print(f"{mode}: 95 % intervals: accuracy {r['accuracy_ci']}, audit precision {r['audit_precision_ci']}, "
               f"recall {r['audit_recall_ci']}")
     print(f"wall time: {(time.time() - started) / 60:.1f} min")
-    save_run("anomaly_classify_towns", results, items, protocol=vars(args))
+    save_run("anomaly_classify_towns", results, items, protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps({"towns_accuracy_exhaustive": results["off"]["accuracy_true_labels"],
                       "towns_accuracy_adaptive_ci": results["adaptive"]["accuracy_ci"],
                       "audit_recall_ci": results["adaptive"]["audit_recall_ci"],

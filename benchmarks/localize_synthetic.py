@@ -15,7 +15,10 @@ until the score turns) and printed. Intervals: 95 %, bootstrap over held-out ima
 one image are resampled together); the margins are paired (the same resampled images for both).
 Goal: finetuned AUC-PR >= 2x domain-only with the ratio's interval above 1, IoBB@0.1 >= 0.8.
 
-    python benchmarks/localize_synthetic.py [--work runs/localize_synthetic] [--steps 1000]
+    python benchmarks/localize_synthetic.py [--work runs/localize_synthetic] [--steps 1000] [--seed N]
+        [--protocol benchmarks/protocols/localisation.json]
+
+`--seed N` generates the radiographs with seed N (under WORK/seedN) instead of 0; nothing else changes.
 
 Finished finetunings in WORK/model and WORK/domain_only with the same settings are reused.
 Appends the run to results/localize_synthetic.json (per-box table in results/localize_synthetic/);
@@ -104,11 +107,14 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--n-select", type=int, default=40, help="training images used to choose the threshold")
     ap.add_argument("--draws", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="radiograph generator seed (default: 0)")
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(ap)
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     import numpy as np
 
-    from benchmarks.records import save_run
     from diffmine.core.dataset import LabeledImages
     from diffmine.apps.localize.boxes import place_boxes, read_boxes
     from diffmine.apps.localize.config import LocalizeConfig
@@ -119,10 +125,11 @@ def main() -> None:
     from diffmine.evaluation.localization import score_map
 
     start = time.time()
-    work = Path(a.work)
+    # another seed, another folder: the data and models of seed 0 are reused only by seed 0
+    work = Path(a.work) / ("" if a.seed is None else f"seed{a.seed}")
     data = work / "data"
     if not (data / "test" / "BBox_List_2017.csv").exists():
-        xray_data(data, a.n_train, a.n_test, seed=0)
+        xray_data(data, a.n_train, a.n_test, seed=a.seed or 0)
     model, domain = work / "model", work / "domain_only"
     train_s = finetune(data / "train", model, a.steps, a.batch_size, a.lr)
     domain_s = finetune(data / "train", domain, a.steps, a.batch_size, a.lr, null_rate=1.0)
@@ -217,9 +224,10 @@ def main() -> None:
     summary = {"overall": overall, "findings": per, "threshold": threshold, "threshold_sweep": sweep,
                "threshold_turned": turned, "goals": goals, "finetune_s": round(train_s, 1),
                "domain_only_s": round(domain_s, 1), "wall_s": round(wall, 1)}
-    rec = save_run("localize_synthetic", summary, items, protocol={
+    rec = save_run("localize_synthetic", summary, items, protocol_file=a.protocol, protocol={
         "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "n_train": a.n_train, "n_test": a.n_test,
-        "n_select": a.n_select, "draws": a.draws, "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS})
+        "n_select": a.n_select, "draws": a.draws, "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS,
+        **({} if a.seed is None else {"data_seed": a.seed})})
     print(f"appended to benchmarks/results/localize_synthetic.json (held-out run {rec['runs_before'] + EARLIER_HELD_OUT_RUNS + 1}); "
           f"per-box table {rec['items']}")
     fig = lambda e: round(e["value"], 4)

@@ -1,10 +1,11 @@
 """Does a base let mining find small planted elements? Finetune, typicality, held-out pointing and pixel AUROC.
 
     python benchmarks/planted_elements.py [--base tiny] [--steps 200] [--draws 16] [--work runs/bench-planted]
+        [--seed N] [--protocol benchmarks/protocols/planted.json]
 
 Data: diffmine/datasets/planted.py (4 labels, one small characteristic element each: a thin ring,
 a thin cross, a filled wedge, a filled tile, about a fifth of the side; distractors shared by all
-labels), seed 0, 100 training and 25 held-out images per label, 64 px. The README's recipe:
+labels), seed 0 (or --seed N, under WORK/seedN), 100 training and 25 held-out images per label, 64 px. The README's recipe:
 `diffmine finetune --base BASE --max-steps STEPS` on train/, then `diffmine typicality` on test/
 (the model's own labels), and per held-out image the pointing game (is the map's maximum on the
 label's element?) and pixel AUROC against the element's pixel mask (diffmine/evaluation/metrics.py,
@@ -49,16 +50,22 @@ def main(argv=None) -> dict:
     from typicality.engine import run_typicality
     from typicality.store import TypicalityStore
 
+    from benchmarks.records import protocol_argument, save_run
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="tiny")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--draws", type=int, default=16)
     p.add_argument("--work", default="runs/bench-planted")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="data seed (default: the generator's 0)")
+    protocol_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    data = generate_planted(work / "data", n_train=100, n_test=25, progress=True)
+    # another seed, another folder: the model trained on seed 0's images is never resumed on new ones
+    work = Path(args.work) / ("" if args.seed is None else f"seed{args.seed}")
+    data = generate_planted(work / "data", n_train=100, n_test=25, progress=True,
+                            **({} if args.seed is None else {"seed": args.seed}))
     model = work / f"model-{Path(args.base).name}-{args.steps}"
     train(TrainConfig(data=str(data / "train"), out=str(model), base=args.base, max_steps=args.steps,
                       resume=model.exists(), samples_per_label=1))
@@ -89,10 +96,8 @@ def main(argv=None) -> dict:
                    draws=args.draws, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
-    from benchmarks.records import save_run
-
     save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc")}
-                                           for x in rows], protocol=vars(args))
+                                           for x in rows], protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps(summary))
     return summary
 

@@ -1,12 +1,21 @@
 """How a benchmark keeps its results: every held-out run appended, its per-item table beside it.
 
     from benchmarks.records import save_run
-    save_run("localize_synthetic", summary, items, protocol={...})
+    save_run("localize_synthetic", summary, items, protocol={...}, protocol_file=args.protocol)
 
 writes `benchmarks/results/<name>/items-<run>-<date>-<commit>.csv` (one row per item: image, box,
 translation, digit) and appends `{"commit", "date", "command", "protocol", "summary", "items"}`
 to `benchmarks/results/<name>.json`, a list that is never rewritten, only extended. `runs_before`
 says how many held-out runs of this benchmark preceded this one (the README quotes it).
+
+A record names the code that made it, so a tree whose tracked files differ from HEAD (the records
+themselves aside) gives none: commit first. Smoke runs (BENCHMARK_RESULTS elsewhere) and runs with
+`allow_dirty=True` or DIFFMINE_ALLOW_DIRTY=1 are kept, marked `"dirty": true` (the tables show a dagger).
+
+A confirmation run names its protocol, `benchmarks/protocols/<claim>.json`, committed before the run
+(data seeds never used before, settings, metric, target, baselines, the command; see
+benchmarks/protocols/README.md): the record keeps the file's path and the commit that last touched it
+(`"confirmation": true`), and a protocol file that is not committed as it stands is refused.
 """
 from __future__ import annotations
 
@@ -19,21 +28,56 @@ import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+HELD_OUT = ROOT / "benchmarks" / "results"
 # smoke runs (tests, trying a change) point BENCHMARK_RESULTS elsewhere so the record stays held-out runs only
-RESULTS = Path(os.environ.get("BENCHMARK_RESULTS", Path(__file__).resolve().parent / "results"))
+RESULTS = Path(os.environ.get("BENCHMARK_RESULTS", HELD_OUT))
+ALLOW_DIRTY = "DIFFMINE_ALLOW_DIRTY"
+PROTOCOL_KEYS = ("claim", "benchmark", "generator", "seeds", "settings", "metric", "target", "baselines", "command")
 
 
-def commit() -> str:
-    """The checked-out commit, with '+dirty' when tracked files differ from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def changed_files() -> list[str]:
+    """Tracked files that differ from HEAD, the records aside (a run appends to them before they are committed)."""
+    return _git("diff", "--name-only", "HEAD", "--", ".", f":(exclude){HELD_OUT.relative_to(ROOT)}").splitlines()
+
+
+def protocol_commit(path: str | Path) -> tuple[str, str]:
+    """(path from the repository root, the commit that last touched it); SystemExit unless committed as it stands."""
+    path = Path(path).resolve()
+    rel = os.path.relpath(path, ROOT)
+    if not path.is_file():
+        raise SystemExit(f"{rel}: no such protocol file")
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", rel], cwd=ROOT, capture_output=True).returncode == 0
+    if not tracked or _git("status", "--porcelain", "--", rel):
+        raise SystemExit(f"{rel}: the protocol file is not committed as it stands; commit it before its run")
+    missing = [k for k in PROTOCOL_KEYS if k not in json.loads(path.read_text(encoding="utf-8"))]
+    if missing:
+        raise SystemExit(f"{rel}: the protocol lacks {', '.join(missing)}")
+    return rel, _git("log", "-1", "--format=%H", "--", rel)
+
+
+def _smoke() -> bool:
+    return RESULTS.resolve() != HELD_OUT.resolve()
+
+
+def _confirmable(path: str) -> str:
+    """--protocol's check at start: a confirmation run refused at its end would waste the run."""
+    if not _smoke():
+        protocol_commit(path)
+        if changed_files() and os.environ.get(ALLOW_DIRTY) != "1":
+            raise SystemExit("benchmarks/records: tracked files differ from HEAD: commit first, then run again")
+    return path
+
+
+def protocol_argument(parser) -> None:
+    """--protocol FILE: the committed protocol this run confirms; pass args.protocol to save_run(protocol_file=)."""
+    parser.add_argument("--protocol", type=_confirmable, default=None,
+                        help="benchmarks/protocols/<claim>.json this run confirms (committed before the run; its "
+                             "command sets the data seed; the record names the file and its commit)")
 
 
 def previous_runs(name: str) -> list[dict]:
@@ -53,19 +97,40 @@ def _csv(items: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save_run(name: str, summary: dict, items: list[dict], protocol: dict | None = None) -> dict:
-    """Append this run to RESULTS/<name>.json and write its items; returns the record."""
+def save_run(name: str, summary: dict, items: list[dict], protocol: dict | None = None,
+             protocol_file: str | Path | None = None, allow_dirty: bool = False) -> dict:
+    """Append this run to RESULTS/<name>.json and write its items; returns the record.
+
+    SystemExit (one line) for a held-out record from a dirty tree (unless allowed) or from a protocol file
+    that is not committed as it stands."""
     when = dt.datetime.now(dt.timezone.utc)
-    rev = commit()
+    smoke = _smoke()
+    try:
+        head, changed = _git("rev-parse", "--short=10", "HEAD"), changed_files()
+    except (OSError, subprocess.CalledProcessError):
+        head, changed = "unknown", []
+    allowed = smoke or allow_dirty or os.environ.get(ALLOW_DIRTY) == "1"
+    if changed and not allowed:
+        raise SystemExit(f"benchmarks/records: {len(changed)} tracked file(s) differ from {head} ({changed[0]}, ...): "
+                         f"commit first, then run again (or {ALLOW_DIRTY}=1 for a record marked dirty)")
+    claimed = {}
+    if protocol_file is not None:
+        try:
+            rel, by = protocol_commit(protocol_file)
+            claimed = {"protocol_file": rel, "protocol_commit": by, "confirmation": not changed}
+        except SystemExit:
+            if not smoke:  # a confirmation claim is never relaxed outside smoke runs
+                raise
+            claimed = {"protocol_file": str(protocol_file), "protocol_commit": None, "confirmation": False}
     folder = RESULTS / name
     folder.mkdir(parents=True, exist_ok=True)
     runs = previous_runs(name)
     # the run's number leads the name: two runs within a second never share a table
-    items_file = folder / f"items-{len(runs) + 1:03d}-{when:%Y%m%d-%H%M%S}-{rev.replace('+', '-')}.csv"
+    items_file = folder / f"items-{len(runs) + 1:03d}-{when:%Y%m%d-%H%M%S}-{head}.csv"
     items_file.write_text(_csv(items), encoding="utf-8")
-    record = {"commit": rev, "date": when.isoformat(timespec="seconds"),
+    record = {"commit": head, "date": when.isoformat(timespec="seconds"),
               "command": " ".join(["python", *sys.argv]), "runs_before": len(runs),
-              "protocol": protocol or {}, "summary": summary,
+              "protocol": protocol or {}, **claimed, **({"dirty": True} if changed else {}), "summary": summary,
               "items": os.path.relpath(items_file, RESULTS.parent.parent)}
     tmp = RESULTS / f".{name}.json.tmp"
     tmp.write_text(json.dumps(runs + [record], indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -1,13 +1,14 @@
 """Small models a newcomer meets first: the first finetune's wall time, and the demo's metrics.
 
-    python benchmarks/small_models.py [--skip-demo]
+    python benchmarks/small_models.py [--skip-demo] [--seed N] [--protocol benchmarks/protocols/demo.json]
 
 1. first run: `diffmine finetune --data DATA --out M --base tiny --max-steps 20` from a fresh output
    folder, on 120 generated 64 px images (towns generator, another seed than the shipped data), timed
    as a user sees it (a new process: imports, loading, encoding, training, export, samples).
 2. the demo's metrics with the shipped model (`diffmine demo`, held-out split), each with its 95 %
    interval (bootstrap over the 160 held-out images; Clopper-Pearson for elements recovered), and
-   characteristic-vs-shared AUROC. The run is appended to results/demo_heldout.json, its per-image
+   characteristic-vs-shared AUROC. `--seed N` generates the held-out towns images with seed N instead of
+   the recipe's (fresh images from the same generator; nothing else changes). The run is appended to results/demo_heldout.json, its per-image
    rows to results/demo_heldout/.
 Last line: {"first_run_s", "pointing_game", "pointing_game_ci", "pixel_auroc", "pixel_auroc_ci", ...}.
 """
@@ -31,8 +32,12 @@ EARLIER_HELD_OUT_RUNS = "at least 2 (results/small_models.txt and the run before
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-demo", action="store_true", help="only the first-run time")
-    a = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=None, help="towns data seed of the demo (default: the recipe's)")
     sys.path.insert(0, str(ROOT))
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(ap)
+    a = ap.parse_args()
     from diffmine.datasets.towns import generate_towns
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,19 +56,20 @@ def main() -> None:
         metrics = {}
         if not a.skip_demo:
             out = Path(tmp) / "demo"
-            proc = subprocess.run([sys.executable, "-m", "diffmine", "demo", "--out", str(out)], cwd=ROOT,
-                                  capture_output=True, text=True)
+            demo = ["-m", "diffmine", "demo", "--out", str(out)] if a.seed is None else [
+                "-c", "from diffmine.apps.demo.run import DemoConfig, run_demo; "
+                f"run_demo(DemoConfig(out={str(out)!r}), progress=False, data={{'seed': {a.seed}}})"]
+            proc = subprocess.run([sys.executable, *demo], cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
             metrics = json.loads((out / "metrics.json").read_text())
             for k in FIGURES:
                 print(f"demo {k}: {metrics[k]:.4f} [{metrics[k + '_ci'][0]:.4f}, {metrics[k + '_ci'][1]:.4f}]")
             print(f"demo wall_s: {metrics['wall_s']}")
-            from benchmarks.records import save_run
-
             summary = {k: metrics[k] for k in ("targets", "wall_s", "settings", *FIGURES, *(f + "_ci" for f in FIGURES))}
-            rec = save_run("demo_heldout", summary, metrics["pairs"], protocol={
-                "settings": "diffmine/apps/demo/demo.json", "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS})
+            protocol = {"settings": "diffmine/apps/demo/demo.json", "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS}
+            rec = save_run("demo_heldout", summary, metrics["pairs"], protocol_file=a.protocol, protocol={
+                **protocol, **({} if a.seed is None else {"data_seed": a.seed})})
             print(f"appended to benchmarks/results/demo_heldout.json; per-image rows {rec['items']}")
     last = {"first_run_s": round(first_run, 1)}
     for k in FIGURES if metrics else ():

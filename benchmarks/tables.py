@@ -1,7 +1,12 @@
 """docs/benchmarks.md from the recorded runs: every table is read from benchmarks/results, never typed.
 
     python benchmarks/tables.py            # rewrites docs/benchmarks.md
-    python benchmarks/tables.py --check    # exits 1 when docs/benchmarks.md is not what the records give
+    python benchmarks/tables.py --check    # exits 1 when docs/benchmarks.md or the README's headline table
+                                           # is not what the records give
+
+The README's headline table (between HEAD_START and HEAD_END) is generated too: per claim, its
+confirmation record (a run of a committed protocol, benchmarks/protocols/) once one exists, otherwise
+the latest, labelled with the number of held-out runs before it.
 
 Each benchmark's latest record becomes a table of its summary (a value with its 95 % interval where the
 record has one), under the command that reproduces it, the machine, the date, the commit and the number
@@ -18,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+HEAD_START, HEAD_END = "<!-- headline:start -->", "<!-- headline:end -->"
 # every run recorded so far ran here; a record that names its machine says so itself
 THIS_MACHINE = "the project's 2-core CPU, 24 GiB, no GPU (shared with other jobs unless the record says otherwise)"
 
@@ -25,7 +32,9 @@ THIS_MACHINE = "the project's 2-core CPU, 24 GiB, no GPU (shared with other jobs
 BENCHMARKS = [
     ("demo_heldout", "Demo: mining the towns held-out split",
      "The demo's settings (`diffmine/apps/demo/demo.json`) on 160 held-out towns images with the shipped "
-     "model; intervals by image bootstrap. A target counts as met only when its interval clears it.",
+     "model. Intervals: Clopper-Pearson for the pointing game (one pair per image) and elements recovered, "
+     "percentile bootstrap over images for pixel AUROC, shared/characteristic and characteristic-vs-shared "
+     "AUROC. A target counts as met only when its interval clears it.",
      "python benchmarks/small_models.py"),
     ("demo_map_blur", "Demo: map blur, chosen on training images",
      "Pointing game and pixel AUROC against the evaluation blur (sigma at 256 px) on 80 training images; "
@@ -71,7 +80,55 @@ BENCHMARKS = [
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
-META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine"}
+META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine", "dirty",
+             "protocol_file", "protocol_commit", "confirmation"}
+DIRTY = "\u2020"  # a dagger beside a commit: the record was made from a tree with uncommitted changes
+DIRTY_NOTE = (f"{DIRTY} made from a tree with uncommitted changes to tracked files: the commit alone may not "
+              "reproduce it.")
+
+
+def is_dirty(record: dict) -> bool:
+    """Marked by the records helper, or (older records) '+dirty' in the commit."""
+    return bool(record.get("dirty")) or str(record.get("commit", "")).endswith("+dirty")
+
+
+def commit_cell(record: dict) -> str:
+    return f"`{str(record.get('commit', '?')).removesuffix('+dirty')}`" + (DIRTY if is_dirty(record) else "")
+
+
+# The README's headline rows: (results file, use, [(figure, path in the summary, target, rule)]). A rule
+# ">=" / ">" / "<" compares the interval (then the point) with the target; "ci>0" asks a margin's interval
+# to clear 0; None states no target. Paths are split at "/"; one ending in "value" reads a {"value", "ci"} figure.
+HEADLINE = [
+    ("demo_heldout", "demo (towns, 160 images)", [
+        ("pointing game (Clopper-Pearson)", "pointing_game", 0.90, ">="),
+        ("pixel AUROC (image bootstrap)", "pixel_auroc", 0.95, ">="),
+        ("characteristic-vs-shared AUROC (image bootstrap)", "characteristic_vs_shared_auroc", 0.5, ">")]),
+    ("localize_synthetic", "X-ray localisation (synthetic, 90 boxes)", [
+        ("AUC-PR ratio finetuned / domain-only", "overall/ratio_finetuned_over_domain_only_auc_pr/value", 1.0, ">"),
+        ("IoBB@0.1, finetuned", "overall/finetuned/iobb_0.1/value", 0.8, ">="),
+        ("AUC-PR finetuned − box prior (mean training box)", "overall/margin_finetuned_minus_box_prior_auc_pr/value",
+         0, "ci>0")]),
+    ("translation_quality", "translation (towns, 40 sources)", [
+        ("PSNR outside the elements, PnP − SDEdit at equal gain (dB)", "psnr_margin_at_equal_gain", 0, "ci>0")]),
+    ("anomaly_digits", "anomaly, digits (one-class)", [
+        ("mean AUROC `features` − best classic", "margin_over_best_classic", 0, "ci>0")]),
+    ("anomaly_mnist", "anomaly, MNIST subset (one-class)", [
+        ("mean AUROC `features` − best classic", "margin_over_best_classic", 0, "ci>0")]),
+    ("anomaly_defects", "anomaly, small defects (`patches`)", [
+        ("image AUROC, local defects", "image_auroc_local", 0.95, ">="),
+        ("image AUROC, weave changes", "image_auroc_weave", 0.95, ">="),
+        ("margin over best classic, local defects", "margin_local", 0, "ci>0"),
+        ("fit on 1,000 normal 256 px images (s, one timing)", "fit_s", 600, "<"),
+        ("score 1,000 images (s, one timing)", "score_s", 600, "<")]),
+    ("anomaly_classify_towns", "classify (towns, 160 images)", [
+        ("accuracy, adaptive pruning (Clopper-Pearson)", "adaptive/accuracy_true_labels", None, None),
+        ("label audit recall, 8 planted mislabels", "adaptive/audit_recall", None, None),
+        ("label audit precision", "adaptive/audit_precision", None, None)]),
+    ("typicality_speed", "typicality engine vs published loop (CPU)", [
+        ("time to equal quality (ratio)", "time_to_quality_ratio", 5, ">=")]),
+    ("cli_latency", "CLI", [("`diffmine --help` (s, median of 15)", "help_s", 1, "<")]),
+]
 
 
 def _num(v) -> str:
@@ -128,26 +185,99 @@ def table(summary: dict) -> list[str]:
 
 
 def section(name: str, title: str, what: str, command: str) -> list[str]:
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
+    runs = runs_of(name)
+    if not runs:
         return []
-    runs = json.loads(path.read_text())
-    runs = runs if isinstance(runs, list) else runs.get("runs", [])
     last = runs[-1]
     summary = last.get("summary") or {k: v for k, v in last.items() if k not in META_KEYS}
     earlier = (last.get("protocol") or {}).get("earlier_held_out_runs")
     lines = [f"## {title}", "", what, "",
              f"- reproduce: `{command}`",
              f"- machine: {last.get('machine') or THIS_MACHINE}",
-             f"- latest run: {last.get('date', '?')}, commit `{last.get('commit', '?')}`; "
+             f"- latest run: {last.get('date', '?')}, commit {commit_cell(last)}; "
              f"{len(runs)} run(s) in `benchmarks/results/{name}.json`"
              + (f"; held-out runs before the recording began: {earlier}" if earlier is not None else ""),
              ]
     if last.get("items"):
         lines.append(f"- per-item results: `{last['items']}`")
+    if last.get("protocol_file"):
+        lines.append(f"- confirmation run of the protocol `{last['protocol_file']}` (committed in "
+                     f"`{str(last.get('protocol_commit'))[:10]}`)")
     if last.get("protocol"):
         lines.append("- protocol: `" + json.dumps(last["protocol"]) + "`")
+    if is_dirty(last):
+        lines.append(f"- {DIRTY_NOTE}")
     return lines + [""] + table(summary) + [""]
+
+
+def runs_of(name: str) -> list[dict]:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())
+    return runs if isinstance(runs, list) else runs.get("runs", [])
+
+
+def _figure(summary: dict, path: str):
+    """(value, ci or None) at a path; "a/b/value" reads {"value", "ci"}, "a/b" reads b with b_ci beside it."""
+    *head, last = path.split("/")
+    node = summary
+    for key in head[:-1] if last == "value" else head:
+        node = node[key]
+    if last == "value":
+        fig = node[head[-1]]
+        return fig["value"], fig.get("ci")
+    # classify records accuracy_true_labels beside accuracy_ci
+    return node[last], node.get(f"{last}_ci", node.get(f"{last.split('_')[0]}_ci"))
+
+
+def _met(value, ci, target, rule) -> str:
+    if rule is None:
+        return ""
+    lo, hi = ci if ci else (value, value)
+    if rule == "ci>0":
+        return "yes" if lo > 0 else "**no**" if hi < 0 else "not established"
+    better = {">=": lambda x: x >= target, ">": lambda x: x > target, "<": lambda x: x < target}[rule]
+    edge = lo if rule in (">=", ">") else hi
+    return "yes" if better(edge) else "point only" if better(value) else "**no**"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a heading of docs/benchmarks.md."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def headline() -> str:
+    """The README's headline table: per claim its confirmation record, else its latest, with its history."""
+    lines = ["| use (record) | figure | value [95 % CI] | target | met? |", "|---|---|---|---|---|"]
+    titles = {b[0]: b[1] for b in BENCHMARKS}
+    for name, use, rows in HEADLINE:
+        runs = runs_of(name)
+        if not runs:
+            continue
+        confirmed = [r for r in runs if r.get("confirmation")]
+        rec = (confirmed or runs)[-1]
+        # held-out runs before this one: the recorded ones, and those made before the recording began
+        earlier = re.match(r"(at least )?(\d+)", str((rec.get("protocol") or {}).get("earlier_held_out_runs") or 0))
+        seen = ("at least " if earlier.group(1) else "") + str(runs.index(rec) + int(earlier.group(2)))
+        kind = "confirmation run" if rec.get("confirmation") else "latest run"
+        label = (f"{use}: [{kind}](docs/benchmarks.md#{_anchor(titles[name])}), {seen} held-out run(s) before it, "
+                 f"{commit_cell(rec)}")
+        for i, (figure, path, target, rule) in enumerate(rows):
+            value, ci = _figure(rec.get("summary") or rec, path)
+            fmt = lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+            cell = fmt(value) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+            goal = "" if rule is None else ("CI above 0" if rule == "ci>0" else f"{rule} {target:g}".replace(">=", "≥"))
+            lines.append(f"| {label if i == 0 else ''} | {figure} | {cell} | {goal} | {_met(value, ci, target, rule)} |")
+    if any(is_dirty((runs_of(n) or [{}])[-1]) for n, _, _ in HEADLINE):
+        lines += ["", DIRTY_NOTE]
+    return "\n".join(lines)
+
+
+def readme_with_headline(text: str) -> str:
+    """The README's text with the block between the headline markers rendered from the records."""
+    a, b = text.index(HEAD_START) + len(HEAD_START), text.index(HEAD_END)
+    return text[:a] + "\n" + headline() + "\n" + text[b:]
 
 
 def render() -> str:
@@ -167,13 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
     args = ap.parse_args(argv)
-    text = render()
+    readme = README.read_text(encoding="utf-8")
+    pages = {OUT: render(), README: readme_with_headline(readme)}
     if args.check:
-        same = OUT.exists() and OUT.read_text(encoding="utf-8") == text
-        print("docs/benchmarks.md is up to date" if same else "docs/benchmarks.md differs from the records")
-        return 0 if same else 1
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+        stale = [p.relative_to(ROOT) for p, text in pages.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+        print(f"{', '.join(map(str, stale))} differ(s) from the records" if stale else "generated pages are up to date")
+        return 1 if stale else 0
+    for path, text in pages.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

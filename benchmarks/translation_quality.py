@@ -34,6 +34,9 @@ Last line, one JSON object: {"pnp_typicality_gain", "pnp_typicality_gain_ci", "p
 "margin_per_share": {share: [value, lo, hi]}}.
 
     python benchmarks/translation_quality.py [--per-label 10] [--draws 64] [--work runs/bench-translation]
+        [--seed N] [--protocol benchmarks/protocols/translation.json]
+
+`--seed N` generates the towns images with seed N (under WORK/seedN) instead of the recipe's; nothing else changes.
 """
 from __future__ import annotations
 
@@ -121,6 +124,10 @@ def main() -> None:
                     help="further PnP residual-injection shares for its curve (the default share always runs)")
     ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
                     help=f"SDEdit strengths (the JSON line reports {DEFAULT_STRENGTH}; must be among them)")
+    ap.add_argument("--seed", type=int, default=None, help="towns data seed (default: the recipe's)")
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(ap)
     args = ap.parse_args()
     if DEFAULT_STRENGTH not in args.strengths:
         ap.error(f"--strengths must include the default {DEFAULT_STRENGTH}")
@@ -139,9 +146,10 @@ def main() -> None:
 
     start = time.perf_counter()
     t_range = tuple(demo_settings()["typicality"]["t_range"])
-    work = Path(args.work)
+    work = Path(args.work) / ("" if args.seed is None else f"seed{args.seed}")
+    seeded = {} if args.seed is None else {"seed": args.seed}
     # image i of a split does not depend on the split sizes: the first per_label train images are fixed
-    split = towns_data(work / "towns", n_train=args.per_label) / args.split
+    split = towns_data(work / "towns", n_train=args.per_label, **seeded) / args.split
     data = subset(split, work / "data", args.per_label)
     ds = LabeledImages(data)
     res = 64
@@ -227,7 +235,6 @@ def main() -> None:
                                    ~elements[r.image_id].union(elements[r.image_id].characteristic(r.labels[0])))
                               for r in recs]))
 
-    from benchmarks.records import save_run
     from diffmine.evaluation.intervals import mean_estimate, statistic_estimate
 
     results = {}
@@ -279,9 +286,9 @@ def main() -> None:
                "methods": {m: {k: (v if not isinstance(v, dict) else {"value": v["value"], "ci": v["ci"]})
                                for k, v in res_.items()} for m, res_ in results.items()}}
     if args.split == "test":  # settings are chosen on training images; only held-out runs are the record
-        save_run("translation_quality", summary, rows, protocol={
+        save_run("translation_quality", summary, rows, protocol_file=args.protocol, protocol={
             "per_label": args.per_label, "draws": args.draws, "pnp_shares": args.pnp_shares,
-            "strengths": args.strengths, "earlier_held_out_runs": 3})
+            "strengths": args.strengths, "earlier_held_out_runs": 3, **({} if args.seed is None else {"data_seed": args.seed})})
     print(json.dumps(last))
 
 

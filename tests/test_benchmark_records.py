@@ -2,7 +2,10 @@
 import csv
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +33,124 @@ def test_runs_are_appended_with_commit_date_and_items(tmp_path, monkeypatch):
     assert [r["image"] for r in rows] == ["a", "b"] and rows[1]["extra"] == "[1, 2]" and rows[0]["extra"] == ""
 
 
+def _repo(tmp_path, monkeypatch):
+    """records.py pointed at a throw-away git repository whose benchmarks/results is the held-out record."""
+    monkeypatch.delenv("DIFFMINE_ALLOW_DIRTY", raising=False)
+    rec = _records(tmp_path, monkeypatch)
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "protocols").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(rec, "ROOT", repo)
+    monkeypatch.setattr(rec, "HELD_OUT", repo / "benchmarks" / "results")
+    monkeypatch.setattr(rec, "RESULTS", repo / "benchmarks" / "results")
+    return rec, repo, git
+
+
+def test_no_held_out_record_from_a_dirty_tree(tmp_path, monkeypatch):
+    rec, repo, git = _repo(tmp_path, monkeypatch)
+    clean = rec.save_run("demo", {"auroc": 0.9}, [])
+    assert "dirty" not in clean and clean["commit"] == git("rev-parse", "--short=10", "HEAD")
+    (repo / "code.py").write_text("x = 2\n")  # uncommitted code: its record names no code that exists
+    with pytest.raises(SystemExit, match="commit first"):
+        rec.save_run("demo", {"auroc": 0.8}, [])
+    assert len(json.loads((repo / "benchmarks" / "results" / "demo.json").read_text())) == 1  # nothing appended
+    assert rec.save_run("demo", {"auroc": 0.8}, [], allow_dirty=True)["dirty"] is True
+    monkeypatch.setenv("DIFFMINE_ALLOW_DIRTY", "1")
+    assert rec.save_run("demo", {"auroc": 0.7}, [])["dirty"] is True
+    monkeypatch.delenv("DIFFMINE_ALLOW_DIRTY")
+    monkeypatch.setattr(rec, "RESULTS", tmp_path / "smoke")  # a smoke run: kept, marked
+    assert rec.save_run("demo", {"auroc": 0.6}, [])["dirty"] is True
+
+
+def test_a_run_of_the_records_alone_is_clean(tmp_path, monkeypatch):
+    """The records are appended before they are committed: a second run is not refused for the first's record."""
+    rec, repo, git = _repo(tmp_path, monkeypatch)
+    rec.save_run("demo", {"auroc": 0.9}, [])
+    git("add", ".")
+    git("commit", "-qm", "record")
+    assert "dirty" not in rec.save_run("demo", {"auroc": 0.8}, [])
+
+
+def test_confirmation_runs_name_their_committed_protocol(tmp_path, monkeypatch):
+    rec, repo, git = _repo(tmp_path, monkeypatch)
+    proto = repo / "benchmarks" / "protocols" / "demo.json"
+    body = {k: "x" for k in rec.PROTOCOL_KEYS}
+    proto.write_text(json.dumps(body))
+    with pytest.raises(SystemExit, match="not committed"):  # written but not committed
+        rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=proto)
+    git("add", ".")
+    git("commit", "-qm", "protocol")
+    first = git("log", "-1", "--format=%H")
+    done = rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=proto)
+    assert (done["protocol_file"], done["protocol_commit"], done["confirmation"]) == (
+        "benchmarks/protocols/demo.json", first, True)
+    proto.write_text(json.dumps({**body, "target": "y"}))  # changed after the fact
+    with pytest.raises(SystemExit, match="not committed"):
+        rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=proto, allow_dirty=True)
+    git("checkout", "--", ".")
+    with pytest.raises(SystemExit, match="no such protocol"):
+        rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=repo / "nothing.json")
+    proto.write_text(json.dumps({"claim": "demo"}))
+    git("commit", "-qam", "thin protocol")
+    with pytest.raises(SystemExit, match="lacks benchmark"):
+        rec.save_run("demo", {"auroc": 0.9}, [], protocol_file=proto)
+
+
+def test_protocol_files_are_complete_and_name_themselves():
+    from benchmarks.records import PROTOCOL_KEYS
+
+    files = sorted((ROOT / "benchmarks" / "protocols").glob("*.json"))
+    assert {f.stem for f in files} >= {"demo", "planted", "localisation", "translation", "defects", "digits", "mnist",
+                                       "classify"}
+    seeds = []
+    for f in files:
+        body = json.loads(f.read_text(encoding="utf-8"))
+        assert [k for k in PROTOCOL_KEYS if k not in body] == [], f.name
+        assert f"--protocol benchmarks/protocols/{f.name}" in body["command"] and (ROOT / body["script"]).is_file()
+        seeds += [v for v in body["seeds"].values() if v]
+    assert len(seeds) == len(set(seeds)) and min(seeds) > 1000  # fresh, one set per claim
+
+
 def test_benchmarks_page_is_generated_from_the_records():
     """docs/benchmarks.md is what benchmarks/tables.py renders from benchmarks/results (rerun it after a run)."""
     from benchmarks import tables
 
     assert (tables.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8") == tables.render()
     assert "| pointing_game | 0.9313 [0.8803, 0.9652] |" in tables.render()  # a value beside its interval
+
+
+def test_readme_headline_table_is_generated_from_the_records():
+    """The README's headline table is what benchmarks/tables.py renders from the records (rerun it after a run)."""
+    from benchmarks import tables
+
+    readme = (tables.ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(tables.HEAD_START) == 1 and readme == tables.readme_with_headline(readme)
+    edited = readme.replace("| 0.931 [0.880, 0.965] |", "| 0.951 [0.880, 0.965] |")
+    assert edited != readme and tables.readme_with_headline(edited) == readme  # a value typed by hand is caught
+
+
+def test_headline_rules():
+    from benchmarks.tables import _met
+
+    assert [_met(0.93, [0.88, 0.96], 0.9, ">="), _met(0.93, [0.91, 0.96], 0.9, ">="), _met(0.8, [0.7, 0.85], 0.9, ">=")
+            ] == ["point only", "yes", "**no**"]
+    assert [_met(0.1, [0.05, 0.2], 0, "ci>0"), _met(-0.1, [-0.2, -0.05], 0, "ci>0"), _met(0.0, [-0.1, 0.1], 0, "ci>0"),
+            _met(275.2, None, 600, "<"), _met(1, None, None, None)] == ["yes", "**no**", "not established", "yes", ""]
+
+
+def test_dirty_records_are_marked_in_the_tables():
+    from benchmarks import tables
+
+    assert tables.commit_cell({"commit": "abc+dirty"}) == "`abc`" + tables.DIRTY  # older records
+    assert tables.commit_cell({"commit": "abc", "dirty": True}) == "`abc`" + tables.DIRTY
+    assert tables.commit_cell({"commit": "abc"}) == "`abc`"
+    page = tables.render()
+    assert "`d5473c27ed`" + tables.DIRTY in page and "+dirty`" not in page and tables.DIRTY_NOTE in page
 
 
 def test_defects_selection_takes_the_cheapest_candidate_near_the_best():

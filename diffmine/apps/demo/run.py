@@ -117,8 +117,10 @@ def target_check(metrics: dict, key: str, op: str, threshold: float) -> dict:
     return {"target": f"{op} {threshold}", "value": value, "ci": [lo, hi], "met": met, "interval_clears": clears}
 
 
-def run_demo(config: DemoConfig | None = None, progress: bool = True) -> dict:
-    """Embedded dataset -> typicality on the held-out split -> mining -> report.html + metrics.json."""
+def run_demo(config: DemoConfig | None = None, progress: bool = True, data: dict | None = None) -> dict:
+    """Embedded dataset -> typicality on the held-out split -> mining -> report.html + metrics.json.
+
+    `data` overrides the towns recipe's dataset parameters (a benchmark's fresh seed)."""
     from diffmine.core.files import write_json
     from diffmine.core.errors import DataError
     from typicality.config import TypicalityConfig
@@ -138,7 +140,7 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True) -> dict:
     if cfg.fast:  # tests: the same pipeline on fewer draws, features and clusters
         typ_settings.update(settings["fast"]["typicality"])
         mine_settings.update(settings["fast"]["mine"])
-    test = towns_data(out / "data") / "test"
+    test = towns_data(out / "data", **(data or {})) / "test"
     typ = run_typicality(load_config(TypicalityConfig, None, model=str(model), data=str(test),
                                      out=str(out / "typicality"), **typ_settings), progress=progress)
     run_mining(MineConfig(model=str(model), data=str(test), typicality=str(typ), out=str(out), **mine_settings),
