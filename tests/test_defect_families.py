@@ -35,7 +35,7 @@ def test_masks_match_the_drawn_defect(texture, size):
                 assert mask.any() and changed.any(), (label, k)
                 assert not (changed & ~mask).any(), f"{label}: pixels changed outside the mask"
                 assert changed[mask].mean() > (0.15 if label == "thread" else 0.3), (label, changed[mask].mean())
-                assert mask.mean() < 0.08, (label, mask.mean())  # small: a few per cent of the image at most
+                assert mask.mean() < 0.1, (label, mask.mean())  # small: a few per cent of the image at most
 
 
 def test_thread_defects_only_where_there_are_threads():

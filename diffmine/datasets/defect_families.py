@@ -15,7 +15,7 @@ Defects, each with a mask (True where the defect's opacity exceeds MASK_ALPHA):
 * speckle       salt-and-pepper dots (black and white, 1-3 px) within about 10-15 px (256 px images)
 * scratch       a thin bright or dark line, 3-6 texture periods long
 * blotch        a soft-edged patch of another brightness or hue (about 12-22 px across at 256 px)
-* thread        a missing or doubled thread (wire) over 3-6 periods (twill and mesh only)
+* thread        a missing or doubled thread (wire) over 2-4 periods (twill and mesh only)
 * orientation   global: the whole texture turned by 15-35 degrees
 * scale         global: the whole texture's period times 0.6-0.75 or 1.4-1.7 (mask: the whole image)
 
@@ -102,14 +102,14 @@ def _intensity(texture: str, u: np.ndarray, v: np.ndarray, p: dict, thread: dict
 
 
 def _thread_region(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, p: dict, size: int) -> dict:
-    """Which pixels belong to one warp thread (wire) along 3-6 periods near the image's middle third."""
+    """Which pixels belong to one warp thread (wire) along 2-4 periods near the image's middle third."""
     per = p["period"]
     centre = size / 2 + rng.uniform(-size / 6, size / 6, 2)
     a = np.deg2rad(p["angle"])
     cu = centre[0] * np.cos(a) + centre[1] * np.sin(a) + p["phase"][0]
     cv = -centre[0] * np.sin(a) + centre[1] * np.cos(a) + p["phase"][1]
     k = np.floor(cu / per)
-    length = rng.uniform(3, 6) * per
+    length = rng.uniform(2, 4) * per
     # the thread's own cell column, half a period either side of its centre line
     inside = (np.abs(u / per - (k + 0.5)) <= 0.5) & (np.abs(v - cv) <= length / 2)
     return {"where": inside, "kind": "missing" if rng.random() < 0.5 else "doubled"}
@@ -134,12 +134,13 @@ def _local(rng: np.random.Generator, label: str, size: int, clean: np.ndarray) -
         d = np.array([np.cos(a), np.sin(a)]) * length / 2
         alpha = 0.8 * _segment(size, (cx - d[0], cy - d[1]), (cx + d[0], cy + d[1]), rng.uniform(0.4, 0.7))
         return alpha, np.full((size, size, 3), 235.0 if rng.random() < 0.5 else 30.0)
-    if label == "blotch":  # brightness x 0.7 or 1.3, or the channels rotated (another hue): a stain
+    if label == "blotch":  # brightness x 0.7 or 1.3, or a tint (a stain; visible on grey too)
         r = rng.uniform(6, 11) * f
         y, x = np.mgrid[0:size, 0:size]
         alpha = _smooth_edge((np.hypot(x - cx, y - cy) - r) / 1.5)
         kind = rng.integers(3)
-        paint = clean * (0.7 if kind == 0 else 1.3) if kind < 2 else np.roll(clean, 1, axis=-1)
+        gain = np.full(3, 0.7 if kind == 0 else 1.3) if kind < 2 else rng.permutation([1.3, 1.0, 0.7])
+        paint = clean * gain
         return alpha, np.clip(paint, 0, 255)
     raise ValueError(f"unknown local defect {label!r}")
 
