@@ -1,6 +1,6 @@
 """Does the `patches` default transfer? Chosen on one generator, reported on defect families it never saw.
 
-Protocol (issue 32):
+Protocol:
 1. Choice, on diffmine.datasets.defects ONLY (its weave texture at --select-size px): every candidate
    of CANDIDATES (patch features vae / dift / pixels at 8 and 16 px, each unpooled and 3 x 3 pooled) is
    fitted on --select-train normal images of its train split and scored on its labelled val split;
@@ -142,7 +142,7 @@ def cell_report(cell: dict, scores: dict, maps: dict, size: int) -> dict:
         for k, sel in subsets.items():
             idx = np.flatnonzero(sel)
             y, v = ~good[idx], s[idx]
-            per[k] = {"auroc": auroc(v, y), "ci": boot_ci(idx, lambda i: auroc(v[i], y[i]), n=BOOT)}
+            per[k] = {"value": auroc(v, y), "ci": boot_ci(idx, lambda i: auroc(v[i], y[i]), n=BOOT)}
         out[name] = per
     local = np.flatnonzero(subsets["local"])
     pix = {name: pixel_estimates(m[local], cell["masks"][local], pool=max(1, size // 64), n=PIXEL_BOOT)
@@ -151,7 +151,7 @@ def cell_report(cell: dict, scores: dict, maps: dict, size: int) -> dict:
 
 
 def table_lines(key: str, rep: dict) -> list[str]:
-    f = lambda e: f"{e['auroc']:.3f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]"  # noqa: E731
+    f = lambda e: f"{e['value']:.3f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]"  # noqa: E731
     kinds = list(rep["image"]["patches"])
     lines = [f"== {key}: image AUROC [95 % CI]", "detector".ljust(18) + "".join(k.ljust(21) for k in kinds)]
     for name, per in rep["image"].items():

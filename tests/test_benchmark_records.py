@@ -52,7 +52,7 @@ def test_defects_selection_takes_the_cheapest_candidate_near_the_best():
 
 
 def test_defects_pixel_intervals_contain_their_points():
-    """Issue 34: the pixel AUROC / PRO points are computed on the maps their intervals resample (pooled both)."""
+    """The pixel AUROC / PRO points are computed on the maps their intervals resample (pooled both)."""
     import numpy as np
 
     from benchmarks.anomaly_defects import pixel_estimates, pooled

@@ -35,7 +35,9 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   scores upsampled per tile and averaged where tiles overlap, at the image's own size. A training
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
-  repeats the choice of features, pooling, stride and top-k on its validation split).
+  repeats the choice of features, pooling, stride and top-k on its validation split;
+  benchmarks/anomaly_transfer.py repeats the choice of features, vae / dift / pixels, and pooling on it,
+  and reports on diffmine.datasets.defect_families, never used for a choice).
 
 Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
 whatever the caller asks for, so an image's score does not depend on which images came with it
