@@ -62,6 +62,13 @@ BENCHMARKS = [
     ("anomaly_defects", "Anomaly detection: small defects and weave changes (`patches` kind)",
      "The defect generator's textures (`diffmine/datasets/defects.py`), settings chosen on its training "
      "split; a scaled-down run (100 normal images).", "python -m benchmarks.anomaly_defects"),
+    ("anomaly_transfer", "Anomaly detection: does the `patches` default transfer to defects it was not chosen on?",
+     "The `patches` settings chosen on `diffmine/datasets/defects.py` (val split) only, then reported on "
+     "`diffmine/datasets/defect_families.py` (twill, mesh, grain textures at 64 px; twill and grain at 256 px): "
+     "image AUROC per defect kind and group (good vs that kind) of the chosen `patches` detector beside "
+     "PatchCore on raw 16 px pixel patches and PyOD on 64 x 64 pixels, same images; pixel AUROC and PRO over "
+     "the good and local-defect images. Intervals by bootstrap over images.",
+     "python -m benchmarks.anomaly_transfer --threads 1"),
     ("anomaly_classify_towns", "Classification and the label audit on towns",
      "The shipped model classifies the 160 held-out towns images; 8 of them carry another town's label. "
      "Accuracy, audit precision and recall with Clopper-Pearson intervals.",

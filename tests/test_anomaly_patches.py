@@ -139,6 +139,43 @@ def test_dift_patch_features_still_fit_and_score(weaves):
     assert det.decision_function(weaves[6:7]).shape == (1,)
 
 
+def test_pixel_patches_are_the_squares_around_each_cell():
+    from diffmine.apps.anomaly.pixel_features import pixel_patch_features
+
+    x = torch.randn(2, 3, 64, 64)
+    for size in (8, 16):
+        f = pixel_patch_features(x, size)
+        stride = size // 2
+        assert f.shape == (2, 3 * size * size, 64 // stride, 64 // stride)  # one cell every half patch
+        i, j = 2, 4  # an inner cell: the square centred on (i + 1/2) x stride, unpadded
+        y0, x0 = (i * stride + stride // 2 - size // 2), (j * stride + stride // 2 - size // 2)
+        assert torch.equal(f[1, :, i, j].reshape(3, size, size), x[1, :, y0:y0 + size, x0:x0 + size])
+
+
+def _plant_speckle(image: np.ndarray, cx: int, cy: int) -> np.ndarray:
+    """Six bright 2 px dots within about 12 px of (cx, cy): the issue's foreign-texture defect."""
+    out = image.copy()
+    for dx, dy in np.random.default_rng(1).integers(-5, 6, (6, 2)):
+        out[cy + dy:cy + dy + 2, cx + dx:cx + dx + 2] = 250
+    return out
+
+
+def test_pixel_patches_find_a_planted_speckle_where_it_is(weaves):
+    det = DiffusionDetector(**{**QUICK, "patch_features": "pixels", "patch_size": 8}, contamination=0.2).fit(weaves[:6])
+    # the bank: coreset_ratio of 6 x 4 tiles x 16 x 16 cells of 8 x 8 RGB pixels, not normalised
+    assert det.bank_features_.shape == (6 * 4 * 256 // 2, 192)
+    assert not np.allclose(np.linalg.norm(det.bank_features_, axis=1), 1.0)
+    X = np.stack([weaves[6], _plant_speckle(weaves[7], 90, 40), _plant_speckle(weaves[7], 30, 100)])
+    scores, maps = det.decision_function(X), det.anomaly_maps(X)
+    assert maps.shape == (3, SIZE, SIZE)
+    assert scores[1] > 1.5 * scores[0] and scores[2] > 1.5 * scores[0]
+    assert scores[0] < det.threshold_ * 1.5  # a clean weave scores as the normal ones do
+    for m, (cx, cy) in zip(maps[1:], ((90, 40), (30, 100))):
+        py, px = np.unravel_index(m.argmax(), m.shape)
+        assert np.hypot(px - cx - 1, py - cy - 1) <= 8, (px, py, cx, cy)
+        assert m[cy - 6:cy + 8, cx - 6:cx + 8].mean() > 1.5 * np.median(m)  # the map is high on the speckle
+
+
 def test_denoise_features_are_the_engines_denoising_errors_per_draw_and_channel(weaves):
     """Averaged over draws and channels, exp(feature) - FLOOR is the typicality engine's null-prompt error map."""
     from diffmine.apps.anomaly.denoise_features import FLOOR, denoising_error_features
@@ -175,11 +212,14 @@ def test_bad_patch_settings_name_their_field(weaves):
 
     for bad, field in ((dict(coreset="kmeans"), "coreset"), (dict(coreset_ratio=0), "coreset_ratio"),
                        (dict(tile_stride=0), "tile_stride"), (dict(top_k=0), "top_k"),
-                       (dict(patch_features="clip"), "patch_features"), (dict(patch_pool=2), "patch_pool")):
+                       (dict(patch_features="clip"), "patch_features"), (dict(patch_pool=2), "patch_pool"),
+                       (dict(patch_features="pixels", patch_size=1), "patch_size")):
         with pytest.raises(ConfigError, match=field):
             DiffusionDetector(**{**QUICK, **bad}).fit(weaves[:2])
     with pytest.raises(ConfigError, match="coreset"):
         AnomalyFitConfig(data="x", out="y", model="tiny", score="patches", coreset="kmeans").validate()
+    with pytest.raises(ConfigError, match="patch_size"):
+        AnomalyFitConfig(data="x", out="y", model="tiny", score="patches", patch_size=1).validate()
 
 
 def test_cli_fit_score_with_maps_writes_stitched_maps(weaves, tmp_path):

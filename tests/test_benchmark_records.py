@@ -164,3 +164,25 @@ def test_defects_selection_takes_the_cheapest_candidate_near_the_best():
     assert pick(cheap + [clearly, poor]) is clearly  # beyond it: the better, whatever it costs
     assert pick([dict(top_k=1, mean=0.97, fit_and_val_s=90.0), dict(top_k=4, mean=0.98, fit_and_val_s=90.0)]
                 )["top_k"] == 4  # one fit's top-k choices: the higher mean
+
+
+def test_defects_pixel_intervals_contain_their_points():
+    """The pixel AUROC / PRO points are computed on the maps their intervals resample (pooled both)."""
+    import numpy as np
+
+    from benchmarks.anomaly_defects import pixel_estimates, pooled
+    from diffmine.evaluation.anomaly import pixel_auroc, pro_score
+
+    g = np.random.default_rng(0)
+    masks = np.zeros((24, 32, 32), bool)
+    for i in range(12):  # half the images hold a small square defect
+        y, x = g.integers(2, 24, 2)
+        masks[i, y:y + 5, x:x + 5] = True
+    maps = g.normal(size=masks.shape) + 1.5 * masks + g.normal(0, 0.5, (24, 1, 1))  # per-image offsets: spread
+    est = pixel_estimates(maps, masks, pool=4, n=100)
+    m, k = pooled(maps, 4), pooled(masks.astype(np.float32), 4) > 0
+    assert est["pixel_auroc"] == pixel_auroc(m, k) and est["pro"] == pro_score(m, k)
+    for name in ("pixel_auroc", "pro"):
+        lo, hi = est[f"{name}_ci"]
+        assert lo <= est[name] <= hi, (name, est[name], lo, hi)
+    assert est["pixel_auroc"] != pixel_auroc(maps, masks)  # full-resolution maps give another number

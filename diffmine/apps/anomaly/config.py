@@ -13,7 +13,8 @@ from diffmine.core.settings import (check, check_choice, check_positive, check_r
 # import PyOD, so every other command starts without the anomaly extra.
 SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
-PATCH_FEATURES = ("vae", "dift", "denoise")  # encoder_features.py / mining.features.DiftExtractor / denoise_features.py
+# encoder_features.py / mining.features.DiftExtractor / denoise_features.py / pixel_features.py
+PATCH_FEATURES = ("vae", "dift", "denoise", "pixels")
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -51,8 +52,11 @@ class AnomalyFitConfig(RuntimeSettings):
                                      "tile, tiles side by side; less: tiles overlap, smoother maps, more work)")
     patch_features: str = option("vae", "patches: what a patch is described by: the VAE encoder's last feature "
                                  "map (vae), DIFT features (dift: --patch-block, --patch-t, --patch-draws) or, "
-                                 "for comparison, denoising errors (denoise: --patch-draws over --t-range)",
+                                 "for comparison, denoising errors (denoise: --patch-draws over --t-range) or "
+                                 "raw pixel patches (pixels: --patch-size px, every half patch)",
                                  choices=PATCH_FEATURES)
+    patch_size: int = option(8, "patches: side in px of a pixel patch with --patch-features pixels (one "
+                             "every half patch)")
     patch_pool: int = option(1, "patches: cells each patch feature is averaged over, per side (1: none, a "
                              "one-cell defect keeps its contrast; 3: PatchCore's 3x3 neighbourhood)")
     patch_block: int = option(DIFT_BLOCK, "patches: UNet up block whose output cells are the patch features",
@@ -77,6 +81,7 @@ class AnomalyFitConfig(RuntimeSettings):
         check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
         check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
                               "n_neighbors", "tile_stride", "patch_draws", "patch_pool", "top_k", "bank_size"))
+        check_positive(self, ("patch_size",), minimum=2)
         check_choice(self, "coreset")
         check_choice(self, "patch_features")
         check(self.patch_pool % 2 == 1, "patch_pool", f"must be odd (a neighbourhood centred on the cell), "

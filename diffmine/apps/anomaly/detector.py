@@ -24,9 +24,10 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   default (`patch_features="vae"`) the VAE encoder's last feature map (encoder_features.py), or
   DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws), or, for
   comparison, the null prompt's denoising errors (`"denoise"`: per draw and latent channel, logged,
-  `patch_draws` draws over `t_range`; denoise_features.py); each is averaged over its `patch_pool` x
-  `patch_pool` neighbourhood (PatchCore's local aggregation is 3; 1, the default, keeps a one-cell
-  defect's contrast) and, appearance features only, L2-normalised. The normal images' patches
+  `patch_draws` draws over `t_range`; denoise_features.py), or raw pixel patches (`"pixels"`:
+  `patch_size` px squares every half patch, pixel_features.py; no model features at all); each is
+  averaged over its `patch_pool` x `patch_pool` neighbourhood (PatchCore's local aggregation is 3; 1
+  keeps a one-cell defect's contrast) and, learned features only, L2-normalised. The normal images' patches
   form a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size`
   by greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
   number of normal images. A patch's score is its distance to the nearest bank patch; the image
@@ -34,7 +35,9 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   scores upsampled per tile and averaged where tiles overlap, at the image's own size. A training
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
-  repeats the choice of features, pooling, stride and top-k on its validation split).
+  repeats the choice of features, pooling, stride and top-k on its validation split;
+  benchmarks/anomaly_transfer.py repeats the choice of features, vae / dift / pixels, and pooling on it,
+  and reports on diffmine.datasets.defect_families, never used for a choice).
 
 Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
 whatever the caller asks for, so an image's score does not depend on which images came with it
@@ -86,7 +89,7 @@ class DiffusionDetector(BaseDetector):
                  finetune_batch=_D["finetune_batch"], resolution=_D["resolution"], batch_size=_D["batch_size"],
                  seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
                  dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_features=_D["patch_features"],
-                 patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
+                 patch_size=_D["patch_size"], patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
                  patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], coreset=_D["coreset"],
                  coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"]):
         self.model = model
@@ -111,6 +114,7 @@ class DiffusionDetector(BaseDetector):
         self.dtype = dtype    # model precision (auto, fp32, fp16, bf16)
         self.tile_stride = tile_stride  # patches: the tiling and the memory bank (module docstring)
         self.patch_features = patch_features
+        self.patch_size = patch_size
         self.patch_pool = patch_pool
         self.patch_block = patch_block
         self.patch_t = patch_t
@@ -152,6 +156,8 @@ class DiffusionDetector(BaseDetector):
         if self.patch_features not in PATCH_FEATURES:
             raise ConfigError("patch_features", f"must be one of {', '.join(PATCH_FEATURES)}, "
                               f"got {self.patch_features!r}")
+        if int(self.patch_size) < 2:
+            raise ConfigError("patch_size", f"must be >= 2, got {self.patch_size}")
         if int(self.patch_pool) % 2 != 1:
             raise ConfigError("patch_pool", f"must be odd, got {self.patch_pool}")
         lo, hi = self.t_range
@@ -287,12 +293,15 @@ class DiffusionDetector(BaseDetector):
         from diffmine.apps.anomaly.denoise_features import denoising_error_features
         from diffmine.apps.anomaly.encoder_features import vae_encoder_features
         from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
+        from diffmine.apps.anomaly.pixel_features import pixel_patch_features
 
         bundle, prompts, est = self._load_runtime()
         tiles = [cut_tiles(inp.rgb(i), self.resolution_, self.tile_stride_()) for i in idx]
         batch = torch.from_numpy(np.concatenate(tiles))
         if self.patch_features == "vae":
             fmaps = vae_encoder_features(bundle.vae, batch, int(self.batch_size))
+        elif self.patch_features == "pixels":
+            fmaps = pixel_patch_features(batch, int(self.patch_size))
         elif self.patch_features == "denoise":
             fmaps = denoising_error_features(est, batch, self._patch_draws_(), int(self.batch_size))
         else:
@@ -302,8 +311,9 @@ class DiffusionDetector(BaseDetector):
             dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
                                  seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
             fmaps = dift(batch, [prompt] * len(batch))
-        # log denoising errors are on a common scale already: their size is the signal, not normalised away
-        vectors = patch_vectors(fmaps, int(self.patch_pool), normalize=self.patch_features != "denoise")
+        # log denoising errors and pixels are on a common scale already: their size (an error, a brightness)
+        # is the signal, not normalised away
+        vectors = patch_vectors(fmaps, int(self.patch_pool), normalize=self.patch_features not in ("denoise", "pixels"))
         return list(vectors.split([len(t) for t in tiles]))
 
     def _patch_draws_(self):
@@ -357,7 +367,7 @@ class DiffusionDetector(BaseDetector):
 
             return DIFT_DRAWS
         if self.score == "patches":
-            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features != "vae" else 1)
+            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features in ("dift", "denoise") else 1)
         return int(self.draws) * (1 + len(self._conditions()))
 
     def group_size_(self) -> int:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 CANDIDATES_PER_CENTRE = 4  # greedy coreset: picked from at most this many random candidates per centre
+PROJECTED_DIM = 128  # greedy coreset: wider features are compared through a random projection to this many
 OWN_NEIGHBOURS = 16  # leave-one-out search: neighbours looked at before falling back to a filtered search
 
 
@@ -91,7 +92,9 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
     """Indices of k rows of x chosen by greedy k-center (each next row the farthest from those chosen).
 
     PatchCore's coreset subsampling; the candidates are first cut to a random
-    CANDIDATES_PER_CENTRE x k rows, so the cost is O(k^2), not O(k x rows).
+    CANDIDATES_PER_CENTRE x k rows, so the cost is O(k^2), not O(k x rows). Rows wider than
+    PROJECTED_DIM (pixel patches) are compared after a Gaussian random projection (Johnson-Lindenstrauss),
+    as PatchCore does, so the cost does not grow with the width.
     """
     g = np.random.default_rng(seed)
     n = len(x)
@@ -99,6 +102,9 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
         return np.arange(n)
     cand = np.sort(g.choice(n, size=min(n, CANDIDATES_PER_CENTRE * k), replace=False))
     xc = x[torch.from_numpy(cand)].float()
+    if xc.shape[1] > PROJECTED_DIM:
+        proj = torch.from_numpy(g.normal(size=(xc.shape[1], PROJECTED_DIM)).astype(np.float32))
+        xc = xc @ proj / math.sqrt(PROJECTED_DIM)
     sq = xc.square().sum(dim=1)
 
     def dist2(j: int) -> torch.Tensor:  # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matrix-vector product a centre

@@ -54,7 +54,7 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
             finetune_batch=config.finetune_batch, resolution=config.resolution, batch_size=config.batch_size,
             seed=config.seed, work_dir=str(tmp), progress=progress, n_neighbors=config.n_neighbors,
             device=config.device, dtype=config.dtype, tile_stride=config.tile_stride,
-            patch_features=config.patch_features, patch_pool=config.patch_pool, patch_block=config.patch_block,
+            patch_features=config.patch_features, patch_size=config.patch_size, patch_pool=config.patch_pool, patch_block=config.patch_block,
             patch_t=config.patch_t, patch_draws=config.patch_draws, top_k=config.top_k, coreset=config.coreset,
             coreset_ratio=config.coreset_ratio, bank_size=config.bank_size)
         det.fit(inp.paths)
