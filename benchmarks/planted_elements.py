@@ -1,7 +1,7 @@
 """Does a base let mining find small planted elements? Finetune, typicality, held-out pointing and pixel AUROC.
 
-    python benchmarks/planted_elements.py [--base tiny] [--steps 200] [--draws 16] [--work runs/bench-planted]
-        [--seed N] [--protocol benchmarks/protocols/planted.json]
+    python benchmarks/planted_elements.py [--base tiny] [--steps 1000] [--draws 16] [--work runs/bench-planted]
+        [--seed N] [--protocol benchmarks/protocols/planted.json] [--recipe]
 
 Data: diffmine/datasets/planted.py (4 labels, one small characteristic element each: a thin ring,
 a thin cross, a filled wedge, a filled tile, about a fifth of the side; distractors shared by all
@@ -11,6 +11,10 @@ labels), seed 0 (or --seed N, under WORK/seedN), 100 training and 25 held-out im
 label's element?) and pixel AUROC against the element's pixel mask (diffmine/evaluation/metrics.py,
 as the demo's mining evaluation), per label and overall, with 95 % bootstrap intervals over
 images. The finetune run also records the base's reconstruction PSNR on these images.
+With --recipe the run follows the README's laptop recipe on train/ (400 images of 4 labels) as a
+user would: `finetune` (the VAE adaptation included), `typicality` at its default draws and `mine`
+with its defaults, each phase timed (`phase_<name>_s`, `recipe_minutes`); the held-out maps above
+are computed after it and not counted.
 Runs appended to results/planted_elements.json, per-image results beside each (benchmarks.records).
 Last line: {"pointing_game", "pointing_game_ci", "pixel_auroc", "pixel_auroc_ci",
 "<label>_pointing_game", ..., "reconstruction_psnr_db", "base"}.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +59,12 @@ def main(argv=None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="tiny")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=1000, help="UNet steps (the README's laptop recipe: 1000)")
     p.add_argument("--draws", type=int, default=16)
     p.add_argument("--work", default="runs/bench-planted")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the generator's 0)")
+    p.add_argument("--recipe", action="store_true", help="also time the README's laptop recipe on train/")
     protocol_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,8 +73,26 @@ def main(argv=None) -> dict:
     data = generate_planted(work / "data", n_train=100, n_test=25, progress=True,
                             **({} if args.seed is None else {"seed": args.seed}))
     model = work / f"model-{Path(args.base).name}-{args.steps}"
-    train(TrainConfig(data=str(data / "train"), out=str(model), base=args.base, max_steps=args.steps,
-                      resume=model.exists(), samples_per_label=1))
+    phases = {}
+
+    def timed(name, fn, *a, **kw):
+        start = time.time()
+        out = fn(*a, **kw)
+        phases[f"phase_{name}_s"] = round(time.time() - start, 1)
+        print(f"[planted] {name}: {phases[f'phase_{name}_s']} s", flush=True)
+        return out
+
+    timed("finetune", train, TrainConfig(data=str(data / "train"), out=str(model), base=args.base,
+                                         max_steps=args.steps, resume=model.exists(), samples_per_label=1))
+    if args.recipe:  # typicality and mine as the README's laptop recipe runs them: defaults, on the user's folder
+        from mining.config import MineConfig
+        from mining.mine import run_mining
+
+        recipe_typ = timed("typicality", run_typicality, model=str(model), data=str(data / "train"),
+                           out=str(work / f"recipe-typ-{model.name}"))
+        timed("mine", run_mining, MineConfig(model=str(model), data=str(data / "train"), typicality=str(recipe_typ),
+                                             out=str(work / f"recipe-mine-{model.name}")))
+        phases["recipe_minutes"] = round(sum(phases.values()) / 60, 1)
     store_dir = run_typicality(model=str(model), data=str(data / "test"), out=str(work / f"typ-{model.name}"),
                                draws=args.draws)
     store = TypicalityStore.open(store_dir)
@@ -92,7 +116,10 @@ def main(argv=None) -> dict:
         summary[f"{lab}_pixel_auroc"] = round(float(np.mean([x["pixel_auroc"] for x in sub])), 3)
         summary[f"{lab}_pixel_auroc_ci"] = interval([x["pixel_auroc"] for x in sub])
     info = json.loads((model / "diffmine_train.json").read_text())
-    summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"), base=args.base, steps=args.steps,
+    summary.update(phases)
+    summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
+                   reconstruction_before_adapt_psnr_db=info.get("reconstruction_before_adapt_psnr_db"),
+                   vae_adapted_steps=info.get("vae_adapted_steps"), base=args.base, steps=args.steps,
                    draws=args.draws, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
