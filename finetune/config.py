@@ -12,7 +12,11 @@ from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
 # how long to train, how often to save, what to print).
 RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
                "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
-               "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps")
+               "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps", "adapt_vae")
+
+SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
+ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
+VAE_ADAPT_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -43,7 +47,11 @@ class TrainConfig:
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
                                "per sample)", source="docs/method.md §1")
-    vae_steps: int | None = option(None, "VAE training steps, --base tiny-scratch only (default: 1000)")
+    adapt_vae: str = option("auto", "train the base's VAE on these images before the UNet: 'auto' when a small VAE "
+                            "reconstructs them below the guard's floor, 'always', or 'never'",
+                            choices=VAE_ADAPT_MODES, source="docs/method.md §1")
+    vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
+                                   f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given")
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     ema: bool = option(False, "export an exponential moving average of the weights")
@@ -77,5 +85,6 @@ class TrainConfig:
                   f"must be a multiple of 8 px, got {self.resolution}")
         check(self.prompt is None or "{label}" in self.prompt, "prompt",
               f"must contain the placeholder {{label}}, got {self.prompt!r}")
-        check(self.vae_steps is None or self.base == SCRATCH_BASE, "vae_steps",
-              f"only applies to --base {SCRATCH_BASE}, not to {self.base}")
+        check_choice(self, "adapt_vae")
+        check(self.vae_steps is None or self.base == SCRATCH_BASE or self.adapt_vae != "never", "vae_steps",
+              f"only applies to --base {SCRATCH_BASE} or an adapted VAE, not with --adapt-vae never")

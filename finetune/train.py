@@ -26,10 +26,9 @@ from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
-from finetune.config import RESUME_KEYS, TrainConfig
+from finetune.config import ADAPT_VAE_STEPS, RESUME_KEYS, SCRATCH_VAE_STEPS, TrainConfig
 from finetune.vae_train import VAEStopped
 
-DEFAULT_VAE_STEPS = 1000
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
 
 
@@ -51,7 +50,7 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
         _phase(f"loading base model {cfg.base}", progress)
         return load_bundle(cfg.base, text_encoder=cfg.text_encoder)
     resolution = cfg.resolution or 64
-    steps = cfg.vae_steps if cfg.vae_steps is not None else DEFAULT_VAE_STEPS
+    steps = cfg.vae_steps if cfg.vae_steps is not None else SCRATCH_VAE_STEPS
     key = stable_seed("tiny-scratch", resolution, cfg.seed, steps, decoded.key) % 10**12
     cached = Path(cfg.out, "cache", f"base-{key:012d}")
     if not cached.exists():
@@ -78,14 +77,14 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
 
 # -- cached inputs -------------------------------------------------------------------------
 def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc: Accelerator,
-           resolution: int, progress: bool) -> dict:
+           resolution: int, progress: bool, vae_key=None) -> dict:
     """Latents (posterior means) of every image and embeddings of every distinct prompt, once.
 
     With random crops the images are encoded at `resolution` + 1/8 and each step takes a random
     latent window of the training size (the VAE is local, so a latent crop ~ the crop's latent)."""
     path = Path(cfg.out, "cache", "inputs.pt")
     prompts_t = cfg.prompt_template()
-    key = stable_seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base,
+    key = stable_seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base, vae_key,
                       prompts_t.template, prompts_t.null_prompt)
     blob = torch.load(path) if acc.is_main_process and path.exists() else None
     if acc.is_main_process and (blob is None or blob["key"] != key):
@@ -219,13 +218,13 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
 
     bundle = _base_bundle(cfg, decoded, acc, progress)
     size = cfg.resolution or bundle.resolution
-    recon = _reconstruction(cfg, bundle, data, size, acc) if acc.is_main_process else {}
+    recon, vae_key = _adapted_vae(cfg, bundle, data, decoded, size, acc, progress)
     factor = bundle.vae_scale_factor
     if size % (factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)):
         raise ConfigError("resolution", f"must be a multiple of {factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)} "
                           f"px for {cfg.base}, got {size}")
     cache_size = size + (-(-size // CROP_MARGIN // factor) * factor if cfg.random_crop else 0)
-    inputs = _cache(cfg, data, decoded, bundle, acc, cache_size, progress)
+    inputs = _cache(cfg, data, decoded, bundle, acc, cache_size, progress, vae_key)
     memo.clear()
     latents, emb, prompt_index = inputs["latents"], inputs["embeddings"], inputs["prompt_index"]
     n = len(latents)
@@ -328,15 +327,62 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
     return out
 
 
-def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, acc: Accelerator) -> dict:
-    """The base's reconstruction PSNR on a sample of the training images (warned when low)."""
+def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, acc: Accelerator,
+                    warn: bool = True) -> dict:
+    """The VAE's reconstruction PSNR on a sample of the training images (warned when low)."""
     from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
     bundle.vae.to(acc.device)
     try:
-        return check_reconstruction(bundle.vae, dataset_loader(data, size), len(data), size, what=cfg.data)
+        return check_reconstruction(bundle.vae, dataset_loader(data, size), len(data), size, what=cfg.data,
+                                    warn=warn)
     finally:
         bundle.vae.to("cpu")
+
+
+def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decoded, size: int,
+                 acc: Accelerator, progress: bool) -> tuple[dict, str | None]:
+    """Measure the base's VAE on the user's images and, when --adapt-vae asks for it, train it on
+    them first (finetune/vae_adapt.py). Returns the run's reconstruction figures and a key of the
+    adapted VAE (None when the base's own is kept); every process ends with the same VAE."""
+    from accelerate.utils import broadcast_object_list
+
+    from finetune import vae_adapt
+
+    key = None
+    recon = {}
+    if acc.is_main_process:
+        recon = _reconstruction(cfg, bundle, data, size, acc, warn=False)
+        if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
+            steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
+            key = (cfg.base, size, cfg.seed, steps, decoded.key)
+            _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
+                   f"{recon['reconstruction_floor_db']:g} dB): adapting its VAE to them first ({steps} steps, "
+                   f"--adapt-vae {cfg.adapt_vae}; 'never' skips this)", progress)
+            _, images = decoded(size)
+            bundle.vae.to(acc.device)
+            deadline = None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes
+            bundle.vae, seconds = vae_adapt.adapt(bundle.vae, torch.from_numpy(images), Path(cfg.out, "cache"), key,
+                                                  steps, cfg.seed, progress, deadline)
+            bundle.vae.to("cpu").eval().requires_grad_(False)
+            before = recon["reconstruction_psnr_db"]
+            recon = _reconstruction(cfg, bundle, data, size, acc)
+            recon.update(vae_adapted_steps=steps, vae_adapt_seconds=round(seconds, 1),
+                         reconstruction_before_adapt_psnr_db=before)
+            _phase(f"VAE adapted: {before:.1f} dB -> {recon['reconstruction_psnr_db']:.1f} dB on "
+                   f"{recon['reconstruction_images']} of these images", progress)
+        else:
+            from diffmine.core.reconstruction import ReconstructionWarning, warning_text
+
+            text = warning_text(recon, cfg.data)
+            if text:
+                import warnings
+                warnings.warn(text, ReconstructionWarning, stacklevel=2)
+    if acc.num_processes > 1:
+        key, = broadcast_object_list([key])
+        if key is not None and not acc.is_main_process:  # the main process cached it before this barrier
+            bundle.vae, _ = vae_adapt.adapt(bundle.vae, None, Path(cfg.out, "cache"), key, 0, cfg.seed, False)
+    return recon, (None if key is None else repr(key))
 
 
 def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float,

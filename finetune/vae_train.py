@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,13 @@ def _save(path: Path, step: int, vae, opt, sched, g: torch.Generator) -> None:
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
               seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
-              deadline: float | None = None) -> AutoencoderKL:
+              deadline: float | None = None, desc: str = "training VAE",
+              on_step: Callable[[int, AutoencoderKL], None] | None = None) -> AutoencoderKL:
     """Fit `vae` to images (N, 3, H, W) in [-1, 1]; then set `scaling_factor` so latents have unit std.
 
     With `checkpoint`, the state is saved there atomically every CHECKPOINT_EVERY steps and a
-    killed run continues from it exactly (weights, optimizer, schedule and random stream)."""
+    killed run continues from it exactly (weights, optimizer, schedule and random stream).
+    `on_step(step, vae)` is called after each step (benchmarks measure the curve with it)."""
     g = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -50,7 +53,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
         start = int(state["step"])
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
     for step in bar:
         x = images[torch.randint(len(images), (batch_size,), generator=g)].to(vae.device)
         post = vae.encode(x).latent_dist
@@ -63,6 +66,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_step is not None:
+            on_step(step + 1, vae)
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
             _save(checkpoint, step + 1, vae, opt, sched, g)
         if deadline is not None and checkpoint is not None and time.time() >= deadline and step + 1 < steps:

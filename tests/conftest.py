@@ -49,3 +49,17 @@ def make_color_dataset(root, n_per_label=6, size=32, labels=("red", "blue"), see
 @pytest.fixture
 def color_dataset(tmp_path):
     return make_color_dataset(tmp_path / "data")
+
+
+def make_digits_folder(root, labels, n_per_label=6):
+    """Upscaled sklearn digits (white on black, 64 px), a folder per label: images the shipped
+    small model (facades only) reconstructs far below the guard's floor."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images
+    for k, label in enumerate(labels):
+        (root / label).mkdir(parents=True)
+        for i in range(n_per_label):
+            a = np.round(images[k * n_per_label + i] / 16 * 255).astype(np.uint8)
+            Image.fromarray(a).convert("RGB").resize((64, 64), Image.BILINEAR).save(root / label / f"d{i:02d}.png")
+    return root

@@ -13,7 +13,7 @@ from finetune.config import TrainConfig
 def _cfg(data, out, **kw):
     base = dict(data=str(data), out=str(out), base="tiny", resolution=32, batch_size=8,
                 prompt="A {label} square.", null_prompt="A square.", null_rate=0.1, samples_per_label=0,
-                checkpoint_every=1000, log_every=1)
+                checkpoint_every=1000, log_every=1, adapt_vae="never")  # adaptation: tests/test_vae_adapt.py
     base.update(kw)
     return TrainConfig(**base)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_digits_folder
 from diffmine.datasets.radiographs import write_split
 from diffmine.datasets.towns import generate_towns
 
@@ -27,7 +28,7 @@ BIN = Path(sys.executable).parent
 
 # small settings per command, appended after the recipe's own flags
 TINY = {
-    "finetune": "--max-steps 2 --batch-size 4 --samples-per-label 1 --mixed-precision no",
+    "finetune": "--max-steps 2 --batch-size 4 --samples-per-label 1 --mixed-precision no --vae-steps 2",
     "typicality": "--draws 2",
     "mine": "--clusters 2 --per-image 1 --dift-draws 1 --min-members 1 --min-images 1",
     "localize": "--draws 2",
@@ -38,9 +39,11 @@ TINY = {
     "classify": "--draws 2 --first-draws 1 --keep 1",
 }
 DATA = {"MODEL": "tiny", "PHOTOS": "data/cars", "NIH": "data/nih", "NORMAL": "data/parts/normal",
-        "INCOMING": "data/parts/incoming"}
+        "INCOMING": "data/parts/incoming", "FOLDER": "data/digits"}
 # what each recipe promises (README: the output files under each block)
 OUTPUTS = {
+    "laptop": ["runs/my-model/model_index.json", "runs/my-model/diffmine_train.json",
+               "runs/my-typicality/manifest.json", "runs/my-mine/report.html"],
     "mining": ["runs/cars-model/model_index.json", "runs/cars-model/samples.png",
                "runs/cars-typicality/manifest.json", "runs/cars-mine/report.html", "runs/cars-mine/clusters.csv"],
     "xray": ["runs/xray-model/model_index.json", "runs/xray-localize/metrics.json",
@@ -87,6 +90,7 @@ def workdir(tmp_path_factory):
     towns = generate_towns(work / "towns", n_train=3, n_test=2)
     (work / "data").mkdir()
     shutil.copytree(towns / "train", work / "data" / "cars")
+    make_digits_folder(work / "data" / "digits", ("zero", "one"))  # foreign to the small base: its VAE adapts
     shutil.copytree(towns / "train" / "images", work / "data" / "parts" / "normal")  # images only, no masks
     shutil.copytree(towns / "test" / "images", work / "data" / "parts" / "incoming")
     nih = write_split(work / "data" / "nih", n=16, seed=0, dicom_every=4)
@@ -106,6 +110,9 @@ def test_recipe_runs_as_written(name, workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     for rel in OUTPUTS[name]:
         assert (workdir / rel).is_file(), f"{name}: {rel} missing"
+    if name == "laptop":
+        info = json.loads((workdir / "runs/my-model/diffmine_train.json").read_text())
+        assert info["vae_adapted_steps"] == 2 and info["reconstruction_before_adapt_psnr_db"] < 24
     if name == "xray":
         metrics = json.loads((workdir / "runs/xray-localize/metrics.json").read_text())
         assert metrics["overall"]["n_boxes"] > 0

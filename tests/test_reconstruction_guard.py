@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_digits_folder
 from diffmine.core.reconstruction import FLOOR_DB, ReconstructionWarning, sample_indices
 
 # Measured on assets/tiny-towns-model (64 px, 32-image sample): towns test images 30.4 dB,
@@ -20,22 +21,9 @@ DIGITS_BELOW_DB = 15.0
 TOWN_LABELS = ("ashford", "brill")  # labels the tiny model knows, so every command accepts the folder
 
 
-def _digits_folder(root, n_per_label=6):
-    """Upscaled sklearn digits (white on black, 64 px) filed under two town labels."""
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images
-    for k, label in enumerate(TOWN_LABELS):
-        (root / label).mkdir(parents=True)
-        for i in range(n_per_label):
-            a = np.round(images[k * n_per_label + i] / 16 * 255).astype(np.uint8)
-            Image.fromarray(a).convert("RGB").resize((64, 64), Image.BILINEAR).save(root / label / f"d{i:02d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    return _digits_folder(tmp_path_factory.mktemp("digits"))
+    return make_digits_folder(tmp_path_factory.mktemp("digits"), TOWN_LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +99,7 @@ def test_finetune_records_the_figure_in_its_run_info(digits, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = train(TrainConfig(data=str(digits), out=str(tmp_path / "ft"), base="tiny", batch_size=2, max_steps=1,
-                                samples_per_label=0, prompt="A facade in {label}."), progress=False)
+                                samples_per_label=0, prompt="A facade in {label}.", adapt_vae="never"), progress=False)
     info = json.loads((out / "diffmine_train.json").read_text())
     assert info["reconstruction_psnr_db"] < DIGITS_BELOW_DB
     assert len(_guard_warnings(caught)) == 1

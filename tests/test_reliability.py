@@ -102,7 +102,7 @@ def test_resume_with_other_settings_and_overwriting_a_model_are_refused(tiny_mod
     from finetune.config import TrainConfig
 
     cfg = TrainConfig(data=str(color_dataset), out=str(tmp_path / "m"), base=str(tiny_model_dir), batch_size=4,
-                      max_steps=2, samples_per_label=0, checkpoint_every=1, log_every=1)
+                      max_steps=2, samples_per_label=0, checkpoint_every=1, log_every=1, adapt_vae="never")
     train(cfg, progress=False)
     with pytest.raises(DataError, match="already holds a model.*--resume"):
         train(cfg, progress=False)

@@ -1,0 +1,85 @@
+"""--adapt-vae: the small base's VAE is trained on the user's images when it cannot reconstruct them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from conftest import make_digits_folder
+from diffmine.core.models import SMALL_BASE_DIR
+from diffmine.core.reconstruction import FLOOR_DB
+from finetune.config import TrainConfig
+from finetune.train import train
+
+LABELS = ("ashford", "brill")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return make_digits_folder(tmp_path_factory.mktemp("digits"), LABELS, n_per_label=8)
+
+
+@pytest.fixture(scope="module")
+def towns(tmp_path_factory):
+    from diffmine.datasets.towns import generate_towns
+
+    return generate_towns(tmp_path_factory.mktemp("towns") / "t", n_train=1, n_test=3) / "test"
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), base="tiny", batch_size=4, max_steps=1, samples_per_label=0,
+                prompt="A facade in {label}.", vae_steps=12)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _vae(folder):
+    return load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_adapts_a_foreign_folder_and_says_so(digits, tmp_path, capsys):
+    out = train(_cfg(digits, tmp_path / "ft"))
+    info = json.loads((out / "diffmine_train.json").read_text())
+    before, after = info["reconstruction_before_adapt_psnr_db"], info["reconstruction_psnr_db"]
+    assert before < FLOOR_DB  # the facade VAE on digits: the reason to adapt
+    assert after > before + 1.0  # 12 steps already help; the exported model carries the adapted VAE
+    assert info["vae_adapted_steps"] == 12
+    assert not _same(_vae(out), load_file(str(SMALL_BASE_DIR / "vae" / "diffusion_pytorch_model.safetensors")))
+    said = capsys.readouterr().out
+    assert "adapting its VAE to them first (12 steps" in said and f"VAE adapted: {before:.1f} dB ->" in said
+    # the exported folder's VAE is the one the run measured
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
+    assert vae.config.scaling_factor != 1.0
+
+
+def test_auto_keeps_the_base_on_its_own_domain_and_never_keeps_it_anywhere(digits, towns, tmp_path):
+    shipped = load_file(str(SMALL_BASE_DIR / "vae" / "diffusion_pytorch_model.safetensors"))
+    on_towns = train(_cfg(towns, tmp_path / "towns"), progress=False)
+    assert _same(_vae(on_towns), shipped)
+    assert "vae_adapted_steps" not in json.loads((on_towns / "diffmine_train.json").read_text())
+    never = train(_cfg(digits, tmp_path / "never", adapt_vae="never", vae_steps=None), progress=False)
+    assert _same(_vae(never), shipped)
+
+
+def test_a_killed_adaptation_continues_to_the_same_vae(digits, tmp_path):
+    whole = train(_cfg(digits, tmp_path / "whole"), progress=False)
+    part = tmp_path / "part"
+    train(_cfg(digits, part, max_minutes=1e-6), progress=False)  # stops after its first VAE step
+    assert not (part / "model_index.json").exists() and list(part.glob("cache/vae-adapt-*.pt"))
+    train(_cfg(digits, part), progress=False)  # the same command again continues the checkpoint
+    assert _same(_vae(whole), _vae(part))
+    assert not list(part.glob("cache/vae-adapt-*.pt"))  # the finished adaptation replaced its checkpoint
+
+
+def test_vae_steps_without_any_vae_training_is_refused(digits, tmp_path):
+    from diffmine.core.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="^vae_steps only applies"):
+        train(_cfg(digits, tmp_path / "x", adapt_vae="never"), progress=False)
