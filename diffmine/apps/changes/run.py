@@ -37,12 +37,13 @@ from tqdm.auto import tqdm
 from diffmine.report.pictures import crop, safe_name
 from diffmine.core.lock import writer_lock
 from diffmine.core.files import output_folder, write_text
-from diffmine.core.settings import ConfigError, save_config
+from diffmine.core.settings import ConfigError, defaults, save_config
 from diffmine.core.errors import DataError
 from diffmine.core.dataset import image_array, readable_images
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
 from typicality.formula import upsample
 from mining.patches import Patches, default_patch_size, select_patches, top_per_label_index
+from mining.config import MineConfig
 from mining.stages import cluster_stage
 
 from diffmine.apps.changes.config import ChangesConfig
@@ -219,8 +220,9 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
         sel = SimpleNamespace(labels=["changes"], label_rows={"changes": keep}, top=patches,
                               record_of=lambda p, rows: p.image[rows])
         feats = SimpleNamespace(features=np.concatenate(feat_rows), row_of=range(len(patches)))
-        settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=20, spherical=True, seed=cfg.seed,
-                                   min_members=cfg.min_members, min_images=cfg.min_images)
+        mine = defaults(MineConfig)  # k-means as mining runs it
+        settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=mine["kmeans_iter"], spherical=mine["spherical"],
+                                   seed=cfg.seed, min_members=cfg.min_members, min_images=cfg.min_images)
         found = cluster_stage(sel, feats, settings, progress=progress)["changes"]
         clusters = [{"id": cl.id, "members": cl.members, "distances": cl.distances, "median": cl.median,
                      "n_images": cl.n_images} for cl in found.clusters]
