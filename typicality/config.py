@@ -17,12 +17,12 @@ SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them
 PUBLISHED_T_RANGE = (0.1, 0.7)
 
 # docs/method.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
-# takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
-# ~5x from t = 100 to 700) and antithetic pairs (eps, -eps) cancel the part of the per-draw
-# difference that is odd in eps, 2 eps·(eps_c - eps_null). Measured on the shipped tiny towns
-# model (160 images, 3 seeds, against 4000 stratified draws): the published N = 100 uniform
-# reaches correlation 0.9899; stratified + antithetic reaches 0.9894 at N = 50 and 0.9913 at
-# N = 64, stratified alone 0.9859 at 64 (benchmarks/typicality_convergence.py). 64 keeps a margin.
+# takes fewer draws: stratified t removes the between-timestep variance (the map's scale varies
+# strongly with t) and antithetic pairs (eps, -eps) cancel the part of the per-draw difference that
+# is odd in eps, 2 eps·(eps_c - eps_null). Stratified + antithetic draws reach the published
+# schedule's accuracy with fewer draws than 100, and 64 keeps a margin over the fewest that do: the
+# measured correlations are in the benchmark record, benchmarks/results/typicality_convergence.json
+# (written by benchmarks/typicality_convergence.py).
 DEFAULT_DRAWS = 64
 
 

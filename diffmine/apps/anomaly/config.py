@@ -1,4 +1,4 @@
-"""Settings of `diffmine anomaly fit`, `diffmine anomaly score` and `diffmine classify`."""
+"""Settings of `diffmine anomaly fit` and `diffmine anomaly score`, and the score kinds they name."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
-from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD, IOBB_THRESHOLDS, score_map, summarize
+from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD, score_map, summarize
 from diffmine.core.lock import writer_lock
 from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
 from diffmine.core.settings import map_keys, save_config, to_dict
@@ -41,7 +41,6 @@ from diffmine.core.errors import DataError
 from diffmine.apps.localize.boxes import PlacedBox, place_boxes, read_boxes
 from diffmine.apps.localize.config import FULL_T_RANGE, LocalizeConfig
 
-METRIC_KEYS = ("auc_pr",) + tuple(f"iobb_{t:g}" for t in IOBB_THRESHOLDS) + ("pointing_game", "n_boxes")
 OUTPUTS = ("metrics.json", "per_image.csv", "report.html", "overlays", "config.json")  # swapped in whole
 VIEW = ".images"  # the boxed images as the typicality stage reads them (removed once the maps are done)
 STORES = {"model": "typicality", "base_model": "typicality_base"}

@@ -1,4 +1,4 @@
-"""The settings of `diffmine translate` and `diffmine changes` (docs/method.md §5), one dataclass each."""
+"""The settings of `diffmine translate` (docs/method.md §5), and those a resumed run must agree on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
