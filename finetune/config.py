@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
+from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_range, check_required,
                                      option, skip_bad_option)
 from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
-from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
+from diffmine.core.prompts import NULL_RATE, PRESETS, PromptTemplate, resolve_prompts
 
 # Settings a resumed run must share with the checkpoint it continues (the rest may change:
 # how long to train, how often to save, what to print).
@@ -17,6 +17,7 @@ RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt
 SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
 ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
 VAE_ADAPT_MODES = ("auto", "always", "never")
+EPOCHS = 100  # docs/method.md §1: ~100 epochs, when --max-steps is not given
 
 
 @dataclass
@@ -27,13 +28,13 @@ class TrainConfig:
                        "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
                        source="docs/method.md §1")
     text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="docs/method.md §1")
-    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl")
     skip_bad: bool = skip_bad_option()
     preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1")
     prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
     null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
     null_rate: float | None = option(None, "fraction of samples given the null prompt; 1 trains a domain-only model "
-                                     "that never sees a label (default: the preset's, else 0.05)",
+                                     f"that never sees a label (default: the preset's, else {NULL_RATE})",
                                      source="docs/method.md §1")
     resolution: int | None = option(None, "training image size in px (default: the base model's)")
     batch_size: int = option(32, "images per step and process", source="docs/method.md §1: 8-64 per GPU")
@@ -43,7 +44,7 @@ class TrainConfig:
     adam_eps: float = option(1e-8, "AdamW epsilon", source="docs/method.md §1")
     grad_clip: float = option(1.0, "gradient norm clipping", source="docs/method.md §1")
     max_steps: int | None = option(None, "stop after this many steps (default: --epochs)")
-    epochs: int | None = option(None, "epochs when --max-steps is not given (default: 100)", source="docs/method.md §1")
+    epochs: int | None = option(None, f"epochs when --max-steps is not given (default: {EPOCHS})", source="docs/method.md §1")
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
                                "per sample)", source="docs/method.md §1")
@@ -65,7 +66,7 @@ class TrainConfig:
 
     @property
     def epochs_or_default(self) -> int:
-        return self.epochs or 100  # docs/method.md §1: ~100 epochs
+        return self.epochs or EPOCHS
 
     def prompt_template(self) -> PromptTemplate:
         return resolve_prompts(self.preset, self.prompt, self.null_prompt, self.null_rate)

@@ -4,12 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from diffmine.core.settings import (check, check_choice, check_positive, check_required,
+from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_required,
                                      option, skip_bad_option)
 
 DIFT_T = 161  # docs/method.md §4
 DIFT_BLOCK = 1  # docs/method.md §4: up_blocks[1] (1280 channels at 1/16 resolution for SD v1.5)
 DIFT_DRAWS = 8  # docs/method.md §4
+# docs/method.md §3: k = 50 px at 256 px images, 64 px at 512 px (mining.patches.default_patch_size).
+PUBLISHED_PATCH = ((256, 50), (512, 64))
+PATCH_DEFAULT = (f"{PUBLISHED_PATCH[0][1]} px at {PUBLISHED_PATCH[0][0]} px, {PUBLISHED_PATCH[1][1]} px at "
+                 f"{PUBLISHED_PATCH[1][0]} px, proportional below {PUBLISHED_PATCH[0][0]}")
+PER_IMAGE = 5      # docs/method.md §3: most typical non-overlapping patches kept per image
+PER_LABEL = 1000   # docs/method.md §3: most typical patches kept per label
+CLUSTERS = 32      # docs/method.md §4: k-means clusters per label
+MIN_MEMBERS = 3    # docs/method.md §4: clusters with fewer patches are dropped
+MIN_IMAGES = 2     # clusters drawn from fewer images are dropped
 
 
 @dataclass
@@ -18,21 +27,20 @@ class MineConfig(RuntimeSettings):
     data: str = option(None, "image folder the typicality store was computed on", required=True)
     typicality: str = option(None, "typicality store folder (diffmine typicality --out)", required=True)
     out: str = option(None, "output folder: report.html, clusters.csv/json, grids, metrics.json", required=True)
-    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl")
     skip_bad: bool = skip_bad_option()
     force: bool = option(False, "mine a store computed with another model or other data")
-    patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, 64 px at 512 px, proportional "
-                               "below 256)", source="docs/method.md §3")
-    per_image: int = option(5, "most typical non-overlapping patches kept per image", source="docs/method.md §3")
-    per_label: int = option(1000, "most typical patches kept per label", source="docs/method.md §3")
-    clusters: int = option(32, "k-means clusters per label", source="docs/method.md §4")
+    patch: int | None = option(None, f"patch size in px (default: {PATCH_DEFAULT})", source="docs/method.md §3")
+    per_image: int = option(PER_IMAGE, "most typical non-overlapping patches kept per image", source="docs/method.md §3")
+    per_label: int = option(PER_LABEL, "most typical patches kept per label", source="docs/method.md §3")
+    clusters: int = option(CLUSTERS, "k-means clusters per label", source="docs/method.md §4")
     feature: str = option("dift", "patch descriptor", choices=("dift", "clip"))
     clip_model: str | None = option(None, "local open_clip folder or ARCH:/path/weights for --feature clip")
     dift_t: int = option(DIFT_T, "DIFT timestep", source="docs/method.md §4")
     dift_block: int = option(DIFT_BLOCK, "DIFT UNet up block", source="docs/method.md §4")
     dift_draws: int = option(DIFT_DRAWS, "noise draws averaged per DIFT feature map", source="docs/method.md §4")
-    min_members: int = option(3, "drop clusters with fewer patches", source="docs/method.md §4")
-    min_images: int = option(2, "drop clusters drawn from fewer images")
+    min_members: int = option(MIN_MEMBERS, "drop clusters with fewer patches", source="docs/method.md §4")
+    min_images: int = option(MIN_IMAGES, "drop clusters drawn from fewer images")
     seed: int = option(0, "seed of k-means, DIFT noise and the random baseline")
     kmeans_iter: int = option(20, "FAISS k-means iterations")
     spherical: bool = option(True, "spherical k-means (unit-norm centroids, cosine distance)")

@@ -17,8 +17,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-# docs/method.md §3: k = 50 px at 256 px images, 64 px at 512 px.
-_PUBLISHED_PATCH = ((256, 50), (512, 64))
+from mining.config import PER_IMAGE, PER_LABEL, PUBLISHED_PATCH
+
 
 
 def default_patch_size(resolution: int) -> int:
@@ -27,7 +27,7 @@ def default_patch_size(resolution: int) -> int:
     50 px at 256 and 64 px at 512 (docs/method.md §3); below 256 it scales with the resolution
     (6 px at 32), between 256 and 512 linearly, above 512 proportionally from 64 at 512.
     """
-    (r0, k0), (r1, k1) = _PUBLISHED_PATCH
+    (r0, k0), (r1, k1) = PUBLISHED_PATCH
     if resolution <= r0:
         k = k0 * resolution / r0
     elif resolution <= r1:
@@ -131,7 +131,7 @@ def _to_patches(ys, xs, vals, k: int, offset: int, true_vals=None) -> Patches:
     return Patches(img.numpy().astype(np.int64), box.numpy().astype(np.int64), score.numpy().astype(np.float32))
 
 
-def top_patches(maps, k: int, per_image: int = 5, mode: str = "top",
+def top_patches(maps, k: int, per_image: int = PER_IMAGE, mode: str = "top",
                 generator: torch.Generator | None = None, offset: int = 0) -> Patches:
     """The `per_image` best non-overlapping k x k patches of each map (docs/method.md §3: 5 per image).
 
@@ -143,7 +143,7 @@ def top_patches(maps, k: int, per_image: int = 5, mode: str = "top",
     return select_patches(patch_scores(maps, k), k, per_image, mode, generator, offset)
 
 
-def select_patches(scores: torch.Tensor, k: int, per_image: int = 5, mode: str = "top",
+def select_patches(scores: torch.Tensor, k: int, per_image: int = PER_IMAGE, mode: str = "top",
                    generator: torch.Generator | None = None, offset: int = 0) -> Patches:
     """`top_patches` on window scores already computed by `patch_scores` (score once, select thrice)."""
     if mode == "top":
@@ -164,7 +164,7 @@ def select_patches(scores: torch.Tensor, k: int, per_image: int = 5, mode: str =
     return _to_patches(ys, xs, vals, k, offset, true_vals=true)
 
 
-def top_per_label(patches: Patches, per_label: int = 1000) -> Patches:
+def top_per_label(patches: Patches, per_label: int = PER_LABEL) -> Patches:
     """The `per_label` most typical patches across images (docs/method.md §3: 1000), best first.
 
     Ties are broken by image index then position, so the order is deterministic.
@@ -172,7 +172,7 @@ def top_per_label(patches: Patches, per_label: int = 1000) -> Patches:
     return patches.take(top_per_label_index(patches, per_label))
 
 
-def top_per_label_index(patches: Patches, per_label: int = 1000) -> np.ndarray:
+def top_per_label_index(patches: Patches, per_label: int = PER_LABEL) -> np.ndarray:
     """Row indices of `top_per_label`, best first."""
     if per_label < 1:
         raise ValueError(f"per_label must be >= 1, got {per_label}")

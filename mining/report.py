@@ -10,9 +10,6 @@ The pictures themselves are drawn by `diffmine.report.pictures`, the page by `di
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from diffmine.core.files import write_text
 from diffmine.report.page import (columns, empty, figure, figures, heading, join, kv_table, page, section,
                                   thumbs)
 
@@ -50,7 +47,3 @@ def render_html(doc: dict) -> str:
     sections += [_label(lab) for lab in doc["labels"]]
     return page(doc["title"], sections, summary=doc["summary"], note=NOTE, command="mine")
 
-
-def write_html(path: Path, doc: dict) -> Path:
-    write_text(path, render_html(doc))
-    return path

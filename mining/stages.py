@@ -5,7 +5,8 @@
    least-typical and random baselines; then the `per_label` most typical patches per label.
 2. `features_stage`: every image that contributes a shown patch is decoded once; its DIFT feature
    map is computed once (label prompt, seeded draws) and pooled in each of its patch boxes.
-3. `cluster_stage`: FAISS k-means per label; clusters filtered by member and image counts,
+3. `cluster_stage`: FAISS k-means per label (`cluster_patches`, with typed `ClusterSettings`, which
+   other applications call on their own patches); clusters filtered by member and image counts,
    ranked by median typicality; members nearest-to-centroid first.
 
 `mining.mine.run_mining` chains them; `mining.evaluate` and the applications read their results.
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
+from diffmine.core.settings import defaults
 
 from mining.cluster import FaissKMeans
 from mining.config import MineConfig
@@ -64,6 +66,23 @@ class Cluster:
     distances: np.ndarray           # distance of each member to the centroid
     median: float                   # median typicality of the members (the rank key)
     n_images: int
+
+
+@dataclass
+class ClusterSettings:
+    """What stage 3 needs of the settings: `of(cfg)` takes mining's config, or another application's."""
+    clusters: int
+    kmeans_iter: int
+    spherical: bool
+    seed: int
+    min_members: int
+    min_images: int
+
+    @classmethod
+    def of(cls, cfg) -> "ClusterSettings":
+        """`cfg`'s own values where it has the setting, mining's defaults (MineConfig) for the rest."""
+        mine = defaults(MineConfig)
+        return cls(**{f.name: getattr(cfg, f.name, mine[f.name]) for f in fields(cls)})
 
 
 @dataclass
@@ -223,25 +242,31 @@ def assemble_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConf
 
 
 # -- 3. clusters ---------------------------------------------------------------------------------
+def cluster_patches(label: str, X: np.ndarray, rows: np.ndarray, records: np.ndarray, scores: np.ndarray,
+                    settings: ClusterSettings) -> LabelClusters:
+    """One label's clusters: k-means of the features `X` (one row per patch row `rows`, from image
+    `records`, with typicality `scores`), filtered by member and image counts, best first."""
+    km = FaissKMeans(n_clusters=settings.clusters, n_iter=settings.kmeans_iter, spherical=settings.spherical,
+                     random_state=settings.seed).fit(X)
+    dist = np.sqrt(((X - km.cluster_centers_[km.labels_]) ** 2).sum(1))
+    clusters = []
+    for c in range(km.n_clusters_):
+        m = np.flatnonzero(km.labels_ == c)
+        n_img = len(np.unique(records[m]))
+        if len(m) < settings.min_members or n_img < settings.min_images:
+            continue
+        m = m[np.lexsort((-scores[m], dist[m]))]  # nearest to the centroid first
+        clusters.append(Cluster(c, rows[m], dist[m], float(np.median(scores[m])), n_img))
+    clusters.sort(key=lambda cl: (-cl.median, -len(cl.members), cl.id))
+    return LabelClusters(label, len(rows), km.n_clusters_, km.inertia_, clusters)
+
+
 def cluster_stage(sel: PatchSelection, feats: PatchFeatures, cfg: MineConfig,
                   progress: bool = True) -> dict[str, LabelClusters]:
+    settings = ClusterSettings.of(cfg)
     result = {}
     for lab in tqdm(sel.labels, desc="clustering", unit="label", disable=not progress):
         rows = sel.label_rows[lab]
         X = feats.features[[feats.row_of[int(r)] for r in rows]]
-        km = FaissKMeans(n_clusters=cfg.clusters, n_iter=cfg.kmeans_iter, spherical=cfg.spherical,
-                         random_state=cfg.seed).fit(X)
-        dist = np.sqrt(((X - km.cluster_centers_[km.labels_]) ** 2).sum(1))
-        recs = sel.record_of(sel.top, rows)
-        scores = sel.top.score[rows]
-        clusters = []
-        for c in range(km.n_clusters_):
-            m = np.flatnonzero(km.labels_ == c)
-            n_img = len(np.unique(recs[m]))
-            if len(m) < cfg.min_members or n_img < cfg.min_images:
-                continue
-            m = m[np.lexsort((-scores[m], dist[m]))]  # nearest to the centroid first
-            clusters.append(Cluster(c, rows[m], dist[m], float(np.median(scores[m])), n_img))
-        clusters.sort(key=lambda cl: (-cl.median, -len(cl.members), cl.id))
-        result[lab] = LabelClusters(lab, len(rows), km.n_clusters_, km.inertia_, clusters)
+        result[lab] = cluster_patches(lab, X, rows, sel.record_of(sel.top, rows), sel.top.score[rows], settings)
     return result

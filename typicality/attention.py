@@ -17,6 +17,26 @@ import torch
 import torch.nn.functional as F
 
 
+def plain_attention(attn) -> bool:
+    """The SD v1.x attention layout `split_heads` / `attend` compute exactly (no norms, residual or rescale)."""
+    return (attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
+            and attn.rescale_output_factor == 1.0 and attn.norm_q is None and attn.norm_k is None)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(n, tokens, heads * d) -> (n, heads, tokens, d), as diffusers' SDPA processor lays them out."""
+    return x.view(len(x), -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+
+def attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention over `split_heads` tensors, heads merged back and projected out."""
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+    batch, heads, _, head_dim = out.shape
+    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
 class SharedPromptAttention:
     def __init__(self, base):
         self.base = base
@@ -24,9 +44,7 @@ class SharedPromptAttention:
     @staticmethod
     def _plain(attn) -> bool:
         """The SD v1.x cross-attention layout this shortcut reproduces exactly."""
-        return (attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross
-                and not attn.residual_connection and attn.rescale_output_factor == 1.0
-                and attn.norm_q is None and attn.norm_k is None)
+        return plain_attention(attn) and not attn.norm_cross
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -35,15 +53,10 @@ class SharedPromptAttention:
                 or hidden_states.ndim != 3 or not self._plain(attn)):
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         prompts, index = prompt_rows
-        batch, heads = hidden_states.shape[0], attn.heads
-        query = attn.to_q(hidden_states)
-        head_dim = query.shape[-1] // heads
-        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
-        key = attn.to_k(prompts).view(len(prompts), -1, heads, head_dim).transpose(1, 2)[index]
-        value = attn.to_v(prompts).view(len(prompts), -1, heads, head_dim).transpose(1, 2)[index]
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+        query = split_heads(attn.to_q(hidden_states), attn.heads)
+        key = split_heads(attn.to_k(prompts), attn.heads)[index]
+        value = split_heads(attn.to_v(prompts), attn.heads)[index]
+        return attend(attn, query, key, value)
 
 
 @contextmanager

@@ -9,20 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from diffmine.core.settings import (check, check_choice, check_positive, check_required,
-                                     option, skip_bad_option)
+from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_required,
+                                     check_t_range, option, skip_bad_option)
 
 SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them
 # docs/method.md §2: timesteps drawn in [0.1 T, 0.7 T), the published range for photographs.
 PUBLISHED_T_RANGE = (0.1, 0.7)
 
 # docs/method.md §2 publishes N = 100 i.i.d. draws, t uniform in [0.1T, 0.7T). The same accuracy
-# takes fewer draws: stratified t removes the between-timestep variance (the map's scale falls
-# ~5x from t = 100 to 700) and antithetic pairs (eps, -eps) cancel the part of the per-draw
-# difference that is odd in eps, 2 eps·(eps_c - eps_null). Measured on the shipped tiny towns
-# model (160 images, 3 seeds, against 4000 stratified draws): the published N = 100 uniform
-# reaches correlation 0.9899; stratified + antithetic reaches 0.9894 at N = 50 and 0.9913 at
-# N = 64, stratified alone 0.9859 at 64 (benchmarks/typicality_convergence.py). 64 keeps a margin.
+# takes fewer draws: stratified t removes the between-timestep variance (the map's scale varies
+# strongly with t) and antithetic pairs (eps, -eps) cancel the part of the per-draw difference that
+# is odd in eps, 2 eps·(eps_c - eps_null). Stratified + antithetic draws reach the published
+# schedule's accuracy with fewer draws than 100, and 64 keeps a margin over the fewest that do: the
+# measured correlations are in the benchmark record, benchmarks/results/typicality_convergence.json
+# (written by benchmarks/typicality_convergence.py).
 DEFAULT_DRAWS = 64
 
 
@@ -31,7 +31,7 @@ class TypicalityConfig(RuntimeSettings):
     model: str = option(None, "finetuned diffusers SD folder (or 'tiny', a hub id)", required=True)
     data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
     out: str = option(None, "store folder (resumed when it holds a run with the same settings)", required=True)
-    label_column: str = option("label", "label column of metadata.csv/jsonl")
+    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl")
     skip_bad: bool = skip_bad_option()
     draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
                         "--no-antithetic is the published schedule", source="docs/method.md §2: 100", affects_maps=True)
@@ -59,5 +59,4 @@ class TypicalityConfig(RuntimeSettings):
             check_choice(self, name)
         check_positive(self, ("draws", "batch_size", "group", "shard_size", "resolution"))
         check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")
-        lo, hi = self.t_range
-        check(0.0 <= lo < hi <= 1.0, "t_range", f"must be two fractions 0 <= LOW < HIGH <= 1, got {lo} {hi}")
+        check_t_range(self.t_range)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from diffmine.core.seeds import generator
+from diffmine.core.settings import check_t_range
 
 from typicality.config import PUBLISHED_T_RANGE, SCHEDULES  # written once, in the stage's config
 
@@ -24,9 +25,10 @@ def image_generator(seed: int, image_id: str, stream: str = "draws") -> torch.Ge
 
 def timestep_bounds(t_range: tuple[float, float], num_train_timesteps: int) -> tuple[int, int]:
     """Fractions of the schedule -> integer timesteps [lo, hi); (0.1, 0.7) -> [100, 700) for T=1000."""
+    check_t_range(t_range)
     lo, hi = (int(round(f * num_train_timesteps)) for f in t_range)
-    if not 0 <= lo < hi <= num_train_timesteps:
-        raise ValueError(f"t range {tuple(t_range)} must satisfy 0 <= lo < hi <= 1")
+    if lo >= hi:
+        raise ValueError(f"t range {tuple(t_range)} holds no whole timestep of the {num_train_timesteps}-step schedule")
     return lo, hi
 
 

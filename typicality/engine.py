@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from diffmine.core.bundle import scale_latents
 from diffmine.core.lock import writer_lock
 from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
 from diffmine.core.embeddings import PromptEmbeddings
@@ -129,8 +130,7 @@ class TypicalityEstimator:
                                      for j in image_ids[i:i + self.vae_batch]])
                 z = z + dist.std.float() * noise.to(z.device)
             out.append(z)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0  # as SDBundle.encode_images
-        return (torch.cat(out) - shift) * vae.config.scaling_factor
+        return scale_latents(vae, torch.cat(out))
 
     def draws_for(self, image_id: str, latent_shape: tuple[int, ...]) -> Draws:
         if self.draw_fn is not None:

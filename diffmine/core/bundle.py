@@ -18,6 +18,18 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from diffmine.core.errors import DataError
 
 
+def scale_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """The VAE's latents -> the UNet's (shifted, then scaled to unit variance by the VAE's config)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
+
+
+def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of `scale_latents`: the UNet's latents -> what the VAE decodes."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
 @dataclass
 class SDBundle:
     tokenizer: CLIPTokenizer
@@ -111,12 +123,9 @@ class SDBundle:
                       sample: bool = False) -> torch.Tensor:
         """Images in [-1, 1] (n, 3, H, W) -> scaled latents; posterior mean unless `sample`."""
         dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z - shift) * self.vae.config.scaling_factor
+        return scale_latents(self.vae, dist.sample(generator) if sample else dist.mean)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1] (the inverse of `encode_images`)."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample.clamp(-1, 1)
+        return self.vae.decode(unscale_latents(self.vae, latents)).sample.clamp(-1, 1)

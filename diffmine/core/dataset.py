@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from diffmine.core.errors import DataError, SkippedInputs
+from diffmine.core.settings import LABEL_COLUMN
 from diffmine.core.images import IMAGE_SUFFIXES, SmallImages, check_header, load_rgb, resize_crop, to_tensor_array
 
 MULTI_LABEL_SEP = "|"
@@ -77,7 +78,7 @@ class LabeledImages:
     unreadable images are dropped instead, with one warning listing them all.
     """
 
-    def __init__(self, root: str | Path, label_column: str = "label", skip_bad: bool = False,
+    def __init__(self, root: str | Path, label_column: str = LABEL_COLUMN, skip_bad: bool = False,
                  check_images: bool = True):
         self.root = Path(root)
         self.label_column = label_column

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Sequence
 
 CONFIG_NAME = "diffmine_prompts.json"
+NULL_RATE = 0.05  # docs/method.md §1: 5-10 % of samples see the null prompt (a prompt template's default)
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
     template: str = "{label}"
     null_prompt: str = ""
-    null_rate: float = 0.05  # docs/method.md §1: 5-10 % of samples see the null prompt
+    null_rate: float = NULL_RATE
 
     def __post_init__(self):
         if "{label}" not in self.template:

@@ -33,10 +33,9 @@ assert DTYPE_CHOICES == ("auto", *DTYPES)
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     """"auto": bfloat16 on a CUDA GPU that has it, float32 elsewhere (see `Runtime`).
 
-    On an H100, bf16 at batch 256 ran an SD-v1.5 UNet 4.8x faster per draw than fp32 at batch 64
-    (benchmarks/results/GPU.md); its rounding is small next to the draws' Monte-Carlo noise (maps'
-    correlation with fp32 maps 0.9912 vs 0.9920 for fp32 with other draws, tiny model). CPUs keep
-    fp32, so maps there stay exact to float32. Error maps are always summed in float64."""
+    On a GPU, bf16 runs an SD-v1.5 UNet several times faster per draw than fp32 (the measured speeds
+    are in benchmarks/results/GPU.md); its rounding is small next to the draws' Monte-Carlo noise.
+    CPUs keep fp32, so maps there stay exact to float32. Error maps are always summed in float64."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):

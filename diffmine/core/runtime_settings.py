@@ -25,5 +25,6 @@ class RuntimeSettings:
         check(self.dtype in DTYPE_CHOICES, "dtype", f"must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
         check(self.num_processes is None or self.num_processes >= 1, "num_processes", "must be >= 1")
         if self.process_index is not None:
-            check(0 <= self.process_index < (self.num_processes or 1), "process_index",
-                  f"must be in 0..{(self.num_processes or 1) - 1}, got {self.process_index}")
+            processes = self.num_processes or 1
+            check(0 <= self.process_index < processes, "process_index",
+                  f"must be in 0..{processes - 1}, got {self.process_index}")

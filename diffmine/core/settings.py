@@ -24,6 +24,7 @@ from diffmine.core.errors import DataError
 
 C = TypeVar("C")
 CONFIG_FILE = "config.json"
+LABEL_COLUMN = "label"  # the label column of metadata.csv/jsonl, unless a command is told another
 
 
 class ConfigError(DataError):
@@ -195,6 +196,13 @@ def check_range(cfg, name: str, low: float, high: float, closed: str = "both") -
     lo = "[" if closed in ("both", "left") else "("
     hi = "]" if closed in ("both", "right") else ")"
     check(ok_low and ok_high, name, f"must be in {lo}{low}, {high}{hi}, got {value}")
+
+
+def check_t_range(t_range, param: str = "t_range") -> None:
+    """The one check of a timestep range given as fractions of T: two of them, 0 <= LOW < HIGH <= 1."""
+    values = tuple(t_range)
+    ok = len(values) == 2 and 0.0 <= values[0] < values[1] <= 1.0
+    check(ok, param, f"must be two fractions 0 <= LOW < HIGH <= 1, got {' '.join(map(str, values))}")
 
 
 def check_choice(cfg, name: str) -> None:

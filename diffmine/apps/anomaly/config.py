@@ -1,4 +1,4 @@
-"""Settings of `diffmine anomaly fit`, `diffmine anomaly score` and `diffmine classify`."""
+"""Settings of `diffmine anomaly fit` and `diffmine anomaly score`, and the score kinds they name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from diffmine.core.runtime_settings import RuntimeSettings
 from mining.config import DIFT_BLOCK, DIFT_T
 from typicality.config import PUBLISHED_T_RANGE
 from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
-                                     option, skip_bad_option)
+                                     check_t_range, option, skip_bad_option)
 
 # The score kinds (detector.py documents each). Here, not in detector.py: the config must not
 # import PyOD, so every other command starts without the anomaly extra.
@@ -90,8 +90,7 @@ class AnomalyFitConfig(RuntimeSettings):
         check(self.patch_block >= 0, "patch_block", f"must be >= 0, got {self.patch_block}")
         check(self.patch_t >= 0, "patch_t", f"must be >= 0, got {self.patch_t}")
         check_range(self, "trajectory_start", 0, 1, closed="right")
-        check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
-              f"got {self.t_range}")
+        check_t_range(self.t_range)
         check_positive(self, ("resolution",), minimum=8)
 
 

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from pyod.models.base import BaseDetector  # PyOD: imported by the anomaly command only (the `anomaly` extra)
 
-from diffmine.core.settings import ConfigError, defaults
+from diffmine.core.settings import ConfigError, check_t_range, defaults
 from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
 from diffmine.core.partial import fixed_groups
@@ -160,9 +160,7 @@ class DiffusionDetector(BaseDetector):
             raise ConfigError("patch_size", f"must be >= 2, got {self.patch_size}")
         if int(self.patch_pool) % 2 != 1:
             raise ConfigError("patch_pool", f"must be odd, got {self.patch_pool}")
-        lo, hi = self.t_range
-        if not 0 <= lo < hi <= 1:
-            raise ConfigError("t_range", f"must satisfy 0 <= low < high <= 1, got {self.t_range}")
+        check_t_range(self.t_range)
         if not 0 < self.trajectory_start <= 1:
             raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
         if self.tile_stride is not None and int(self.tile_stride) < 1:

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from mining.config import DIFT_BLOCK, DIFT_DRAWS, DIFT_T
+from mining.config import (CLUSTERS, DIFT_BLOCK, DIFT_DRAWS, DIFT_T, MIN_IMAGES, MIN_MEMBERS, PATCH_DEFAULT, PER_IMAGE,
+                           PER_LABEL)
 from typicality.config import DEFAULT_DRAWS, PUBLISHED_T_RANGE
-from diffmine.core.settings import ConfigError, check_positive, check_required, option, skip_bad_option
+from diffmine.core.settings import check_positive, check_required, check_t_range, option, skip_bad_option
 
 
 @dataclass
@@ -15,19 +16,19 @@ class ChangesConfig(RuntimeSettings):
                                required=True)
     translations: str | None = option(None, "output folder of `diffmine translate --to all`", required=True)
     out: str | None = option(None, "output folder (report.html, clusters.csv, patches)", required=True)
-    clusters: int = option(32, "k-means clusters", source="docs/method.md §4")
-    patch: int | None = option(None, "patch size in px (default: 50 px at 256 px, proportional)",
-                               source="docs/method.md §3")
-    per_image: int = option(5, "most co-typical non-overlapping patches kept per image", source="docs/method.md §3")
-    top: int = option(1000, "most co-typical patches kept overall", source="docs/method.md §3")
+    clusters: int = option(CLUSTERS, "k-means clusters", source="docs/method.md §4")
+    patch: int | None = option(None, f"patch size in px (default: {PATCH_DEFAULT})", source="docs/method.md §3")
+    per_image: int = option(PER_IMAGE, "most co-typical non-overlapping patches kept per image",
+                            source="docs/method.md §3")
+    top: int = option(PER_LABEL, "most co-typical patches kept overall", source="docs/method.md §3")
     draws: int = option(DEFAULT_DRAWS, "typicality draws per translation (stratified, antithetic, as the typicality stage)")
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "typicality timestep range, fractions of T",
                                           source="docs/method.md §2", metavar="LO HI")
     dift_t: int = option(DIFT_T, "DIFT timestep", source="docs/method.md §4")
     dift_block: int = option(DIFT_BLOCK, "DIFT UNet up block", source="docs/method.md §4")
     dift_draws: int = option(DIFT_DRAWS, "DIFT noise draws", source="docs/method.md §4")
-    min_members: int = option(3, "clusters with fewer patches are dropped")
-    min_images: int = option(2, "clusters from fewer images are dropped")
+    min_members: int = option(MIN_MEMBERS, "clusters with fewer patches are dropped")
+    min_images: int = option(MIN_IMAGES, "clusters from fewer images are dropped")
     show: int = option(8, "patch sequences shown per cluster in the report")
     batch_size: int = option(64, "UNet rows per typicality forward")
     seed: int = option(0, "seed (typicality draws, DIFT noise, k-means)")
@@ -41,6 +42,4 @@ class ChangesConfig(RuntimeSettings):
         check_positive(self, ("clusters", "per_image", "top", "draws", "dift_draws", "min_members", "min_images",
                               "show", "batch_size", "group"))
         check_positive(self, ("patch",))
-        lo, hi = self.t_range
-        if not 0 <= lo < hi <= 1:
-            raise ConfigError("t_range", f"must satisfy 0 <= lo < hi <= 1, got {tuple(self.t_range)}")
+        check_t_range(self.t_range)

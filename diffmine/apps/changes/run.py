@@ -14,7 +14,7 @@ Each group's results are stored in CH_DIR/.partial/<key>/ as it finishes: under 
 process i takes groups i::n, and a killed run redoes only the missing groups. Every image is
 computed inside its own group with per-image seeds, so the results do not depend on the process
 count. Then, on the main process:
-4. the `top` most co-typical patches overall; FAISS k-means (`mining.stages.cluster_stage`);
+4. the `top` most co-typical patches overall; FAISS k-means (`mining.stages.cluster_patches`, mining's stage 3);
    clusters ranked by the median co-typicality of their members, members nearest-to-centroid
    first; report.html shows each cluster as rows of patch sequences, one column per label;
    clusters.csv lists every member. The folder is written whole and moved into place (which
@@ -28,7 +28,6 @@ import io
 import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ from diffmine.core.dataset import image_array, readable_images
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
 from typicality.formula import upsample
 from mining.patches import Patches, default_patch_size, select_patches, top_per_label_index
-from mining.stages import cluster_stage
+from mining.stages import ClusterSettings, cluster_patches
 
 from diffmine.apps.changes.config import ChangesConfig
 from diffmine.apps.changes.cotypicality import cotypicality_scores
@@ -216,12 +215,10 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
         if len(patches) == 0:
             raise DataError(f"{folder}: no patch could be selected")
         keep = top_per_label_index(patches, cfg.top)
-        sel = SimpleNamespace(labels=["changes"], label_rows={"changes": keep}, top=patches,
-                              record_of=lambda p, rows: p.image[rows])
-        feats = SimpleNamespace(features=np.concatenate(feat_rows), row_of=range(len(patches)))
-        settings = SimpleNamespace(clusters=cfg.clusters, kmeans_iter=20, spherical=True, seed=cfg.seed,
-                                   min_members=cfg.min_members, min_images=cfg.min_images)
-        found = cluster_stage(sel, feats, settings, progress=progress)["changes"]
+        features = np.concatenate(feat_rows)  # one row per patch of `patches`
+        # mining's stage 3 on the kept patches; k-means iterations and metric as mining's defaults
+        found = cluster_patches("changes", features[keep], keep, patches.image[keep], patches.score[keep],
+                                ClusterSettings.of(cfg))
         clusters = [{"id": cl.id, "members": cl.members, "distances": cl.distances, "median": cl.median,
                      "n_images": cl.n_images} for cl in found.clusters]
         pixels: dict[int, np.ndarray] = {}

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
 from typicality.config import PUBLISHED_T_RANGE
-from diffmine.core.settings import (check, check_choice, check_positive, check_required,
+from diffmine.core.settings import (LABEL_COLUMN, check_choice, check_positive, check_required, check_t_range,
                                      option, skip_bad_option)
 
 
@@ -22,7 +22,7 @@ class ClassifyConfig(RuntimeSettings):
     first_draws: int = option(8, "adaptive: draws per label in the first round (every label)")
     keep: int = option(3, "adaptive: labels kept after the first round")
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T", source="docs/method.md §2")
-    label_column: str = option("label", "metadata column of the labels")
+    label_column: str = option(LABEL_COLUMN, "metadata column of the labels")
     skip_bad: bool = skip_bad_option()
     audit: bool = option(True, "write the label audit (audit.html): images more typical of another label")
     audit_top: int = option(50, "images shown in the audit page")
@@ -34,5 +34,4 @@ class ClassifyConfig(RuntimeSettings):
         self.validate_runtime()
         check_choice(self, "prune")
         check_positive(self, ("draws", "first_draws", "keep", "batch_size", "audit_top"))
-        check(0 <= self.t_range[0] < self.t_range[1] <= 1, "t_range", f"must satisfy 0 <= low < high <= 1, "
-              f"got {self.t_range}")
+        check_t_range(self.t_range)

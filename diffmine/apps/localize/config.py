@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD
-from diffmine.core.settings import (check, check_positive, check_range, check_required, defaults,
-                                     option, skip_bad_option)
-from typicality.config import TypicalityConfig
+from diffmine.core.settings import (LABEL_COLUMN, check_positive, check_range, check_required, check_t_range,
+                                     defaults, option, skip_bad_option)
+from typicality.config import DEFAULT_DRAWS, TypicalityConfig
 
 _TYPICALITY = defaults(TypicalityConfig)  # the maps' settings that localize does not change
+FULL_T_RANGE = (0.0, 1.0)  # docs/method.md §2: X-ray findings are scored over the whole schedule
 
 
 @dataclass
@@ -21,13 +22,13 @@ class LocalizeConfig(RuntimeSettings):
                                required=True)
     out: str | None = option(None, "output folder (metrics.json, per_image.csv, report.html)", required=True)
     base_model: str | None = option(None, "non-finetuned model to score the same way, side by side (folder, 'tiny' or hub id)")
-    t_range: tuple[float, float] = option((0.0, 1.0), "timestep range as fractions of T; the full range for X-ray",
+    t_range: tuple[float, float] = option(FULL_T_RANGE, "timestep range as fractions of T; the full range for X-ray",
                                           source="docs/method.md §2", affects_maps=True)
-    draws: int | None = option(None, "noise draws per map (default: the typicality engine's, 64 stratified, "
-                               "antithetic)", affects_maps=True)
+    draws: int | None = option(None, f"noise draws per map (default: the typicality engine's, {DEFAULT_DRAWS} "
+                               "stratified, antithetic)", affects_maps=True)
     threshold: float = option(DEFAULT_MAP_THRESHOLD, "fraction of the min-max normalised map above which pixels "
                               "form the predicted box (IoBB)")
-    label_column: str = option("label", "label column of the data folder's metadata")
+    label_column: str = option(LABEL_COLUMN, "label column of the data folder's metadata")
     skip_bad: bool = skip_bad_option("bad box rows")
     seed: int = option(0, "seed of the noise draws", affects_maps=True)
     batch_size: int = option(_TYPICALITY["batch_size"], "UNet rows per forward")
@@ -38,8 +39,7 @@ class LocalizeConfig(RuntimeSettings):
     def validate(self) -> None:
         check_required(self)
         self.validate_runtime()
-        check(len(self.t_range) == 2 and 0.0 <= self.t_range[0] < self.t_range[1] <= 1.0, "t_range",
-              f"must be two fractions 0 <= low < high <= 1, got {self.t_range}")
+        check_t_range(self.t_range)
         check_positive(self, ["draws", "batch_size", "group"])
         check_positive(self, ["show"], minimum=0)
         check_range(self, "threshold", 0.0, 1.0, closed="right")

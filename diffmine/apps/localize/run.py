@@ -32,16 +32,15 @@ import numpy as np
 import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
-from diffmine.evaluation.localization import IOBB_THRESHOLDS, score_map, summarize
+from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD, score_map, summarize
 from diffmine.core.lock import writer_lock
 from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
 from diffmine.core.settings import map_keys, save_config, to_dict
 from diffmine.core.errors import DataError
 
 from diffmine.apps.localize.boxes import PlacedBox, place_boxes, read_boxes
-from diffmine.apps.localize.config import LocalizeConfig
+from diffmine.apps.localize.config import FULL_T_RANGE, LocalizeConfig
 
-METRIC_KEYS = ("auc_pr",) + tuple(f"iobb_{t:g}" for t in IOBB_THRESHOLDS) + ("pointing_game", "n_boxes")
 OUTPUTS = ("metrics.json", "per_image.csv", "report.html", "overlays", "config.json")  # swapped in whole
 VIEW = ".images"  # the boxed images as the typicality stage reads them (removed once the maps are done)
 STORES = {"model": "typicality", "base_model": "typicality_base"}
@@ -60,7 +59,7 @@ def model_labels(model: str | Path, known: list[str] | None = None) -> list[str]
 
 # -- maps ----------------------------------------------------------------------------------
 def compute_maps(bundle, images: np.ndarray, image_ids: Sequence[str], findings: Sequence[Sequence[str]], out,
-                 prompts=None, t_range=(0.0, 1.0), draws: int | None = None, seed: int = 0, batch_size: int = 64,
+                 prompts=None, t_range=FULL_T_RANGE, draws: int | None = None, seed: int = 0, batch_size: int = 64,
                  progress: bool = True, desc: str = "typicality"):
     """Typicality store at `out` with, per image, one map per finding (each its own prompt vs null).
 
@@ -101,7 +100,7 @@ def compute_maps(bundle, images: np.ndarray, image_ids: Sequence[str], findings:
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def localization_table(store, boxes: Sequence[PlacedBox], threshold: float = 0.5) -> tuple[dict, list[dict]]:
+def localization_table(store, boxes: Sequence[PlacedBox], threshold: float = DEFAULT_MAP_THRESHOLD) -> tuple[dict, list[dict]]:
     """Metrics per finding and `overall` of a store's maps against placed boxes, and one row per box.
 
     `store`: a TypicalityStore or its folder; each box is scored against the map of (its image,
@@ -182,6 +181,7 @@ def _write_view(view: Path, dataset, records, findings: Sequence[Sequence[str]])
 def _typicality_config(cfg: LocalizeConfig, model: str, view: Path, store: Path, res: int, force: bool):
     from typicality.config import TypicalityConfig
 
+    # labels="own": each image is scored for its own findings, whatever typicality's default (not a default)
     kw = dict(model=model, data=str(view), out=str(store), labels="own", t_range=tuple(cfg.t_range), seed=cfg.seed,
               batch_size=cfg.batch_size, group=cfg.group, resolution=res, force=force, device=cfg.device, dtype=cfg.dtype,
               process_index=cfg.process_index, num_processes=cfg.num_processes)

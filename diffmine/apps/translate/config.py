@@ -1,11 +1,12 @@
-"""The settings of `diffmine translate` and `diffmine changes` (docs/method.md §5), one dataclass each."""
+"""The settings of `diffmine translate` (docs/method.md §5), and those a resumed run must agree on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
-                                     option, skip_bad_option)
+from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_range,
+                                     check_required, option, skip_bad_option)
+from diffmine.apps.translate.layers import PUBLISHED_ATTENTION_SHARE, PUBLISHED_RESIDUAL_SHARE
 
 METHODS = ("pnp", "sdedit")
 
@@ -26,15 +27,15 @@ class TranslateConfig(RuntimeSettings):
     strength: float = option(0.6, "sdedit: share of the noise schedule the image is noised to, in (0, 1]")
     residual_injection: float | None = option(
         None, "pnp: share of the sampling steps that inject the source's residual-block features; none = the "
-              "layer mapping's (SD v1.5: 0.8, as published)", source="docs/method.md §5")
+              f"layer mapping's (SD v1.5: {PUBLISHED_RESIDUAL_SHARE}, as published)", source="docs/method.md §5")
     attention_injection: float | None = option(
         None, "pnp: share of the sampling steps that inject the source's self-attention queries and keys; "
-              "none = the layer mapping's (SD v1.5: 0.5, as published)", source="docs/method.md §5")
+              f"none = the layer mapping's (SD v1.5: {PUBLISHED_ATTENTION_SHARE}, as published)", source="docs/method.md §5")
     layers: str | None = option(None, "JSON file mapping UNet layouts to injection layers "
                                       "(default: diffmine/apps/translate/layers.json: SD v1.5 and the tiny model)")
     batch_size: int = option(8, "translations (image, target) per UNet forward")
     seed: int = option(0, "seed (sdedit noise, per image and target)")
-    label_column: str = option("label", "label column of metadata.csv / metadata.jsonl")
+    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv / metadata.jsonl")
     skip_bad: bool = skip_bad_option()
 
     def validate(self) -> None:

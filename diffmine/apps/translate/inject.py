@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from diffmine.core.errors import DataError
+from typicality.attention import attend, plain_attention, split_heads
 
 from diffmine.apps.translate.layers import InjectionLayers
 
@@ -32,12 +32,6 @@ class InjectionState:
     rows: torch.Tensor | None = None  # (B,) long: the row whose features each row carries
     residual: bool = False            # inject the residual block's output in this forward
     attention: bool = False           # inject self-attention queries and keys in this forward
-
-
-def _plain_attention(attn) -> bool:
-    """The SD v1.x self-attention layout the injecting processor computes exactly."""
-    return (attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
-            and attn.rescale_output_factor == 1.0 and attn.norm_q is None and attn.norm_k is None)
 
 
 class QKInjection:
@@ -50,14 +44,9 @@ class QKInjection:
         rows = self.state.rows
         if not self.state.attention or rows is None or encoder_hidden_states is not None:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        b, heads = hidden_states.shape[0], attn.heads
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        q, k = q[rows], k[rows]
-        d = q.shape[-1] // heads
-        q, k, v = (x.view(b, -1, heads, d).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+        q, k, v = (split_heads(x, attn.heads) for x in (q[rows], k[rows], v))
+        return attend(attn, q, k, v, attention_mask)
 
 
 def _residual_hook(state: InjectionState):
@@ -75,7 +64,7 @@ def feature_injection(unet, layers: InjectionLayers, state: InjectionState):
     procs = dict(before)
     for name in layers.self_attention:
         attn = unet.get_submodule(name)
-        if not _plain_attention(attn):
+        if not plain_attention(attn):
             raise DataError(f"self-attention layer '{name}' is not the plain SD layout the injection supports")
         procs[f"{name}.processor"] = QKInjection(before[f"{name}.processor"], state)
     handles = [unet.get_submodule(name).conv2.register_forward_hook(_residual_hook(state))
