@@ -151,7 +151,7 @@ class DiffusionDetector(BaseDetector):
         if getattr(self, "_runtime", None) is None:
             from diffmine.core.runtime import Runtime
 
-            # the detector computes every image it is given: one process, whatever launched it
+            # the detector computes every image it is given: one process, whatever launched it (not a default)
             self._runtime = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
         return self._runtime
 
