@@ -126,16 +126,16 @@ def validate_params(values: dict) -> None:
 def _one_of(choices: tuple[str, ...]) -> list:
     from sklearn.utils._param_validation import StrOptions
 
-    option = StrOptions(set(choices))
-    option.in_order = choices  # as the help lists them
-    return [option]
+    allowed = StrOptions(set(choices))
+    allowed.in_order = choices  # as the help lists them
+    return [allowed]
 
 
 def _must_be(constraints: list, value) -> str:
     """The one-line message of a value none of `constraints` allows (the project's wording, not sklearn's)."""
     from numbers import Integral
 
-    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
 
     c = next(c for c in constraints if c is not None)
     if hasattr(c, "message"):
@@ -150,7 +150,7 @@ def _must_be(constraints: list, value) -> str:
                 "]" if c.closed in ("both", "right") else ")")
         kind = "an int " if c.type is Integral and not isinstance(value, Integral) else ""
         return f"must be {kind}{bounds}, got {value!r}"
-    return f"must be {' or '.join(map(str, constraints))}, got {value!r}"
+    return f"must be {' or '.join(str(make_constraint(c)) for c in constraints)}, got {value!r}"
 
 
 @cache

@@ -41,7 +41,8 @@ class Features(ScoreKind):
 
         det = self.det
         # DIFT runs every image with all its draws: batch_size // draws images make batch_size UNet rows
-        dift = DiftExtractor(det.loaded().bundle, seed=int(det.seed), batch_size=max(1, int(det.batch_size) // DIFT_DRAWS))
+        dift = DiftExtractor(det.loaded().bundle, seed=int(det.seed),
+                             batch_size=max(1, int(det.batch_size) // DIFT_DRAWS))
         fmaps = dift(self.images(inp, idx), [self.normal_prompt()] * len(idx))
         flat = l2_normalize(fmaps.reshape(len(fmaps), -1)).numpy()
         return flat, torch.nn.functional.normalize(fmaps, dim=1)
