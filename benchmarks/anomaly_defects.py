@@ -133,9 +133,9 @@ def select(data, train, n_select, progress):
         maps = det.anomaly_maps(paths)
         pix = pixel_auroc(maps, masks)
         # every image's patch distances, once: the image score for each top_k is computed from them
-        inp, bank = ImageInput(paths), det._bank_()
+        inp, bank = ImageInput(paths), det.kind.bank()
         dists = [bank.distances(v.reshape(-1, v.shape[-1]).numpy())
-                 for g in det.groups(inp) for v in det._tile_patches(inp, g)]
+                 for g in det.groups(inp) for v in det.kind.tile_patches(inp, g)]
         seconds = time.perf_counter() - t0
         for k in GRID["top_k"]:
             s = np.array([top_k_mean(d, k) for d in dists])

@@ -150,6 +150,26 @@ def test_features_kind_ranks_other_digits_first(digits):
         DiffusionDetector(model="tiny", score="features").fit(zeros[:5])  # k = 5 needs more than 5 images
 
 
+def test_each_score_kind_is_a_class_and_the_checks_are_declared_once():
+    """KINDS holds a class per score kind; config and detector check by one sklearn-style declaration."""
+    from sklearn.utils._param_validation import validate_parameter_constraints
+
+    from diffmine.apps.anomaly.config import SCORES
+    from diffmine.apps.anomaly.kinds import KINDS
+
+    assert tuple(KINDS) == SCORES and all(KINDS[s].name == s for s in SCORES)
+    det = DiffusionDetector(model="tiny")
+    assert set(det._parameter_constraints) <= set(det.get_params())
+    validate_parameter_constraints(det._parameter_constraints, det.get_params(), "DiffusionDetector")  # defaults
+    for bad in (dict(draws=0), dict(patch_pool=2), dict(t_range=(0.5, 0.2)), dict(coreset_ratio=0),
+                dict(score="nope"), dict(resolution=4)):
+        with pytest.raises(ConfigError) as by_config:
+            AnomalyFitConfig(data="d", out="o", model="tiny", **bad).validate()
+        with pytest.raises(ConfigError) as by_detector:
+            DiffusionDetector(model="tiny", **bad).fit(np.zeros((2, 8, 8), np.uint8))
+        assert str(by_config.value) == str(by_detector.value) and by_config.value.param == next(iter(bad))
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_bad_settings_name_their_field(normals_and_anomaly, tmp_path):
     normal = normals_and_anomaly[0]

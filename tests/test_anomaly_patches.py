@@ -183,8 +183,8 @@ def test_denoise_features_are_the_engines_denoising_errors_per_draw_and_channel(
     from typicality.engine import TypicalityEstimator
 
     det = DiffusionDetector(**{**QUICK, "patch_draws": 3}, patch_features="denoise").fit(weaves[:2])
-    bundle, prompts, est = det._load_runtime()
-    draws = det._patch_draws_()
+    bundle, prompts, est = det.loaded()
+    draws = det.kind.denoise_draws()
     tiles = torch.from_numpy(cut_tiles(Image.fromarray(weaves[5]), 64, 64))
     feats = denoising_error_features(est, tiles, draws, batch_size=5)  # 5 rows: uneven batches
     assert feats.shape == (4, 3 * 4, 16, 16)  # 4 tiles; 3 draws x 4 latent channels; 64 px / 4 (tiny VAE)

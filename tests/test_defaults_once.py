@@ -1,8 +1,9 @@
 """Each default and each check once: a setting's default value is written as a literal in one place, and
 a setting's range check is written by hand in one place (the others call it).
 
-Read as text (no model, no torch): every command's config module, the project modules they import, and
-the modules that fill in a default a config leaves as None (`FILLERS`). A *declaration* of a setting's
+Read as text (no model, no torch): every command's config module, the project modules they import, the
+estimators that take a config's settings as their parameters (`ESTIMATORS`), and the modules that fill in
+a default a config leaves as None (`FILLERS`). A *declaration* of a setting's
 value is any of:
 
 - a dataclass field of that name with a literal default (`option(100, ...)`, `null_rate: float = 0.05`);
@@ -54,6 +55,12 @@ FILLERS = {  # modules that fill in a default a config leaves as None, or use th
     "diffmine/apps/changes/run.py": "changes' clustering (mining's settings)",
     "diffmine/apps/localize/run.py": "draws (the typicality engine's)",
 }
+# Estimators that take a config's settings as their own parameters and check them: scanned as the configs
+# are (for defaults and for hand-written checks), each with its own modules.
+ESTIMATORS = {
+    "diffmine/apps/anomaly/detector.py": "DiffusionDetector: AnomalyFitConfig's settings as PyOD parameters",
+    "diffmine/apps/anomaly/kinds": "the detector's score kinds (a module per kind)",
+}
 # Each command sizes its own forwards and seeds its own draws: the same number there is no shared default.
 PER_COMMAND = {"batch_size", "seed"}
 ON_PURPOSE = "not a default"
@@ -78,7 +85,7 @@ def setting_names() -> set[str]:
 
 
 def scanned_files(fillers: bool = True) -> list[Path]:
-    """The config modules, the project modules they import, and FILLERS."""
+    """The config modules, the project modules they import, ESTIMATORS, and FILLERS."""
     files = {_module_file(m) for m in CONFIGS}
     for module in CONFIGS:
         for node in ast.parse(_module_file(module).read_text(encoding="utf-8")).body:  # what it draws from
@@ -86,6 +93,9 @@ def scanned_files(fillers: bool = True) -> list[Path]:
                 path = _module_file(node.module)
                 if path is not None:
                     files.add(path)
+    for place in ESTIMATORS:
+        path = ROOT / place
+        files.update(sorted(path.glob("*.py")) if path.is_dir() else [path])
     if fillers:
         files.update(ROOT / p for p in FILLERS)
     return sorted(files)

@@ -1,13 +1,14 @@
 """Settings of `diffmine anomaly fit` and `diffmine anomaly score`, and the score kinds they name."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from os import PathLike
+from functools import cache
 
 from diffmine.core.runtime_settings import RuntimeSettings
 from mining.config import DIFT_BLOCK, DIFT_T
 from typicality.config import PUBLISHED_T_RANGE
-from diffmine.core.settings import (check, check_choice, check_positive, check_range, check_required,
-                                     check_t_range, option, skip_bad_option)
+from diffmine.core.settings import ConfigError, check, check_required, check_t_range, option, skip_bad_option
 
 # The score kinds (detector.py documents each). Here, not in detector.py: the config must not
 # import PyOD, so every other command starts without the anomaly extra.
@@ -76,22 +77,128 @@ class AnomalyFitConfig(RuntimeSettings):
     def validate(self) -> None:
         check_required(self)
         self.validate_runtime()
-        check_choice(self, "score")
-        check_range(self, "contamination", 0, 0.5, closed="right")
-        check((self.model is None) != (self.base is None), "model", "give either --model or --base (one of them)")
-        check_positive(self, ("draws", "trajectory_steps", "finetune_steps", "finetune_batch", "batch_size",
-                              "n_neighbors", "tile_stride", "patch_draws", "patch_pool", "top_k", "bank_size"))
-        check_positive(self, ("patch_size",), minimum=2)
-        check_choice(self, "coreset")
-        check_choice(self, "patch_features")
-        check(self.patch_pool % 2 == 1, "patch_pool", f"must be odd (a neighbourhood centred on the cell), "
-              f"got {self.patch_pool}")
-        check_range(self, "coreset_ratio", 0, 1, closed="right")
-        check(self.patch_block >= 0, "patch_block", f"must be >= 0, got {self.patch_block}")
-        check(self.patch_t >= 0, "patch_t", f"must be >= 0, got {self.patch_t}")
-        check_range(self, "trajectory_start", 0, 1, closed="right")
-        check_t_range(self.t_range)
-        check_positive(self, ("resolution",), minimum=8)
+        validate_params(asdict(self))
+
+
+@cache
+def parameter_constraints() -> dict:
+    """The detector's hyper-parameters -> their allowed values, as scikit-learn's `_parameter_constraints`
+    (any one constraint of a list will do); `AnomalyFitConfig` checks its fields of the same names by it."""
+    from numbers import Integral, Real
+
+    from sklearn.utils._param_validation import Interval
+
+    def at_least(low):
+        return [Interval(Integral, low, None, closed="left")]
+
+    positive = at_least(1)
+    odd, timestep_range = _custom_constraints()
+    return {
+        "model": [str, PathLike, None], "base": [str, PathLike, None], "score": _one_of(SCORES),
+        "contamination": [Interval(Real, 0, 0.5, closed="right")],
+        "draws": positive, "t_range": [timestep_range()],
+        "trajectory_start": [Interval(Real, 0, 1, closed="right")], "trajectory_steps": positive,
+        "finetune_steps": positive, "finetune_batch": positive, "resolution": at_least(8) + [None],
+        "batch_size": positive, "n_neighbors": positive, "tile_stride": positive + [None],
+        "patch_features": _one_of(PATCH_FEATURES), "patch_size": at_least(2), "patch_pool": [odd()],
+        "patch_block": at_least(0), "patch_t": at_least(0), "patch_draws": positive, "top_k": positive,
+        "coreset": _one_of(CORESETS), "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
+        "bank_size": positive,
+    }
+
+
+def validate_params(values: dict) -> None:
+    """Check `values` (a config's fields or a detector's get_params()) by `parameter_constraints()`:
+    a ConfigError naming the first bad one, in one line ("draws must be >= 1, got 0")."""
+    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+    for name, constraints in parameter_constraints().items():
+        if name not in values:
+            continue
+        try:
+            validate_parameter_constraints({name: constraints}, {name: values[name]}, caller_name=name)
+        except InvalidParameterError:
+            raise ConfigError(name, _must_be(constraints, values[name])) from None
+    check((values.get("model") is None) != (values.get("base") is None), "model",
+          "or base: give exactly one of them (a model to score with, or a base to finetune)")
+
+
+def _one_of(choices: tuple[str, ...]) -> list:
+    from sklearn.utils._param_validation import StrOptions
+
+    allowed = StrOptions(set(choices))
+    allowed.in_order = choices  # as the help lists them
+    return [allowed]
+
+
+def _must_be(constraints: list, value) -> str:
+    """The one-line message of a value none of `constraints` allows (the project's wording, not sklearn's)."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
+
+    c = next(c for c in constraints if c is not None)
+    if hasattr(c, "message"):
+        return c.message(value)
+    if isinstance(c, StrOptions):
+        return f"must be one of {', '.join(c.in_order)}, got {value!r}"
+    if isinstance(c, Interval):
+        if c.right is None:
+            bounds = f">= {c.left}"
+        else:
+            bounds = "in " + ("[" if c.closed in ("both", "left") else "(") + f"{c.left}, {c.right}" + (
+                "]" if c.closed in ("both", "right") else ")")
+        kind = "an int " if c.type is Integral and not isinstance(value, Integral) else ""
+        return f"must be {kind}{bounds}, got {value!r}"
+    return f"must be {' or '.join(str(make_constraint(c)) for c in constraints)}, got {value!r}"
+
+
+@cache
+def _custom_constraints():
+    """Two rules sklearn has no constraint for, as its constraint classes (so `make_constraint` takes them)."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import HasMethods, Interval
+
+    class Odd(Interval):
+        """patch_pool: an odd number of cells >= 1 (a neighbourhood centred on the cell)."""
+
+        def __init__(self):
+            super().__init__(Integral, 1, None, closed="left")
+
+        def is_satisfied_by(self, value):
+            return super().is_satisfied_by(value) and value % 2 == 1
+
+        def message(self, value):
+            if value in self or not isinstance(value, Integral):
+                return f"must be odd (a neighbourhood centred on the cell), got {value!r}"
+            return f"must be >= 1, got {value!r}"
+
+        def __str__(self):
+            return "an odd int >= 1"
+
+    class TimestepRange(HasMethods):
+        """t_range: two fractions of T, as diffmine.core.settings.check_t_range (the one check) says."""
+
+        def __init__(self):
+            super().__init__("__iter__")
+
+        def is_satisfied_by(self, value):
+            return self.message(value) is None
+
+        def message(self, value):
+            try:
+                check_t_range(value)
+            except ConfigError as exc:
+                return exc.detail
+            except (TypeError, ValueError):
+                return f"must be two fractions 0 <= LOW < HIGH <= 1, got {value!r}"
+            return None
+
+        def __str__(self):
+            return "two fractions 0 <= LOW < HIGH <= 1"
+
+    return Odd, TimestepRange
 
 
 @dataclass

@@ -39,7 +39,12 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   benchmarks/anomaly_transfer.py repeats the choice of features, vae / dift / pixels, and pooling on it,
   and reports on diffmine.datasets.defect_families, never used for a choice).
 
-Images are scored in fixed groups of `group_size_()` images (about one UNet batch each), the same
+Each kind is a small class in kinds/ (its fit, its UNet rows per image, its scores and maps), chosen by
+`score` from `kinds.KINDS`; the detector delegates to it (`kind`). The hyper-parameters are checked by
+`config.parameter_constraints()`, scikit-learn's `_parameter_constraints`, which `AnomalyFitConfig`
+checks its fields by too.
+
+Images are scored in fixed groups of `group_size()` images (about one UNet batch each), the same
 whatever the caller asks for, so an image's score does not depend on which images came with it
 (`diffmine anomaly score` splits and resumes by these groups). The model is loaded through
 `diffmine.core.runtime.Runtime` (`device`, `dtype`; a command hands its own with `use_runtime`).
@@ -49,22 +54,31 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from pyod.models.base import BaseDetector  # PyOD: imported by the anomaly command only (the `anomaly` extra)
 
-from diffmine.core.settings import ConfigError, check_t_range, defaults
+from diffmine.core.settings import ConfigError, defaults
 from diffmine.core.errors import DataError
 from diffmine.core.inputs import ImageInput
 from diffmine.core.partial import fixed_groups
 
-from diffmine.apps.anomaly.config import PATCH_FEATURES, SCORES, AnomalyFitConfig
+from diffmine.apps.anomaly.config import SCORES, AnomalyFitConfig, parameter_constraints, validate_params
+from diffmine.apps.anomaly.kinds import DRAW_KEY, KINDS, ScoreKind
 
 _D = defaults(AnomalyFitConfig)  # the detector's defaults are the command's, written once there
 
 __all__ = ["DiffusionDetector", "SCORES", "DRAW_KEY"]
-DRAW_KEY = "anomaly"  # the one draw stream every image shares
+
+
+class LoadedModel(NamedTuple):
+    """The detector's model as loaded on its runtime: the pipeline bundle, its prompts, and the
+    typicality estimator every denoising-error kind computes with (common random numbers)."""
+    bundle: object
+    prompts: object
+    estimator: object
 
 
 def model_labels(model: str | Path) -> list[str]:
@@ -81,6 +95,8 @@ class DiffusionDetector(BaseDetector):
     towns model) finetuned here on the normal images under `normal_label` for `finetune_steps`.
     X: an array (N, H, W[, C]) of uint8 0..255 / float 0..1 images, a list of paths, or a folder.
     """
+
+    _parameter_constraints = parameter_constraints()  # scikit-learn's declaration; AnomalyFitConfig's too
 
     def __init__(self, model=None, base=None, score=_D["score"], contamination=_D["contamination"],
                  normal_label=_D["normal_label"], draws=_D["draws"], t_range=_D["t_range"],
@@ -126,55 +142,61 @@ class DiffusionDetector(BaseDetector):
 
     def use_runtime(self, runtime) -> "DiffusionDetector":
         """Run on `runtime` (a command's `Runtime`) instead of one started from `device`/`dtype`."""
-        self._rt = runtime
-        self._runtime = None
+        self._runtime = runtime
+        self.unload()
         return self
 
-    def _rt_(self):
-        if getattr(self, "_rt", None) is None:
+    def runtime(self):
+        """Where the model runs: the `Runtime` given to `use_runtime`, or one started from `device`/`dtype`."""
+        if getattr(self, "_runtime", None) is None:
             from diffmine.core.runtime import Runtime
 
-            # the detector computes every image it is given: one process, whatever launched it
-            self._rt = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
-        return self._rt
+            # the detector computes every image it is given: one process, whatever launched it (not a default)
+            self._runtime = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
+        return self._runtime
+
+    def loaded(self) -> LoadedModel:
+        """The fitted model (`model_path_`) loaded on `runtime()`, once."""
+        if getattr(self, "_loaded", None) is None:
+            from typicality.draws import make_draws
+            from typicality.engine import TypicalityEstimator
+
+            loaded = self.runtime().load(self.model_path_)
+            est = TypicalityEstimator(loaded.bundle, loaded.prompts, draws=int(self.draws),
+                                      t_range=tuple(self.t_range), seed=int(self.seed), batch_size=int(self.batch_size))
+            # Common random numbers: every image sees the same (t, eps) draws, so score differences
+            # between images are not draw noise, and a score does not depend on a file's name.
+            est.draw_fn = lambda _id, shape: make_draws(est.draws, shape, est.seed, DRAW_KEY, est.t_range,
+                                                        est.num_train_timesteps, est.schedule, est.antithetic)
+            self._loaded = LoadedModel(loaded.bundle, loaded.prompts, est)
+        return self._loaded
+
+    def unload(self) -> None:
+        """Forget the loaded model: the next use loads `model_path_` again (on `runtime()`)."""
+        self._loaded = None
+
+    @property
+    def kind(self) -> ScoreKind:
+        """The score kind `score` names (kinds.KINDS), bound to this detector."""
+        if getattr(self, "_kind", None) is None or self._kind.name != self.score:
+            self._kind = KINDS[self.score](self)
+        return self._kind
 
     # -- validation ----------------------------------------------------------------------
     def _check_params(self) -> None:
-        c = self.contamination
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and not 0 < c <= 0.5:
-            raise ConfigError("contamination", f"must be in (0, 0.5], got {c}")
-        if self.score not in SCORES:
-            raise ConfigError("score", f"must be one of {', '.join(SCORES)}, got {self.score!r}")
-        if (self.model is None) == (self.base is None):
-            raise ConfigError("model", "give either a model to score with or a base to finetune (not both)")
-        if self.model is not None and not Path(self._model_folder()).is_dir():
-            raise ConfigError("model", f"{self.model}: model folder does not exist")
-        for name in ("draws", "trajectory_steps", "batch_size", "n_neighbors", "patch_draws", "patch_pool", "top_k",
-                     "bank_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.patch_features not in PATCH_FEATURES:
-            raise ConfigError("patch_features", f"must be one of {', '.join(PATCH_FEATURES)}, "
-                              f"got {self.patch_features!r}")
-        if int(self.patch_size) < 2:
-            raise ConfigError("patch_size", f"must be >= 2, got {self.patch_size}")
-        if int(self.patch_pool) % 2 != 1:
-            raise ConfigError("patch_pool", f"must be odd, got {self.patch_pool}")
-        check_t_range(self.t_range)
-        if not 0 < self.trajectory_start <= 1:
-            raise ConfigError("trajectory_start", f"must be in (0, 1], got {self.trajectory_start}")
-        if self.tile_stride is not None and int(self.tile_stride) < 1:
-            raise ConfigError("tile_stride", f"must be >= 1, got {self.tile_stride}")
-        if self.coreset not in ("greedy", "random"):
-            raise ConfigError("coreset", f"must be greedy or random, got {self.coreset!r}")
-        if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError("coreset_ratio", f"must be in (0, 1], got {self.coreset_ratio}")
+        validate_params(self.get_params())
+        if self.model is not None:
+            self._model_folder(self.model, "model")
 
-    def _model_folder(self) -> str:
-        """`model` as the project's loader reads it: "tiny" stands for the shipped towns model."""
+    @staticmethod
+    def _model_folder(name, param: str) -> Path:
+        """The model folder `name` stands for ("tiny": the shipped towns model), or ConfigError naming `param`."""
         from diffmine.core.models import resolve_model
 
-        return resolve_model(self.model, "model")
+        folder = Path(resolve_model(name, param))
+        if not folder.is_dir():
+            raise ConfigError(param, f"{name}: model folder does not exist")
+        return folder
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -182,24 +204,14 @@ class DiffusionDetector(BaseDetector):
         self._check_params()
         inp = ImageInput(X)
         self.geometry_ = inp.geometry
-        self.model_path_ = str(self._finetune(inp) if self.base is not None else Path(self._model_folder()).resolve())
+        self.model_path_ = str(self._finetune(inp) if self.base is not None
+                               else self._model_folder(self.model, "model").resolve())
         self.labels_known_ = model_labels(self.model_path_)
-        if self.score == "atypicality" and self.labels_known_ and self.normal_label not in self.labels_known_:
-            raise ConfigError("normal_label", f"'{self.normal_label}' is not a label of {self.model_path_} "
-                              f"(labels: {', '.join(self.labels_known_)})")
-        self._runtime = None
+        self._kind = None
+        self.kind.check_fit()
+        self.unload()
         self._memo = None
-        if self.score == "features":
-            self.train_features_ = np.concatenate([self._features(inp, g)[0] for g in self.groups(inp)])
-            if len(self.train_features_) <= int(self.n_neighbors):
-                raise ConfigError("n_neighbors", f"needs more than {self.n_neighbors} normal images, "
-                                  f"got {len(self.train_features_)}")
-            self._fit_knn()
-            self.decision_scores_ = self.knn_.decision_scores_.copy()  # leave-one-out: not 0 for itself
-        elif self.score == "patches":
-            self.decision_scores_ = self._fit_bank(inp)
-        else:
-            self.decision_scores_ = self._scores_and_maps(inp)[0]
+        self.decision_scores_ = self.kind.fit(inp)
         self._set_n_classes(y)
         self._process_decision_scores()
         return self
@@ -208,14 +220,11 @@ class DiffusionDetector(BaseDetector):
         """Finetune `base` on the normal images (written as NORMAL_LABEL/*.png) with the project's finetuner."""
         from PIL import Image
 
-        from diffmine.core.models import resolve_model
         from diffmine.core.prompts import PromptTemplate
         from finetune.train import train
         from finetune.config import TrainConfig
 
-        base = Path(resolve_model(self.base, "base"))  # "tiny": the shipped pretrained small SD
-        if not base.is_dir():
-            raise ConfigError("base", f"{base}: base model folder does not exist")
+        base = self._model_folder(self.base, "base")  # "tiny": the shipped pretrained small SD
         work = Path(self.work_dir) if self.work_dir else Path(tempfile.mkdtemp(prefix="diffmine-anomaly-"))
         data = work / "data" / self.normal_label
         shutil.rmtree(work / "data", ignore_errors=True)
@@ -232,219 +241,33 @@ class DiffusionDetector(BaseDetector):
         shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
         return (work / "model").resolve()
 
-    def _fit_knn(self) -> None:
-        from pyod.models.knn import KNN
-
-        self.knn_ = KNN(n_neighbors=int(self.n_neighbors), contamination=self.contamination).fit(self.train_features_)
-
-    def _fit_bank(self, inp: ImageInput) -> np.ndarray:
-        """Build the patch memory bank from the normal images; their scores, each without its own patches."""
-        from tqdm.auto import tqdm
-
-        from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, random_subset
-
-        per_image = []
-        with tqdm(total=len(inp), desc="anomaly fit (patches: features)", disable=not self.progress) as bar:
-            for g in self.groups(inp):
-                per_image += [v.reshape(-1, v.shape[-1]).half() for v in self._tile_patches(inp, g)]
-                bar.update(len(g))
-        owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(per_image)])
-        pool = torch.cat(per_image)
-        k = bank_size_for(len(pool), self.coreset_ratio, self.bank_size)
-        if self.progress:
-            print(f"anomaly fit (patches): memory bank of {k} of {len(pool)} patches ({self.coreset})")
-        pick = (greedy_coreset(pool, k, int(self.seed)) if self.coreset == "greedy"
-                else random_subset(len(pool), k, int(self.seed)))
-        self.bank_features_ = pool[torch.from_numpy(pick)].float().numpy()
-        self.bank_owner_ = owner[pick]
-        self._bank = None
-        bank = self._bank_()
-        return np.array([self._image_score(bank.distances(v.float().numpy(), exclude_owner=i))
-                         for i, v in enumerate(per_image)])
-
-    def _bank_(self):
-        if getattr(self, "_bank", None) is None:
-            from diffmine.apps.anomaly.patches import MemoryBank
-
-            self._bank = MemoryBank(self.bank_features_, self.bank_owner_)
-        return self._bank
-
-    def _image_score(self, patch_scores: np.ndarray) -> float:
-        from diffmine.apps.anomaly.patches import top_k_mean
-
-        return top_k_mean(patch_scores, int(self.top_k))
-
-    def tile_stride_(self) -> int:
-        """Pixels between tiles: `tile_stride`, or one tile (side by side)."""
-        return int(self.tile_stride or self.resolution_)
-
-    def _tile_boxes(self) -> np.ndarray:
-        from diffmine.apps.anomaly.patches import tile_boxes
-
-        h, w, _ = self.geometry_
-        return tile_boxes(h, w, self.resolution_, self.tile_stride_())
-
-    def _tile_patches(self, inp: ImageInput, idx: list[int]) -> list[torch.Tensor]:
-        """Per image of `idx`: (tiles, h, w, C) patch features of its tiles (patches.patch_vectors)."""
-        from mining.features import DiftExtractor
-
-        from diffmine.apps.anomaly.denoise_features import denoising_error_features
-        from diffmine.apps.anomaly.encoder_features import vae_encoder_features
-        from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
-        from diffmine.apps.anomaly.pixel_features import pixel_patch_features
-
-        bundle, prompts, est = self._load_runtime()
-        tiles = [cut_tiles(inp.rgb(i), self.resolution_, self.tile_stride_()) for i in idx]
-        batch = torch.from_numpy(np.concatenate(tiles))
-        if self.patch_features == "vae":
-            fmaps = vae_encoder_features(bundle.vae, batch, int(self.batch_size))
-        elif self.patch_features == "pixels":
-            fmaps = pixel_patch_features(batch, int(self.patch_size))
-        elif self.patch_features == "denoise":
-            fmaps = denoising_error_features(est, batch, self._patch_draws_(), int(self.batch_size))
-        else:
-            prompt = (prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_
-                      else prompts.null_prompt)
-            draws = int(self.patch_draws)
-            dift = DiftExtractor(bundle, t=int(self.patch_t), block=int(self.patch_block), draws=draws,
-                                 seed=int(self.seed), batch_size=max(1, int(self.batch_size) // draws))
-            fmaps = dift(batch, [prompt] * len(batch))
-        # log denoising errors and pixels are on a common scale already: their size (an error, a brightness)
-        # is the signal, not normalised away
-        vectors = patch_vectors(fmaps, int(self.patch_pool), normalize=self.patch_features not in ("denoise", "pixels"))
-        return list(vectors.split([len(t) for t in tiles]))
-
-    def _patch_draws_(self):
-        """denoise features: the `patch_draws` (timestep, noise) pairs every tile shares (common random numbers)."""
-        from typicality.draws import make_draws
-
-        bundle, _, est = self._load_runtime()
-        side = self.resolution_ // bundle.vae_scale_factor
-        shape = (int(bundle.unet.config.in_channels), side, side)
-        return make_draws(int(self.patch_draws), shape, int(self.seed), DRAW_KEY, est.t_range,
-                          est.num_train_timesteps, est.schedule, est.antithetic)
-
-    def _patch_scores(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
-        """(scores (n,), stitched maps (n, H, W) at the images' own size) of the images `idx`."""
-        from diffmine.apps.anomaly.patches import stitch
-
-        bank, boxes = self._bank_(), self._tile_boxes()
-        h, w, _ = self.geometry_
-        scores, maps = [], []
-        for v in self._tile_patches(inp, idx):
-            d = bank.distances(v.reshape(-1, v.shape[-1]).numpy())
-            scores.append(self._image_score(d))
-            maps.append(stitch(torch.from_numpy(d.reshape(v.shape[:3])).float(), boxes, (h, w)))
-        return np.array(scores), torch.stack(maps)
-
     # -- scoring -------------------------------------------------------------------------
-    def _load_runtime(self):
-        if getattr(self, "_runtime", None) is None:
-            from typicality.draws import make_draws
-            from typicality.engine import TypicalityEstimator
-
-            loaded = self._rt_().load(self.model_path_)
-            bundle, prompts = loaded.bundle, loaded.prompts
-            est = TypicalityEstimator(bundle, prompts, draws=int(self.draws), t_range=tuple(self.t_range),
-                                      seed=int(self.seed), batch_size=int(self.batch_size))
-            # Common random numbers: every image sees the same (t, eps) draws, so score differences
-            # between images are not draw noise, and a score does not depend on a file's name.
-            est.draw_fn = lambda _id, shape: make_draws(est.draws, shape, est.seed, DRAW_KEY, est.t_range,
-                                                        est.num_train_timesteps, est.schedule, est.antithetic)
-            self._runtime = (bundle, prompts, est)
-        return self._runtime
-
     @property
     def resolution_(self) -> int:
-        return int(self.resolution or self._load_runtime()[0].resolution)
+        return int(self.resolution or self.loaded().bundle.resolution)
 
-    def _rows_per_image(self) -> int:
-        """UNet rows one image takes (its draws, times its prompts)."""
-        if self.score == "features":
-            from mining.features import DIFT_DRAWS
-
-            return DIFT_DRAWS
-        if self.score == "patches":
-            return len(self._tile_boxes()) * (int(self.patch_draws) if self.patch_features in ("dift", "denoise") else 1)
-        return int(self.draws) * (1 + len(self._conditions()))
-
-    def group_size_(self) -> int:
+    def group_size(self) -> int:
         """Images per fixed group: as many as one UNet batch holds (at least one)."""
-        return max(1, int(self.batch_size) // self._rows_per_image())
+        return max(1, int(self.batch_size) // self.kind.rows_per_image())
 
     def groups(self, inp: ImageInput) -> list[list[int]]:
         """The fixed groups of image indices that every image is computed in."""
-        return fixed_groups(range(len(inp)), self.group_size_())
-
-    def _features(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
-        """(n, D) flattened, L2-normalised DIFT feature maps, and (n, C, h, w) the maps, per-cell normalised."""
-        from mining.features import DIFT_DRAWS, DiftExtractor, l2_normalize
-
-        bundle, prompts, _ = self._load_runtime()
-        # the normal label's prompt when the model was finetuned with it, else the null prompt
-        prompt = prompts.prompt(self.normal_label) if self.normal_label in self.labels_known_ else prompts.null_prompt
-        # DIFT runs every image with all its draws: batch_size // draws images make batch_size UNet rows
-        dift = DiftExtractor(bundle, seed=int(self.seed), batch_size=max(1, int(self.batch_size) // DIFT_DRAWS))
-        fmaps = dift(torch.from_numpy(inp.load(self.resolution_, idx)), [prompt] * len(idx))
-        flat = l2_normalize(fmaps.reshape(len(fmaps), -1)).numpy()
-        return flat, torch.nn.functional.normalize(fmaps, dim=1)
-
-    def _feature_maps(self, flat: np.ndarray, cells: torch.Tensor) -> torch.Tensor:
-        """Per cell, 1 - cosine similarity to the nearest normal image's features at that cell."""
-        train = torch.from_numpy(self.train_features_)
-        nearest = torch.cdist(torch.from_numpy(flat), train).argmin(dim=1)
-        train_cells = torch.nn.functional.normalize(train[nearest].reshape(cells.shape), dim=1)
-        return 1 - (cells * train_cells).sum(dim=1)
-
-    def _conditions(self) -> list[str]:
-        if self.score != "atypicality":
-            return []
-        others = [c for c in self.labels_known_ if c != self.normal_label]
-        return [self.normal_label] + others
-
-    def _latent_maps(self, inp: ImageInput, idx: list[int]) -> torch.Tensor:
-        """(n, h, w) anomaly maps at latent resolution (higher = more anomalous) of images `idx`."""
-        from diffmine.apps.anomaly.trajectory import trajectory_maps
-
-        bundle, prompts, est = self._load_runtime()
-        conds = self._conditions()
-        images, ids = torch.from_numpy(inp.load(self.resolution_, idx)), [inp.ids[i] for i in idx]
-        if self.score == "trajectory":
-            z0 = est.encode(images, ids)
-            null = est.embeddings([prompts.null_prompt])  # the estimator's cached null prompt
-            return trajectory_maps(bundle, z0, [DRAW_KEY] * len(ids), null, self.trajectory_start,
-                                   int(self.trajectory_steps), int(self.draws), int(self.seed), int(self.batch_size))
-        results = est.estimate(images, ids, [conds] * len(ids))
-        if self.score == "reconstruction":
-            return torch.stack([torch.from_numpy(r.err_null) for r in results])
-        maps = []
-        for r in results:
-            diff = torch.from_numpy(r.diff)  # (L, h, w): row 0 the normal label
-            if len(diff) == 1:
-                maps.append(-diff[0])
-            else:  # margin to the label that explains x best (chosen on the whole image)
-                best = 1 + int(diff[1:].mean(dim=(1, 2)).argmax())
-                maps.append(diff[best] - diff[0])
-        return torch.stack(maps)
+        return fixed_groups(range(len(inp)), self.group_size())
 
     def score_group(self, inp: ImageInput, idx: list[int]) -> tuple[np.ndarray, torch.Tensor]:
-        """(scores (n,), latent maps (n, h, w)) of the images `idx`, one of `groups(inp)`."""
-        if self.score == "features":
-            flat, cells = self._features(inp, idx)
-            return self.knn_.decision_function(flat), self._feature_maps(flat, cells)
-        if self.score == "patches":
-            return self._patch_scores(inp, idx)
-        maps = self._latent_maps(inp, idx)
-        return maps.double().mean(dim=(1, 2)).numpy(), maps
+        """(scores (n,), maps (n, h, w)) of the images `idx`, one of `groups(inp)`."""
+        return self.kind.score_group(inp, idx)
 
-    def _check_geometry(self, inp: ImageInput) -> None:
+    def check_geometry(self, inp: ImageInput) -> None:
+        """DataError unless `inp`'s images have the size and channels the detector was fitted on."""
         g = inp.geometry
         if tuple(g) != tuple(self.geometry_):
             fh, fw, fc = self.geometry_
             raise DataError(f"images are {g[0]}x{g[1]} with {g[2]} channel(s); the detector was fitted on "
                             f"{fh}x{fw} with {fc} channel(s)")
 
-    def _scores_and_maps(self, inp: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
+    def scores_and_maps(self, inp: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
+        """(scores, maps) of every image of `inp`, group by group (remembered for the same images)."""
         key = inp.digest()
         memo = getattr(self, "_memo", None)
         if memo is not None and memo[0] == key:
@@ -461,7 +284,7 @@ class DiffusionDetector(BaseDetector):
         return scores, maps
 
     def remember(self, inp: ImageInput, scores: np.ndarray, maps: torch.Tensor) -> None:
-        """Keep (scores, latent maps) of `inp`: decision_function, predict_proba, anomaly_maps reuse them."""
+        """Keep (scores, maps) of `inp`: decision_function, predict_proba, anomaly_maps reuse them."""
         self._memo = (inp.digest(), scores, maps)
 
     def decision_function(self, X):
@@ -470,21 +293,16 @@ class DiffusionDetector(BaseDetector):
 
         check_is_fitted(self, ["decision_scores_", "threshold_", "labels_"])
         inp = ImageInput(X)
-        self._check_geometry(inp)
-        return self._scores_and_maps(inp)[0].copy()
+        self.check_geometry(inp)
+        return self.scores_and_maps(inp)[0].copy()
 
     def anomaly_maps(self, X) -> np.ndarray:
         """(n, R, R) per-pixel anomaly maps at the model's resolution: the scores before the spatial mean.
 
         patches: (n, H, W), the stitched patch scores at the images' own size."""
-        from typicality.formula import upsample
-
         inp = ImageInput(X)
-        self._check_geometry(inp)
-        maps = self._scores_and_maps(inp)[1]
-        if self.score == "patches":
-            return maps.numpy()
-        return upsample(maps, (self.resolution_,) * 2).numpy()
+        self.check_geometry(inp)
+        return self.kind.pixel_maps(self.scores_and_maps(inp)[1])
 
     # PyOD's predict_proba reads X.shape[0]: give a list of paths a shape (an object array).
     def predict_proba(self, X, method="linear", return_confidence=False):

@@ -18,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmine.core.files import write_json
+from diffmine.core.files import write_bytes, write_json
 from diffmine.core.errors import DataError
 
 from diffmine.apps.anomaly.detector import DiffusionDetector
+from diffmine.apps.anomaly.kinds.features import FEATURES_FILE
+from diffmine.apps.anomaly.kinds.patches import PATCH_OWNERS_FILE, PATCHES_FILE
 
 FORMAT = "diffmine-anomaly-detector"
 VERSION = 1
 DETECTOR_FILE = "detector.json"
-FEATURES_FILE = "features.npy"
-PATCHES_FILE = "patches.npy"
-PATCH_OWNERS_FILE = "patch_owners.npy"
 # what `anomaly fit --force` replaces in DET_DIR (data/: the normal images as the finetuner read them)
 DETECTOR_OUTPUTS = (DETECTOR_FILE, "model", "config.json", FEATURES_FILE, PATCHES_FILE, PATCH_OWNERS_FILE, "data")
 
@@ -55,19 +54,8 @@ def save_detector(det: DiffusionDetector, folder: str | Path) -> Path:
         model_ref = "model"
     else:
         model_ref = str(model.resolve())
-    if det.score == "features":
-        import io
-
-        from diffmine.core.files import write_bytes
-
-        buf = io.BytesIO()
-        np.save(buf, det.train_features_)
-        write_bytes(folder / FEATURES_FILE, buf.getvalue())
-    if det.score == "patches":
-        from diffmine.core.files import write_bytes
-
-        write_bytes(folder / PATCHES_FILE, _npy_bytes(det.bank_features_))
-        write_bytes(folder / PATCH_OWNERS_FILE, _npy_bytes(det.bank_owner_))
+    for name, attribute in det.kind.saved.items():  # the kind's fitted arrays (features.npy, patches.npy, ...)
+        write_bytes(folder / name, _npy_bytes(getattr(det, attribute)))
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.get_params().items()}
     for where in ("work_dir", "device", "dtype"):  # where it ran, not what was fitted: `score` picks its own
         params.pop(where, None)
@@ -105,20 +93,13 @@ def load_detector(folder: str | Path) -> DiffusionDetector:
     det.geometry_ = tuple(info["geometry"])
     det.decision_scores_ = np.asarray(info["decision_scores"], dtype=np.float64)
     det._classes = int(info["classes"])
-    det._runtime = det._memo = None
-    if det.score == "features":
-        features = folder / FEATURES_FILE
-        if not features.is_file():
-            raise DataError(f"{folder}: a features detector without its {FEATURES_FILE}; fit it again")
-        det.train_features_ = np.load(features)
-        det._fit_knn()
-    if det.score == "patches":
-        files = [folder / PATCHES_FILE, folder / PATCH_OWNERS_FILE]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise DataError(f"{folder}: a patches detector without its {missing[0]}; fit it again")
-        det.bank_features_, det.bank_owner_ = (np.load(f) for f in files)
-        det._bank = None
+    kind = det.kind
+    missing = [name for name in kind.saved if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder}: a {det.score} detector without its {missing[0]}; fit it again")
+    for name, attribute in kind.saved.items():
+        setattr(det, attribute, np.load(folder / name))
+    kind.restore()
     det._process_decision_scores()  # threshold_, labels_, _mu, _sigma: PyOD's rule from the saved scores
     det.threshold_ = float(info["threshold"])
     return det

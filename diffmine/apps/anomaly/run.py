@@ -61,13 +61,13 @@ def fit_detector(config: AnomalyFitConfig, progress: bool = True) -> DiffusionDe
         shutil.rmtree(tmp / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, tmp)
         # with --base the finetuner has measured (and warned about) the same images already
-        recon = check_reconstruction(det._load_runtime()[0].vae, lambda idx: inp.load(det.resolution_, idx),
+        recon = check_reconstruction(det.loaded().bundle.vae, lambda idx: inp.load(det.resolution_, idx),
                                      len(inp), det.resolution_, what=config.data, warn=det.base is None)
         write_json(tmp / DETECTOR_FILE, {**json.loads((tmp / DETECTOR_FILE).read_text()), **recon})
         save_config(config, tmp)
     if det.base is not None:
         det.model_path_ = str((out / "model").resolve())
-        det._runtime = None
+        det.unload()
     return det
 
 
@@ -77,7 +77,7 @@ def score_key(det: DiffusionDetector, detector_folder: Path, inp: ImageInput, rt
 
     return {"command": "anomaly score",
             "detector": hashlib.sha256((detector_folder / DETECTOR_FILE).read_bytes()).hexdigest()[:16],
-            "model": model_fingerprint(det.model_path_), "data": inp.digest(), "group_size": det.group_size_(),
+            "model": model_fingerprint(det.model_path_), "data": inp.digest(), "group_size": det.group_size(),
             "device": rt.device.type, "dtype": str(rt.dtype)}
 
 
@@ -102,7 +102,7 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True,
         det.progress = False
         det.use_runtime(rt)
         inp = ImageInput(config.data, skip_bad=config.skip_bad)
-        det._check_geometry(inp)
+        det.check_geometry(inp)
         paths = [str(p) for p in inp.paths]
         out = Path(config.out)
         key = score_key(det, Path(config.detector), inp, rt)
@@ -118,7 +118,7 @@ def score_images(config: AnomalyScoreConfig, progress: bool = True,
         bar = tqdm(total=len(inp), unit="img", desc=f"anomaly scores ({det.score})",
                    disable=not progress or not rt.is_main, dynamic_ncols=True)
         with bar:
-            run_groups(fixed_groups(inp.ids, det.group_size_()), compute, store, rt, bar, on_group)
+            run_groups(fixed_groups(inp.ids, det.group_size()), compute, store, rt, bar, on_group)
         stored = collect(store, inp.ids, rt)
         if stored is None:
             return None  # not the main process, or a simulated share: a later single-process run writes the files
@@ -156,6 +156,6 @@ def write_maps(det: DiffusionDetector, inp: ImageInput, paths: list[str], folder
     with output_folder(folder, owned=tuple(p.name for p in folder.glob("*.png"))) as tmp:
         for i, image_id in enumerate(inp.ids):
             # patches: the stitched map is at the image's own size, shown over the image itself
-            picture = np.asarray(inp.rgb(i)) if det.score == "patches" else inp.thumbnail(i, res)
+            picture = np.asarray(inp.rgb(i)) if det.kind.maps_at_image_size else inp.thumbnail(i, res)
             save_heatmap_pair(picture, maps[i], tmp / f"{safe_name(image_id)}.png")
     return folder
