@@ -227,7 +227,8 @@ class DiffusionDetector(BaseDetector):
                           null_prompt=prompts.null_prompt, null_rate=prompts.null_rate, resolution=self.resolution,
                           batch_size=int(self.finetune_batch), lr=float(self.finetune_lr),
                           max_steps=int(self.finetune_steps), checkpoint_every=10 ** 9, seed=int(self.seed),
-                          samples_per_label=0), progress=bool(self.progress))
+                          samples_per_label=0, device=self.device, dtype=self.dtype),  # the detector's placement
+              progress=bool(self.progress))
         shutil.rmtree(work / "model" / "cache", ignore_errors=True)
         shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
         return (work / "model").resolve()
