@@ -170,3 +170,22 @@ def test_the_recorder_sees_unet_and_vae_forwards_under_autocast(tiny_bundle):
     from diffusers import UNet2DConditionModel
     assert UNet2DConditionModel.forward.__name__ == "forward"  # restored after the block
 
+
+def test_in_memory_maps_run_where_the_runtime_chose(recorded_forwards, tmp_path):
+    """localize's compute_maps places a caller's bundle on the runtime first (not where it happened to be)."""
+    import numpy as np
+
+    from diffmine.apps.localize.run import compute_maps
+    from diffmine.core.tiny import build_tiny_bundle
+
+    images = np.zeros((1, 3, 32, 32), np.float32)
+    store = compute_maps(build_tiny_bundle(resolution=32), images, ["a"], [["Mass"]], tmp_path / "maps", draws=2, progress=False)
+    assert store.meta["dtype"] == "bfloat16"
+    _check(recorded_forwards, "compute_maps")
+
+
+def test_mining_stages_need_the_callers_runtime():
+    from mining.stages import compute_features
+
+    with pytest.raises(TypeError, match="needs the caller's Runtime"):
+        compute_features(None, None, None, None, None, None)

@@ -109,6 +109,11 @@ class Runtime:
         return cls._placed(get("device", "auto"), get("dtype", "auto"), index, count, state)
 
     @classmethod
+    def one_process(cls, settings: RuntimeSettings | None = None, **overrides) -> "Runtime":
+        """A runtime that computes every item it is given, whatever launched it (a library call)."""
+        return cls.start(settings, **{**overrides, "process_index": 0, "num_processes": 1})
+
+    @classmethod
     def start_training(cls, settings: RuntimeSettings) -> "Runtime":
         """The runtime of a command that trains (finetune): accelerate's `Accelerator` (`.accelerator`)
         under the same policy as every command. `device` is where the trained and the frozen models go;

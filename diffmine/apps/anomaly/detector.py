@@ -135,7 +135,7 @@ class DiffusionDetector(BaseDetector):
             from diffmine.core.runtime import Runtime
 
             # the detector computes every image it is given: one process, whatever launched it
-            self._rt = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
+            self._rt = Runtime.one_process(None, device=self.device, dtype=self.dtype)
         return self._rt
 
     # -- validation ----------------------------------------------------------------------
