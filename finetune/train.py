@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, progress: bool = True, again: str = "--resume contin
     if cfg.base != SCRATCH_BASE:
         resolve_model(cfg.base, "base")  # a mistyped folder fails here, not after minutes
     out = Path(cfg.out)
-    rt = Runtime.start_training(cfg)
+    rt = Runtime.start_training(cfg, dtype=cfg.precision)  # --mixed-precision, when given, names the dtype
     with writer_lock(out, rt):  # one writer per model folder (all processes of a launch are one)
         _check_out(cfg, out, rt)
         created = not out.exists()

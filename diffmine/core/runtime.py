@@ -114,7 +114,7 @@ class Runtime:
         return cls.start(settings, **{**overrides, "process_index": 0, "num_processes": 1})
 
     @classmethod
-    def start_training(cls, settings: RuntimeSettings) -> "Runtime":
+    def start_training(cls, settings: RuntimeSettings, **overrides) -> "Runtime":
         """The runtime of a command that trains (finetune): accelerate's `Accelerator` (`.accelerator`)
         under the same policy as every command. `device` is where the trained and the frozen models go;
         `dtype` is the precision their forwards compute in: the frozen parts' weights, and the autocast
@@ -122,8 +122,9 @@ class Runtime:
         from accelerate import Accelerator, PartialState
         from accelerate.state import AcceleratorState
 
-        cpu = settings.device == "cpu" or not torch.cuda.is_available()
-        rt = cls._placed(settings.device, settings.dtype, None, None, PartialState(cpu=cpu))
+        get = lambda k: overrides.get(k, getattr(settings, k, "auto"))  # noqa: E731
+        cpu = get("device") == "cpu" or not torch.cuda.is_available()
+        rt = cls._placed(get("device"), get("dtype"), None, None, PartialState(cpu=cpu))
         # accelerate's own mixed precision only for fp16, for its gradient scaler; bf16 needs none and
         # autocasts on this runtime's device (accelerate's autocast would take its own device's type)
         mixed = "fp16" if rt.dtype == torch.float16 else "no"
