@@ -335,7 +335,7 @@ def main(argv=None) -> None:
             return False
         return True
 
-    # finetune: the finetuner's own device choice (accelerate), fp32 master weights, UNet under autocast
+    # finetune: the runtime's device, fp32 master weights, UNet under autocast (--mixed-precision: --dtype's alias)
     def finetune(info):
         from finetune.config import TrainConfig
         from finetune.train import train

@@ -3,25 +3,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffmine.core.runtime_settings import RuntimeSettings
 from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_range, check_required,
                                      option, skip_bad_option)
 from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import NULL_RATE, PRESETS, PromptTemplate, resolve_prompts
 
 # Settings a resumed run must share with the checkpoint it continues (the rest may change:
-# how long to train, how often to save, what to print).
+# how long to train, how often to save, what to print). The precision is compared as `precision_of`
+# makes it (--dtype, or its alias --mixed-precision).
 RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
                "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
-               "mixed_precision", "ema", "ema_decay", "lora_rank", "seed", "vae_steps", "adapt_vae")
+               "ema", "ema_decay", "lora_rank", "seed", "vae_steps", "adapt_vae")
 
 SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
 ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
 VAE_ADAPT_MODES = ("auto", "always", "never")
 EPOCHS = 100  # docs/method.md §1: ~100 epochs, when --max-steps is not given
+# --mixed-precision (accelerate's names) is an alias of --dtype: the trained UNet's autocast precision
+MIXED_PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def precision_of(values: dict) -> str:
+    """The --dtype a finetune's settings ask for (a config's values, or a saved config.json of either era)."""
+    alias = values.get("mixed_precision")
+    return MIXED_PRECISION[alias] if alias is not None else values.get("dtype", "auto")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RuntimeSettings):
     data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
     out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
     base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
@@ -53,7 +63,8 @@ class TrainConfig:
                             choices=VAE_ADAPT_MODES, source="docs/method.md §1")
     vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
                                    f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given")
-    mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    mixed_precision: str | None = option(None, "alias of --dtype in accelerate's names: no = fp32, fp16, bf16 "
+                                         "(default: --dtype's)", choices=tuple(MIXED_PRECISION))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     ema: bool = option(False, "export an exponential moving average of the weights")
     ema_decay: float = option(0.999, "EMA decay")
@@ -71,10 +82,20 @@ class TrainConfig:
     def prompt_template(self) -> PromptTemplate:
         return resolve_prompts(self.preset, self.prompt, self.null_prompt, self.null_rate)
 
+    @property
+    def precision(self) -> str:
+        """The --dtype this run trains in (--mixed-precision, when given, names it)."""
+        return precision_of({"dtype": self.dtype, "mixed_precision": self.mixed_precision})
+
     def validate(self) -> None:
         check_required(self)
+        self.validate_runtime()
+        check(self.process_index is None and self.num_processes is None, "num_processes",
+              "the finetuner's processes are accelerate's (`accelerate launch`); it simulates no split")
         check_choice(self, "preset")
         check_choice(self, "mixed_precision")
+        check(self.mixed_precision is None or self.dtype in ("auto", self.precision), "mixed_precision",
+              f"{self.mixed_precision} asks for {self.precision}, --dtype for {self.dtype}: give one of them")
         check_positive(self, ("batch_size", "max_steps", "epochs", "checkpoint_every", "log_every"))
         check_positive(self, ("lora_rank", "samples_per_label", "vae_steps"), minimum=0)
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")

@@ -1,5 +1,9 @@
 """The finetuner: one `accelerate` loop that adapts an SD UNet to labeled images (docs/method.md §1).
 
+It runs on the runtime every command runs on (`Runtime.start_training`: accelerate's `Accelerator`
+placed by the same policy): the models go to the runtime's device; the frozen parts encode in its
+dtype, and the UNet, whose weights stay float32, computes its forwards under autocast to that dtype.
+
 VAE latents and prompt embeddings are computed once and cached; only the UNet trains. All
 randomness of a step (its batch, noise, timesteps, null-prompt dropout) is drawn from
 generators seeded by (seed, step, process), so `--resume` continues exactly where a run stopped.
@@ -13,20 +17,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from finetune import checkpoints
 from diffmine.core.files import output_folder, write_json
 from diffmine.core.lock import writer_lock
-from diffmine.core.runtime import Runtime
+from diffmine.core.runtime import Runtime, resolve_dtype
 from diffmine.core.bundle import SDBundle
 from diffmine.core.settings import ConfigError, read_config_file, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
-from finetune.config import ADAPT_VAE_STEPS, RESUME_KEYS, SCRATCH_VAE_STEPS, TrainConfig
+from finetune.config import ADAPT_VAE_STEPS, RESUME_KEYS, SCRATCH_VAE_STEPS, TrainConfig, precision_of
 from finetune.vae_train import VAEStopped
 
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
@@ -43,7 +46,7 @@ def _phase(text: str, progress: bool) -> None:
 
 
 # -- model ---------------------------------------------------------------------------------
-def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) -> SDBundle:
+def _base_bundle(cfg: TrainConfig, decoded, rt: Runtime, progress: bool) -> SDBundle:
     """The frozen parts and the UNet to train. `tiny-scratch` trains its VAE first, once, cached
     under a key of everything that shapes it (a different resolution or seed gets a new one)."""
     if cfg.base != SCRATCH_BASE:
@@ -54,7 +57,7 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
     key = stable_seed("tiny-scratch", resolution, cfg.seed, steps, decoded.key) % 10**12
     cached = Path(cfg.out, "cache", f"base-{key:012d}")
     if not cached.exists():
-        if acc.is_main_process:
+        if rt.is_main:
             from diffmine.core.tiny import build_tiny_bundle
             from finetune.vae_train import train_vae
 
@@ -64,34 +67,35 @@ def _base_bundle(cfg: TrainConfig, decoded, acc: Accelerator, progress: bool) ->
                    "resolution/seed)", progress)
             bundle = build_tiny_bundle(resolution=resolution, seed=cfg.seed)
             _, images = decoded(bundle.resolution)
-            bundle.vae.to(acc.device)
+            bundle.vae.to(rt.device)  # trained in float32, as the UNet's weights
             train_vae(bundle.vae, torch.from_numpy(images), steps, seed=cfg.seed, progress=progress,
                       checkpoint=checkpoint,
                       deadline=None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes)
             bundle.vae.to("cpu")
             with output_folder(cached, owned=None) as tmp:  # a cache entry: replaced whole
                 bundle.save_pretrained(tmp)
-        acc.wait_for_everyone()
+        rt.wait()
     return load_bundle(cached)
 
 
 # -- cached inputs -------------------------------------------------------------------------
-def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc: Accelerator,
+def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, rt: Runtime,
            resolution: int, progress: bool, vae_key=None) -> dict:
-    """Latents (posterior means) of every image and embeddings of every distinct prompt, once.
+    """Latents (posterior means) of every image and embeddings of every distinct prompt, once, by the
+    frozen VAE and text encoder on the runtime's device in its dtype (kept as float32).
 
     With random crops the images are encoded at `resolution` + 1/8 and each step takes a random
     latent window of the training size (the VAE is local, so a latent crop ~ the crop's latent)."""
     path = Path(cfg.out, "cache", "inputs.pt")
     prompts_t = cfg.prompt_template()
     key = stable_seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base, vae_key,
-                      prompts_t.template, prompts_t.null_prompt)
-    blob = torch.load(path) if acc.is_main_process and path.exists() else None
-    if acc.is_main_process and (blob is None or blob["key"] != key):
+                      prompts_t.template, prompts_t.null_prompt, str(rt.dtype))
+    blob = torch.load(path) if rt.is_main and path.exists() else None
+    if rt.is_main and (blob is None or blob["key"] != key):
         _phase(f"encoding {len(data)} images and their prompts once (cached in {path.parent})", progress)
         records, images = decoded(resolution)
-        bundle.vae.to(acc.device)
-        bundle.text_encoder.to(acc.device)
+        bundle.vae.to(rt.device, rt.dtype)
+        bundle.text_encoder.to(rt.device, rt.dtype)
         latents = torch.cat([bundle.encode_images(torch.from_numpy(images[i:i + 32])).float().cpu()
                              for i in tqdm(range(0, len(images), 32), desc="encoding latents",
                                            disable=not progress)])
@@ -106,10 +110,10 @@ def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, acc
         tmp = path.with_suffix(".tmp")
         torch.save(blob, tmp)
         tmp.replace(path)
-        bundle.vae.to("cpu")
-        bundle.text_encoder.to("cpu")
-    acc.wait_for_everyone()
-    return blob if acc.is_main_process else torch.load(path)
+        bundle.vae.to("cpu", torch.float32)
+        bundle.text_encoder.to("cpu", torch.float32)
+    rt.wait()
+    return blob if rt.is_main else torch.load(path)
 
 
 # -- LoRA ----------------------------------------------------------------------------------
@@ -129,13 +133,13 @@ def _merged_unet(unet):
 
 
 # -- the loop ------------------------------------------------------------------------------
-def _batch(step: int, cfg: TrainConfig, n: int, acc: Accelerator) -> torch.Tensor:
+def _batch(step: int, cfg: TrainConfig, n: int, rt: Runtime) -> torch.Tensor:
     """Indices of this process's share of global batch `step`: epoch permutations seeded by (seed, epoch)."""
-    world = acc.num_processes
+    world = rt.world
     per_epoch = math.ceil(n / (cfg.batch_size * world))
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(cfg.seed, "epoch", epoch)))
-    start = (k * world + acc.process_index) * cfg.batch_size
+    start = (k * world + rt.rank) * cfg.batch_size
     return perm[torch.arange(start, start + cfg.batch_size) % n]  # the last batch wraps around
 
 
@@ -145,7 +149,7 @@ def _total_steps(cfg: TrainConfig, n: int, world: int) -> int:
     return cfg.epochs_or_default * math.ceil(n / (cfg.batch_size * world))
 
 
-def _check_out(cfg: TrainConfig, out: Path) -> None:
+def _check_out(cfg: TrainConfig, out: Path, rt: Runtime) -> None:
     """No silent overwrite of a finished model; no resume under other settings than the checkpoint's."""
     has_run = (out / "model_index.json").exists() or checkpoints.latest(out) is not None
     if has_run and not cfg.resume:
@@ -154,10 +158,12 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
     saved = out / "config.json"
     if cfg.resume and has_run and saved.exists():
         before, now = read_config_file(saved), to_dict(cfg)
-        diff = [k for k in RESUME_KEYS if k in before and before[k] != now[k]]
+        diff = [(k, before[k], now[k]) for k in RESUME_KEYS if k in before and before[k] != now[k]]
+        if resolve_dtype(precision_of(before), rt.device) != rt.dtype:
+            diff.append(("dtype", precision_of(before), precision_of(now)))
         if diff:
-            raise ConfigError(diff[0], f"differs from the run being resumed in {out} (" + "; ".join(
-                f"{k}: {before[k]!r} there, {now[k]!r} now" for k in diff) + ")")
+            raise ConfigError(diff[0][0], f"differs from the run being resumed in {out} (" + "; ".join(
+                f"{k}: {was!r} there, {now!r} now" for k, was, now in diff) + ")")
 
 
 def _crop_latents(latents: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
@@ -178,16 +184,14 @@ def train(cfg: TrainConfig, progress: bool = True, again: str = "--resume contin
     if cfg.base != SCRATCH_BASE:
         resolve_model(cfg.base, "base")  # a mistyped folder fails here, not after minutes
     out = Path(cfg.out)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
-    launch = Runtime(acc.device, torch.float32, acc.process_index, acc.num_processes,
-                     acc.state if acc.num_processes > 1 else None)
-    with writer_lock(out, launch):  # one writer per model folder (all processes of a launch are one)
-        _check_out(cfg, out)
+    rt = Runtime.start_training(cfg, dtype=cfg.precision)  # --mixed-precision, when given, names the dtype
+    with writer_lock(out, rt):  # one writer per model folder (all processes of a launch are one)
+        _check_out(cfg, out, rt)
         created = not out.exists()
         global _T_RUN
         _T_RUN = time.time()  # --max-minutes counts from here when the VAE trains first
         try:
-            return _train(cfg, out, acc, progress, again)
+            return _train(cfg, out, rt, progress, again)
         except VAEStopped as stop:
             _phase(f"stopped after {cfg.max_minutes} min in VAE training at step {stop.step} of {stop.steps}; "
                    f"{again}", progress)
@@ -201,10 +205,11 @@ def train(cfg: TrainConfig, progress: bool = True, again: str = "--resume contin
             raise
 
 
-def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again: str) -> Path:
+def _train(cfg: TrainConfig, out: Path, rt: Runtime, progress: bool, again: str) -> Path:
+    acc = rt.accelerator
     progress = progress and acc.is_local_main_process
     data = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-    if acc.is_main_process:
+    if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
     memo: dict[int, tuple] = {}
@@ -216,21 +221,21 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
         return memo[resolution]
     decoded.key = stable_seed([r.image_id for r in data])
 
-    bundle = _base_bundle(cfg, decoded, acc, progress)
+    bundle = _base_bundle(cfg, decoded, rt, progress)
     size = cfg.resolution or bundle.resolution
-    recon, vae_key = _adapted_vae(cfg, bundle, data, decoded, size, acc, progress)
+    recon, vae_key = _adapted_vae(cfg, bundle, data, decoded, size, rt, progress)
     factor = bundle.vae_scale_factor
     if size % (factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)):
         raise ConfigError("resolution", f"must be a multiple of {factor * 2 ** (len(bundle.unet.config.block_out_channels) - 1)} "
                           f"px for {cfg.base}, got {size}")
     cache_size = size + (-(-size // CROP_MARGIN // factor) * factor if cfg.random_crop else 0)
-    inputs = _cache(cfg, data, decoded, bundle, acc, cache_size, progress, vae_key)
+    inputs = _cache(cfg, data, decoded, bundle, rt, cache_size, progress, vae_key)
     memo.clear()
     latents, emb, prompt_index = inputs["latents"], inputs["embeddings"], inputs["prompt_index"]
     n = len(latents)
     null_rate = cfg.prompt_template().null_rate
 
-    unet = bundle.unet
+    unet = bundle.unet.to(rt.device, torch.float32)  # trained weights stay float32 (rt.autocast below)
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -240,13 +245,13 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant (docs/method.md §1), kept in state
-    unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)
+    unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)  # placed by the runtime (device_placement=False)
     ema = None
     if cfg.ema:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(params, decay=cfg.ema_decay)
-        ema.to(acc.device)
+        ema.to(rt.device)
         acc.register_for_checkpointing(ema)
 
     step = 0
@@ -256,36 +261,37 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
         acc.load_state(str(found[0]))
         step = found[1]
         if ema is not None:  # load_state restores the EMA's shadow weights on the CPU
-            ema.to(acc.device)
-    total = _total_steps(cfg, n, acc.num_processes)
+            ema.to(rt.device)
+    total = _total_steps(cfg, n, rt.world)
     log_path = out / "train_log.jsonl"
     elapsed_before = 0.0
-    if acc.is_main_process:  # drop log lines written after the checkpoint we resume from
+    if rt.is_main:  # drop log lines written after the checkpoint we resume from
         old = [json.loads(l) for l in log_path.read_text().splitlines()] if (found and log_path.exists()) else []
         old = [r for r in old if r["step"] <= step]
         elapsed_before = old[-1]["elapsed_s"] if old else 0.0  # elapsed time goes on across resumes
         log_path.write_text("".join(json.dumps(r) + "\n" for r in old))
 
     sched = bundle.scheduler
-    alphas = sched.alphas_cumprod.to(acc.device)
-    emb, latents_dev = emb.to(acc.device), latents.to(acc.device)
+    dev = rt.device
+    alphas = sched.alphas_cumprod.to(dev)
+    emb, latents_dev = emb.to(dev), latents.to(dev)
     latent_size = size // factor
     start, losses = time.time(), []
     _phase(f"finetuning the UNet: steps {step} -> {total}, batch {cfg.batch_size}, {size} px", progress)
     bar = tqdm(total=total, initial=step, desc="finetuning UNet", disable=not progress, dynamic_ncols=True)
     while step < total:
-        idx = _batch(step, cfg, n, acc).to(acc.device)
-        g = torch.Generator().manual_seed(stable_seed(cfg.seed, "step", step, acc.process_index))
+        idx = _batch(step, cfg, n, rt).to(dev)
+        g = torch.Generator().manual_seed(stable_seed(cfg.seed, "step", step, rt.rank))
         z0 = latents_dev[idx]
         if cfg.random_crop:
             z0 = _crop_latents(z0, latent_size, g)
-        noise = torch.randn(z0.shape, generator=g).to(acc.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g).to(acc.device)
-        drop = (torch.rand(len(idx), generator=g) < null_rate).to(acc.device)
-        cond = torch.where(drop[:, None, None], emb[0], emb[prompt_index.to(acc.device)[idx]])
+        noise = torch.randn(z0.shape, generator=g).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g).to(dev)
+        drop = (torch.rand(len(idx), generator=g) < null_rate).to(dev)
+        cond = torch.where(drop[:, None, None], emb[0], emb[prompt_index.to(dev)[idx]])
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        with acc.accumulate(unet), acc.autocast():
+        with acc.accumulate(unet), rt.autocast():
             pred = unet(zt, t, encoder_hidden_states=cond).sample
             loss = F.mse_loss(pred.float(), noise)
             acc.backward(loss)
@@ -303,12 +309,12 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
             mean = sum(losses) / len(losses)
             losses = []
             bar.set_postfix(loss=f"{mean:.4f}")
-            if acc.is_main_process:
+            if rt.is_main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": step, "loss": mean, "lr": lr_sched.get_last_lr()[0],
                                         "elapsed_s": round(elapsed_before + time.time() - start, 2)}) + "\n")
         timed_out = cfg.max_minutes is not None and (time.time() - start) / 60 >= cfg.max_minutes
-        timed_out = bool(acc.reduce(torch.tensor(float(timed_out), device=acc.device), "max").item())
+        timed_out = bool(acc.reduce(torch.tensor(float(timed_out), device=dev), "max").item())
         if step % cfg.checkpoint_every == 0 or step == total or timed_out:
             checkpoints.save(acc, out, step)
         if timed_out:
@@ -319,20 +325,20 @@ def _train(cfg: TrainConfig, out: Path, acc: Accelerator, progress: bool, again:
     unet = acc.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(params)
-    if acc.is_main_process:
+    if rt.is_main:
         _phase(f"exporting the diffusers folder to {out}", progress)
         _export(cfg, bundle, _merged_unet(unet), data, step, elapsed_before + time.time() - start, size, progress,
-                recon)
-    acc.wait_for_everyone()
+                recon, rt)
+    rt.wait()
     return out
 
 
-def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, acc: Accelerator,
+def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, size: int, rt: Runtime,
                     warn: bool = True) -> dict:
-    """The VAE's reconstruction PSNR on a sample of the training images (warned when low)."""
+    """The VAE's reconstruction PSNR on a sample of the training images (warned when low), in float32."""
     from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
-    bundle.vae.to(acc.device)
+    bundle.vae.to(rt.device)
     try:
         return check_reconstruction(bundle.vae, dataset_loader(data, size), len(data), size, what=cfg.data,
                                     warn=warn)
@@ -341,18 +347,16 @@ def _reconstruction(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, siz
 
 
 def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decoded, size: int,
-                 acc: Accelerator, progress: bool) -> tuple[dict, str | None]:
+                 rt: Runtime, progress: bool) -> tuple[dict, str | None]:
     """Measure the base's VAE on the user's images and, when --adapt-vae asks for it, train it on
     them first (finetune/vae_adapt.py). Returns the run's reconstruction figures and a key of the
     adapted VAE (None when the base's own is kept); every process ends with the same VAE."""
-    from accelerate.utils import broadcast_object_list
-
     from finetune import vae_adapt
 
     key = None
     recon = {}
-    if acc.is_main_process:
-        recon = _reconstruction(cfg, bundle, data, size, acc, warn=False)
+    if rt.is_main:
+        recon = _reconstruction(cfg, bundle, data, size, rt, warn=False)
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
             steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
             key = (cfg.base, size, cfg.seed, steps, decoded.key)
@@ -360,13 +364,13 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
                    f"{recon['reconstruction_floor_db']:g} dB): adapting its VAE to them first ({steps} steps, "
                    f"--adapt-vae {cfg.adapt_vae}; 'never' skips this)", progress)
             _, images = decoded(size)
-            bundle.vae.to(acc.device)
+            bundle.vae.to(rt.device)  # trained in float32
             deadline = None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes
             bundle.vae, seconds = vae_adapt.adapt(bundle.vae, torch.from_numpy(images), Path(cfg.out, "cache"), key,
                                                   steps, cfg.seed, progress, deadline)
             bundle.vae.to("cpu").eval().requires_grad_(False)
             before = recon["reconstruction_psnr_db"]
-            recon = _reconstruction(cfg, bundle, data, size, acc)
+            recon = _reconstruction(cfg, bundle, data, size, rt)
             recon.update(vae_adapted_steps=steps, vae_adapt_seconds=round(seconds, 1),
                          reconstruction_before_adapt_psnr_db=before)
             _phase(f"VAE adapted: {before:.1f} dB -> {recon['reconstruction_psnr_db']:.1f} dB on "
@@ -378,16 +382,17 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
             if text:
                 import warnings
                 warnings.warn(text, ReconstructionWarning, stacklevel=2)
-    if acc.num_processes > 1:
-        key, = broadcast_object_list([key])
-        if key is not None and not acc.is_main_process:  # the main process cached it before this barrier
+    if rt.world > 1:
+        key = rt.broadcast(key)
+        if key is not None and not rt.is_main:  # the main process cached it before this barrier
             bundle.vae, _ = vae_adapt.adapt(bundle.vae, None, Path(cfg.out, "cache"), key, 0, cfg.seed, False)
     return recon, (None if key is None else repr(key))
 
 
 def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step: int, seconds: float,
-            size: int, progress: bool, recon: dict) -> None:
-    """Write the diffusers SD folder (components swapped in atomically), prompts, run info and samples."""
+            size: int, progress: bool, recon: dict, rt: Runtime) -> None:
+    """Write the diffusers SD folder (components swapped in atomically), prompts, run info, and samples
+    drawn on the runtime's device in its dtype."""
     out = Path(cfg.out)
     unet = unet.to("cpu", torch.float32).eval()
     unet.register_to_config(sample_size=size // bundle.vae_scale_factor)  # the folder says its resolution
@@ -403,5 +408,5 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
         from finetune.samples import sample_grid
 
         _phase("drawing samples.png", progress)
-        sample_grid(bundle, prompts, data.labels, out / "samples.png", per_label=cfg.samples_per_label,
+        sample_grid(rt.place(bundle.eval()), prompts, data.labels, out / "samples.png", per_label=cfg.samples_per_label,
                     seed=cfg.seed)

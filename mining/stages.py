@@ -159,26 +159,35 @@ def _feature_rows(sel: PatchSelection, dataset: LabeledImages):
 
 
 def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, cache_dir: Path,
-                   progress: bool = True, runtime=None, partial=None) -> PatchFeatures | None:
+                   runtime, progress: bool = True, partial=None) -> PatchFeatures | None:
     """Features of every kept top patch, and the decoded pixels of every image shown
     (`compute_features`, then `assemble_features` on the main process; None on the others)."""
     from diffmine.core.partial import PartialResults
 
-    partial = partial or PartialResults(cache_dir / "features", {}, getattr(runtime, "rank", 0))
+    _require_runtime(runtime, "features_stage")
+    partial = partial or PartialResults(cache_dir / "features", {}, runtime.rank)
     stored = compute_features(sel, dataset, cfg, extractor, partial, runtime, progress)
     return None if stored is None else assemble_features(sel, dataset, cfg, stored, cache_dir, progress)
 
 
+def _require_runtime(runtime, stage: str) -> None:
+    """A stage runs on its caller's runtime (the one that placed the extractor's model), never on a default."""
+    from diffmine.core.runtime import Runtime
+
+    if not isinstance(runtime, Runtime):
+        raise TypeError(f"mining.stages.{stage} needs the caller's Runtime (Runtime.start(cfg), which placed the "
+                        f"feature extractor's model and deals the groups out), got {runtime!r}")
+
+
 def compute_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, partial,
-                     runtime=None, progress: bool = True) -> dict | None:
+                     runtime, progress: bool = True) -> dict | None:
     """The images with a kept patch, in fixed groups of `batch_size` (decoded once, one feature forward
     per group, pooled in each patch box); under `runtime` each process takes its share of the groups,
     and each finished group is kept in `partial` (a resumed run redoes only the missing ones).
     Returns every image's features and pixels on the main process, None on the others."""
     from diffmine.core.partial import collect, fixed_groups, run_groups
-    from diffmine.core.runtime import Runtime
 
-    runtime = runtime or Runtime(torch.device("cpu"), torch.float32)
+    _require_runtime(runtime, "compute_features")
     all_rows, row_img, index = _feature_rows(sel, dataset)
     res = sel.resolution
     extractor, prompts = extractor

@@ -69,3 +69,23 @@ def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_pat
                                     lora_rank=4), progress=False))
     assert {k for k in base if not torch.equal(base[k], last[k])} == moved  # the same adapters trained
     assert all(not torch.equal(weights[k], last[k]) for k in moved)
+
+
+def test_mixed_precision_is_an_alias_of_the_runtimes_dtype(color_dataset, tiny_model_dir, tmp_path):
+    import pytest
+
+    from diffmine.core.placement import misplaced, record_forwards
+    from diffmine.core.settings import ConfigError
+    from finetune.config import precision_of
+
+    with pytest.warns(UserWarning, match="--dtype bf16 on the CPU"), record_forwards(parts=("unet",)) as seen:
+        train(_cfg(color_dataset, tmp_path / "bf16", base=str(tiny_model_dir), max_steps=1, mixed_precision="bf16"),
+              progress=False)
+    assert seen and misplaced(seen, "cpu", torch.bfloat16) == []  # the UNet computed under bf16 autocast
+
+    assert _cfg(tmp_path, tmp_path / "m").precision == "auto"  # the runtime's --dtype auto, as every command
+    assert _cfg(tmp_path, tmp_path / "m", mixed_precision="no").precision == "fp32"
+    assert _cfg(tmp_path, tmp_path / "m", mixed_precision="bf16", dtype="bf16").precision == "bf16"
+    assert precision_of({"mixed_precision": "no"}) == "fp32"  # a config.json written before --dtype
+    with pytest.raises(ConfigError, match="give one of them"):
+        _cfg(tmp_path, tmp_path / "m", mixed_precision="bf16", dtype="fp32").validate()

@@ -2,7 +2,8 @@
 
 The placement test swaps the runtime's device policy for one that no command would pick by itself
 (bfloat16 on the CPU) and records every UNet forward of every command: a command that loaded its
-model or chose its device on its own would run in float32 and fail it."""
+model or chose its device on its own would run in float32 and fail it. The finetuner trains float32
+weights: its forwards must compute in the runtime's dtype (autocast) on its device."""
 from __future__ import annotations
 
 import json
@@ -91,7 +92,10 @@ def recorded_forwards(monkeypatch):
 
 def _check(seen, command):
     assert seen, f"{command}: no UNet forward was recorded"
-    wrong = {s.placement for s in seen if s.placement != ("cpu", torch.bfloat16, torch.bfloat16)}
+    if command == "finetune":  # trained weights stay float32; each forward computes in the runtime's dtype
+        wrong = {(s.device, s.compute) for s in misplaced(seen, "cpu", torch.bfloat16)}
+    else:
+        wrong = {s.placement for s in seen if s.placement != ("cpu", torch.bfloat16, torch.bfloat16)}
     assert not wrong, f"{command}: UNet ran as {wrong}, the runtime chose cpu / bfloat16"
     seen.clear()
 
@@ -109,6 +113,8 @@ def test_every_command_runs_its_unet_where_the_runtime_chose(recorded_forwards, 
 
     t = tmp_path
     data = generate_towns(t / "towns", n_train=2, n_test=1, size=32, seed=2) / "train"  # the tiny model's labels
+    run("finetune", "--base", "tiny", "--data", data, "--out", t / "ft", "--resolution", 32, "--max-steps", 2,
+        "--batch-size", 2, "--samples-per-label", 1, "--adapt-vae", "never")  # its training and its samples
     run("typicality", "--model", "tiny", "--data", data, "--out", t / "typ", "--draws", 2)
     run("mine", "--model", "tiny", "--data", data, "--typicality", t / "typ", "--out", t / "mine",
         "--per-image", 1, "--clusters", 2, "--min-members", 1, "--min-images", 1, "--dift-draws", 1)
@@ -163,3 +169,23 @@ def test_the_recorder_sees_unet_and_vae_forwards_under_autocast(tiny_bundle):
     assert misplaced(seen, "cuda", torch.float32) == seen
     from diffusers import UNet2DConditionModel
     assert UNet2DConditionModel.forward.__name__ == "forward"  # restored after the block
+
+
+def test_in_memory_maps_run_where_the_runtime_chose(recorded_forwards, tmp_path):
+    """localize's compute_maps places a caller's bundle on the runtime first (not where it happened to be)."""
+    import numpy as np
+
+    from diffmine.apps.localize.run import compute_maps
+    from diffmine.core.tiny import build_tiny_bundle
+
+    images = np.zeros((1, 3, 32, 32), np.float32)
+    store = compute_maps(build_tiny_bundle(resolution=32), images, ["a"], [["Mass"]], tmp_path / "maps", draws=2, progress=False)
+    assert store.meta["dtype"] == "bfloat16"
+    _check(recorded_forwards, "compute_maps")
+
+
+def test_mining_stages_need_the_callers_runtime():
+    from mining.stages import compute_features
+
+    with pytest.raises(TypeError, match="needs the caller's Runtime"):
+        compute_features(None, None, None, None, None, None)

@@ -91,13 +91,14 @@ class Runtime:
     world: int = 1
     state: object | None = None  # accelerate's PartialState when launched (None: simulated or single)
 
+    accelerator: object | None = None  # accelerate's Accelerator of a command that trains (`start_training`)
+
     @classmethod
     def start(cls, settings: RuntimeSettings | None = None, **overrides) -> "Runtime":
         """The runtime for a command's settings (any object with device/dtype/process_index/num_processes)."""
         get = lambda k, d=None: overrides.get(k, getattr(settings, k, d))  # noqa: E731
-        device, dtype = get("device", "auto"), get("dtype", "auto")
         index, count = get("process_index"), get("num_processes")
-        state, accel_device = None, None
+        state = None
         if index is None:
             from accelerate import PartialState
 
@@ -105,15 +106,54 @@ class Runtime:
             # then forms a gloo group instead of running n unaware copies.
             state = PartialState(cpu=not torch.cuda.is_available())
             index, count = state.process_index, state.num_processes
-            accel_device = state.device if state.device.type != "cpu" else None
+        return cls._placed(get("device", "auto"), get("dtype", "auto"), index, count, state)
+
+    @classmethod
+    def one_process(cls, settings: RuntimeSettings | None = None, **overrides) -> "Runtime":
+        """A runtime that computes every item it is given, whatever launched it (a library call)."""
+        return cls.start(settings, **{**overrides, "process_index": 0, "num_processes": 1})
+
+    @classmethod
+    def start_training(cls, settings: RuntimeSettings, **overrides) -> "Runtime":
+        """The runtime of a command that trains (finetune): accelerate's `Accelerator` (`.accelerator`)
+        under the same policy as every command. `device` is where the trained and the frozen models go;
+        `dtype` is the precision their forwards compute in: the frozen parts' weights, and the autocast
+        of the trained model's forwards (`autocast()`; its weights and optimizer stay float32)."""
+        from accelerate import Accelerator, PartialState
+        from accelerate.state import AcceleratorState
+
+        get = lambda k: overrides.get(k, getattr(settings, k, "auto"))  # noqa: E731
+        cpu = get("device") == "cpu" or not torch.cuda.is_available()
+        rt = cls._placed(get("device"), get("dtype"), None, None, PartialState(cpu=cpu))
+        # accelerate's own mixed precision only for fp16, for its gradient scaler; bf16 needs none and
+        # autocasts on this runtime's device (accelerate's autocast would take its own device's type)
+        mixed = "fp16" if rt.dtype == torch.float16 else "no"
+        if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed and rt.world == 1:
+            AcceleratorState._reset_state()  # an earlier run in this process (tests, a detector) chose another
+        rt.accelerator = Accelerator(mixed_precision=mixed, cpu=cpu, device_placement=False)
+        if rt.dtype == torch.float16 and rt.accelerator.device.type != rt.device.type:
+            raise DataError(f"--dtype fp16 trains with accelerate's gradient scaler on {rt.accelerator.device.type}, "
+                            f"not on {rt.device}; choose --dtype bf16 or fp32 there")
+        return rt
+
+    @classmethod
+    def _placed(cls, device: str, dtype: str, index, count, state) -> "Runtime":
+        """The runtime of process `index` of `count` (accelerate's when None) placed by `POLICY`."""
+        if index is None:
+            index, count = state.process_index, state.num_processes
+        accel_device = state.device if state is not None and state.device.type != "cpu" else None
         dev, dt = POLICY(device, dtype, accel_device)
         if torch.device(dev).type == "cpu" and dtype in ("bf16", "fp16") and int(index) == 0:
             import warnings
 
             # CPUs lack fast half-precision kernels: asked for explicitly, it is a surprise worth one line
             warnings.warn(f"--dtype {dtype} on the CPU runs many times slower than fp32 (no fast {dtype} kernels "
-                          "there); leave --dtype auto for fp32", stacklevel=2)
+                          "there); leave --dtype auto for fp32", stacklevel=3)
         return cls(torch.device(dev), dt, int(index), int(count or 1), state)
+
+    def autocast(self):
+        """The block's forwards compute in this runtime's dtype (a no-op in float32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     # -- the work share ------------------------------------------------------------------------
     @property

@@ -151,8 +151,8 @@ class DiffusionDetector(BaseDetector):
         if getattr(self, "_runtime", None) is None:
             from diffmine.core.runtime import Runtime
 
-            # the detector computes every image it is given: one process, whatever launched it (not a default)
-            self._runtime = Runtime.start(None, device=self.device, dtype=self.dtype, process_index=0, num_processes=1)
+            # the detector computes every image it is given: one process, whatever launched it
+            self._runtime = Runtime.one_process(None, device=self.device, dtype=self.dtype)
         return self._runtime
 
     def loaded(self) -> LoadedModel:
@@ -236,7 +236,10 @@ class DiffusionDetector(BaseDetector):
                           null_prompt=prompts.null_prompt, null_rate=prompts.null_rate, resolution=self.resolution,
                           batch_size=int(self.finetune_batch), lr=float(self.finetune_lr),
                           max_steps=int(self.finetune_steps), checkpoint_every=10 ** 9, seed=int(self.seed),
-                          samples_per_label=0), progress=bool(self.progress))
+                          samples_per_label=0, device=self.device, dtype=self.dtype,  # the detector's placement
+                          # its figures were measured with the base's own VAE; adapting it here is not measured yet
+                          adapt_vae="never"),
+              progress=bool(self.progress))
         shutil.rmtree(work / "model" / "cache", ignore_errors=True)
         shutil.rmtree(work / "model" / "checkpoints", ignore_errors=True)
         return (work / "model").resolve()

@@ -60,18 +60,21 @@ def model_labels(model: str | Path, known: list[str] | None = None) -> list[str]
 # -- maps ----------------------------------------------------------------------------------
 def compute_maps(bundle, images: np.ndarray, image_ids: Sequence[str], findings: Sequence[Sequence[str]], out,
                  prompts=None, t_range=FULL_T_RANGE, draws: int | None = None, seed: int = 0, batch_size: int = 64,
-                 progress: bool = True, desc: str = "typicality"):
+                 progress: bool = True, desc: str = "typicality", runtime=None):
     """Typicality store at `out` with, per image, one map per finding (each its own prompt vs null).
 
-    For images already in memory and a bundle a caller placed itself (benchmarks, notebooks): it
-    runs where `bundle` is. `run_localize` computes its maps with the typicality stage instead."""
+    For images already in memory and a bundle built in memory (benchmarks, notebooks). The maps are
+    computed on `runtime`'s device in its dtype (default: the runtime of `--device auto --dtype auto`,
+    one process): the bundle is placed there first. `run_localize` uses the typicality stage instead."""
     from tqdm.auto import tqdm
 
     from diffmine.core.prompts import PromptTemplate
+    from diffmine.core.runtime import Runtime
     from typicality.engine import DEFAULT_DRAWS, TypicalityEstimator
     from typicality.store import ShardWriter, TypicalityStore, merge_manifests
 
-    bundle = bundle.eval()
+    runtime = runtime or Runtime.one_process()
+    bundle = runtime.place(bundle.eval())
     prompts = prompts or PromptTemplate()
     est = TypicalityEstimator(bundle, prompts, draws=draws or DEFAULT_DRAWS, t_range=tuple(t_range), seed=seed,
                               batch_size=batch_size)
