@@ -175,7 +175,9 @@ def run_shared(x_train, y_train, x_test, y_test, classes, args, work) -> tuple[d
     train(TrainConfig(data=str(work / "data"), out=str(model), base=str(args.base), resolution=args.resolution,
                       prompt="A handwritten digit {label}.", null_prompt="A handwritten digit.", null_rate=0.1,
                       batch_size=args.finetune_batch, lr=args.lr, max_steps=args.steps, checkpoint_every=10 ** 9,
-                      seed=args.seed, samples_per_label=0), progress=False)
+                      seed=args.seed, samples_per_label=0,
+                      adapt_vae="never"),  # the recorded figures used the base's own VAE
+          progress=False)
     train_seconds = time.time() - start
     print(f"finetuned one model on {len(x_train)} images, {len(labels)} labels: {train_seconds:.0f} s", flush=True)
     bundle = SDBundle.from_pretrained(model).eval()
