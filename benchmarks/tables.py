@@ -84,6 +84,16 @@ BENCHMARKS = [
      "PSNR (posterior mean) on held-out images of domains the VAE never saw. The first record is the "
      "shipped towns VAE (10-17 dB); the latest shown here is the broad-corpus VAE after only 144 CPU steps "
      "(a direction check, not the trained broad base).", "python benchmarks/vae_reconstruction.py"),
+    ("vae_adaptation", "The small base's VAE adapted to a user's images (finetune --adapt-vae)",
+     "Per unseen domain, 400 user images adapt the shipped base's VAE (finetune/vae_adapt.py, the shipped "
+     "recipe: 600 steps, batch 8, lr 5e-4); held-out PSNR (posterior mean, 64 images, percentile bootstrap) "
+     "and its curve against CPU seconds (1 thread, machine shared with other jobs). Target >= 26 dB at the "
+     "interval's lower end.", "python benchmarks/vae_adaptation.py --threads 1"),
+    ("planted_elements", "Planted elements: the laptop recipe on a foreign folder",
+     "The README's laptop recipe (finetune --base tiny with VAE adaptation, typicality, mine) on 400 planted "
+     "images of 4 labels, timed by phase; held-out pointing game and pixel AUROC per label (percentile "
+     "bootstrap over 100 held-out images). Targets >= 0.9 per label, <= 30 min.",
+     "python benchmarks/planted_elements.py --seed 1002 --recipe --threads 2 --protocol benchmarks/protocols/planted.json"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
