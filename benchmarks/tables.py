@@ -307,7 +307,9 @@ def render() -> str:
     body = [line for b in BENCHMARKS for line in section(*b)]
     text = "\n".join(head + body).rstrip() + "\n"
     # records name files by absolute path (wherever the repository was); the page by repository path
-    return re.sub(r"(?<![\w.])/[^\s`'\"]*?/((?:benchmarks|assets|runs|diffmine|docs)/)", r"\1", text)
+    text = re.sub(r"(?<![\w.])/[^\s`'\"]*?/((?:benchmarks|assets|runs|diffmine|docs)/)", r"\1", text)
+    # a work folder outside the repository (a protocol's "work") is shown by its own name only
+    return re.sub(r'(?<=": ")/[^"]*/([^"/]+)"', r'…/\1"', text)
 
 
 def main(argv: list[str] | None = None) -> int:
