@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, progress: bool = True, again: str = "--resume contin
             return out
         except BaseException:
             keep = out.exists() and (checkpoints.latest(out) is not None or any(out.glob("cache/base-*"))
-                                     or any(out.glob("cache/vae-*.pt")))
+                                     or any(out.glob("cache/vae-*")))  # VAE training states and adapted VAEs
             if created and out.exists() and not keep:
                 import shutil
                 shutil.rmtree(out, ignore_errors=True)

@@ -83,3 +83,15 @@ def test_vae_steps_without_any_vae_training_is_refused(digits, tmp_path):
 
     with pytest.raises(ConfigError, match="^vae_steps only applies"):
         train(_cfg(digits, tmp_path / "x", adapt_vae="never"), progress=False)
+
+
+def test_a_failure_after_adaptation_keeps_the_adapted_vae(digits, tmp_path, monkeypatch):
+    import finetune.train as ft
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a failure after the VAE adapted")
+
+    monkeypatch.setattr(ft, "_cache", fail)
+    with pytest.raises(RuntimeError, match="after the VAE adapted"):
+        train(_cfg(digits, tmp_path / "x"), progress=False)
+    assert list((tmp_path / "x").glob("cache/vae-adapted-*/config.json"))  # minutes of work not thrown away
