@@ -376,16 +376,13 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
             _phase(f"VAE adapted: {before:.1f} dB -> {recon['reconstruction_psnr_db']:.1f} dB on "
                    f"{recon['reconstruction_images']} of these images", progress)
         else:
-            from diffmine.core.reconstruction import ReconstructionWarning, warning_text
+            from diffmine.core.reconstruction import warn_if_low
 
-            text = warning_text(recon, cfg.data)
-            if text:
-                import warnings
-                warnings.warn(text, ReconstructionWarning, stacklevel=2)
+            warn_if_low(recon, cfg.data)
     if rt.world > 1:
         key = rt.broadcast(key)
         if key is not None and not rt.is_main:  # the main process cached it before this barrier
-            bundle.vae, _ = vae_adapt.adapt(bundle.vae, None, Path(cfg.out, "cache"), key, 0, cfg.seed, False)
+            bundle.vae = vae_adapt.load_adapted(Path(cfg.out, "cache"), key)
     return recon, (None if key is None else repr(key))
 
 

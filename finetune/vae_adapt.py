@@ -41,16 +41,26 @@ def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: 
 
     Returns (vae, seconds spent training now). Raises finetune.vae_train.VAEStopped at `deadline`
     (the checkpoint keeps the state for a rerun). `lr`, `batch_size`, `on_step`: for benchmarks."""
-    from diffusers import AutoencoderKL
-
-    tag = f"{stable_seed('adapt-vae', *key) % 10**12:012d}"
-    done = Path(cache, f"vae-adapted-{tag}")
+    done, checkpoint = _paths(cache, key)
     if (done / "config.json").exists():
-        return AutoencoderKL.from_pretrained(done), 0.0
+        return load_adapted(cache, key), 0.0
     start = time.time()
     train_vae(vae, images, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-              checkpoint=Path(cache, f"vae-adapt-{tag}.pt"), deadline=deadline, desc="adapting VAE", on_step=on_step)
+              checkpoint=checkpoint, deadline=deadline, desc="adapting VAE", on_step=on_step)
     with output_folder(done, owned=None) as tmp:  # a cache entry: replaced whole
         vae.save_pretrained(tmp)
-    Path(cache, f"vae-adapt-{tag}.pt").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return vae, time.time() - start
+
+
+def load_adapted(cache: Path, key: tuple):
+    """The finished adaptation of `key` from the cache (the other processes of a launch read it)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(_paths(cache, key)[0])
+
+
+def _paths(cache: Path, key: tuple) -> tuple[Path, Path]:
+    """(the adapted VAE's folder, its training checkpoint) for the adaptation `key`."""
+    tag = f"{stable_seed('adapt-vae', *key) % 10**12:012d}"
+    return Path(cache, f"vae-adapted-{tag}"), Path(cache, f"vae-adapt-{tag}.pt")

@@ -112,10 +112,17 @@ def check_reconstruction(vae, load: Callable[[Sequence[int]], np.ndarray], n_ima
                          what: str = "", warn: bool = True) -> dict:
     """`measure`, then one ReconstructionWarning line when the PSNR is below FLOOR_DB (if `warn`)."""
     figures = measure(vae, load, n_images, resolution)
-    text = warning_text(figures, what)
-    if text and warn:
-        warnings.warn(text, ReconstructionWarning, stacklevel=2)
+    if warn:
+        warn_if_low(figures, what, stacklevel=3)
     return figures
+
+
+def warn_if_low(figures: dict, what: str = "", stacklevel: int = 2) -> None:
+    """One ReconstructionWarning line when measured figures are below the floor (a caller that
+    measured with warn=False and decided what to do first)."""
+    text = warning_text(figures, what)
+    if text:
+        warnings.warn(text, ReconstructionWarning, stacklevel=stacklevel + 1)
 
 
 def dataset_loader(dataset, resolution: int) -> Callable[[Sequence[int]], np.ndarray]:
