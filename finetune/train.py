@@ -117,11 +117,15 @@ def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, rt:
 
 
 # -- LoRA ----------------------------------------------------------------------------------
-def _add_lora(unet, rank: int) -> None:
+def _add_lora(unet, rank: int, seed: int) -> None:
+    """LoRA adapters on the attention projections; their gaussian init is drawn from `seed`, not from
+    whatever the global random state happens to be, so --seed fixes the whole run."""
     from peft import LoraConfig
 
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stable_seed(seed, "lora"))
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
 
 
 def _merged_unet(unet):
@@ -241,7 +245,7 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime, progress: bool, again: str)
         unet.enable_gradient_checkpointing()
     if cfg.lora_rank:
         unet.requires_grad_(False)
-        _add_lora(unet, cfg.lora_rank)
+        _add_lora(unet, cfg.lora_rank, cfg.seed)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant (docs/method.md §1), kept in state

@@ -53,7 +53,7 @@ def test_resume_gives_same_weights_as_uninterrupted(color_dataset, tiny_model_di
 
 def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
-    torch.manual_seed(0)  # the adapters' initial weights come from torch's global generator: the same in both runs
+    torch.manual_seed(1)  # the global generator differs between the two runs: --seed alone draws the adapters
     train(_cfg(color_dataset, out, base=str(tiny_model_dir), max_steps=2, lora_rank=4, ema=True), progress=False)
     weights = _unet_weights(out)
     assert not any("lora" in k for k in weights)
@@ -64,11 +64,27 @@ def test_lora_and_ema_export_a_plain_unet(color_dataset, tiny_model_dir, tmp_pat
     moved = {k for k in base if not torch.equal(base[k], weights[k])}
     assert weights.keys() == base.keys() and moved and moved <= adapted, sorted(moved - adapted)[:3]
     # EMA was applied: the export is the moving average, not the last weights of the same run without it
-    torch.manual_seed(0)
+    torch.manual_seed(2)
     last = _unet_weights(train(_cfg(color_dataset, tmp_path / "no-ema", base=str(tiny_model_dir), max_steps=2,
                                     lora_rank=4), progress=False))
     assert {k for k in base if not torch.equal(base[k], last[k])} == moved  # the same adapters trained
     assert all(not torch.equal(weights[k], last[k]) for k in moved)
+
+
+def test_lora_init_comes_from_the_seed_not_the_global_generator(tiny_model_dir):
+    from diffusers import UNet2DConditionModel
+
+    from finetune.train import _add_lora
+
+    def adapters(seed, global_seed):
+        unet = UNet2DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet")
+        torch.manual_seed(global_seed)
+        _add_lora(unet, 4, seed)
+        return {k: v for k, v in unet.state_dict().items() if "lora_A" in k}
+
+    a, b, c = adapters(0, 1), adapters(0, 2), adapters(1, 1)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_mixed_precision_is_an_alias_of_the_runtimes_dtype(color_dataset, tiny_model_dir, tmp_path):
