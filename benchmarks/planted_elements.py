@@ -1,7 +1,7 @@
 """Does a base let mining find small planted elements? Finetune, typicality, held-out pointing and pixel AUROC.
 
     python benchmarks/planted_elements.py [--base tiny] [--steps 1000] [--draws 16] [--work runs/bench-planted]
-        [--seed N] [--protocol benchmarks/protocols/planted.json] [--recipe]
+        [--seed N] [--protocol benchmarks/protocols/planted.json] [--recipe] [--finetune JSON]
 
 Data: diffmine/datasets/planted.py (4 labels, one small characteristic element each: a thin ring,
 a thin cross, a filled wedge, a filled tile, about a fifth of the side; distractors shared by all
@@ -65,6 +65,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the generator's 0)")
     p.add_argument("--recipe", action="store_true", help="also time the README's laptop recipe on train/")
+    p.add_argument("--finetune", default=None, metavar="JSON",
+                   help='finetune settings over the recipe\'s (e.g. {"lr": 5e-4, "batch_size": 16}); the model '
+                        "folder's name carries them, so another setting never resumes this one's model")
     protocol_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -72,7 +75,9 @@ def main(argv=None) -> dict:
     work = Path(args.work) / ("" if args.seed is None else f"seed{args.seed}")
     data = generate_planted(work / "data", n_train=100, n_test=25, progress=True,
                             **({} if args.seed is None else {"seed": args.seed}))
-    model = work / f"model-{Path(args.base).name}-{args.steps}"
+    overrides = json.loads(args.finetune) if args.finetune else {}
+    tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+    model = work / f"model-{Path(args.base).name}-{args.steps}{tag}"
     phases = {}
 
     def timed(name, fn, *a, **kw):
@@ -83,7 +88,8 @@ def main(argv=None) -> dict:
         return out
 
     timed("finetune", train, TrainConfig(data=str(data / "train"), out=str(model), base=args.base,
-                                         max_steps=args.steps, resume=model.exists(), samples_per_label=1))
+                                         max_steps=args.steps, resume=model.exists(), samples_per_label=1,
+                                         **overrides))
     if args.recipe:  # typicality and mine as the README's laptop recipe runs them: defaults, on the user's folder
         from mining.config import MineConfig
         from mining.mine import run_mining
