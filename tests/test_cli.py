@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from diffmine.cli import COMMANDS, build_parser, main
+from diffmine.cli.commands import config_classes
 from diffmine.cli.options import config_from_args
 from diffmine.core.settings import ConfigError, fields, load_config
 
@@ -25,18 +26,10 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def _commands():
     """(name, parser, config class) of every command, `anomaly fit` / `anomaly score` included."""
-    import importlib
-
-    for name, sub in _subparsers(build_parser()).items():
-        module = importlib.import_module(f"diffmine.cli.{name}")
-        if hasattr(module, "SUBCOMMANDS"):
-            nested = _subparsers(sub)
-            for action, cls in module.SUBCOMMANDS.items():
-                yield f"{name} {action}", nested[action], cls
-            continue
-        classes = [v for v in vars(module).values() if dataclasses.is_dataclass(v) and isinstance(v, type)]
-        assert len(classes) == 1, name
-        yield name, sub, classes[0]
+    parsers = _subparsers(build_parser())
+    for name, cls in config_classes().items():
+        command, _, action = name.partition(" ")
+        yield name, (_subparsers(parsers[command])[action] if action else parsers[command]), cls
 
 
 def test_every_cli_default_is_the_config_default():
@@ -113,3 +106,55 @@ def test_mistyped_model_fails_at_once_with_one_line(tmp_path, capsys, monkeypatc
         assert rc == 2 and len(err.splitlines()) == 1 and "no such folder" in err, err
     rc = main(["typicality", "--model", "someone/not-cached", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert rc == 2 and "HF_HUB_OFFLINE" in capsys.readouterr().err  # the suite runs offline (conftest)
+
+
+# command -> (what its run function returns, the line it prints); "{out}" is --out's value, "{score}" the config's
+SUMMARIES = {
+    "finetune": ("runs/m", "model written to runs/m"),
+    "typicality": (Path("runs/t"), "typicality written to runs/t"),
+    "mine": ("runs/mine", "report: runs/mine/report.html"),
+    "localize": ({"auc_pr": 0.5}, "report: {out}/report.html"),
+    "translate": (Path("runs/tr"), "translations: runs/tr/index.html"),
+    "changes": (Path("runs/ch"), "report: runs/ch/report.html"),
+    "classify": ({"images": 12, "accuracy": 0.75, "images_per_s": 3.0},
+                 "12 images, accuracy 0.7500, 3.00 images/s; written to {out}"),
+    "anomaly fit": (argparse.Namespace(decision_scores_=[0.1, 0.2, 0.3], threshold_=0.123456789),
+                    "detector ({score}) fitted on 3 images, threshold 0.123457, written to {out}"),
+    "anomaly score": ({"outliers": 2, "images": 9, "threshold": 0.5, "csv": "s/scores.csv"},
+                      "2 of 9 images above the threshold 0.5; scores in s/scores.csv"),
+    "demo": ({"pointing": 0.9}, None),
+    "assets": (Path("assets/model"), None),
+}
+
+
+def test_every_command_has_its_summary_checked():
+    assert set(SUMMARIES) == set(config_classes())
+
+
+@pytest.mark.parametrize("name", sorted(SUMMARIES))
+def test_each_row_calls_its_run_function_and_prints_its_line(name, monkeypatch, capsys, tmp_path):
+    """Every row of the command table: the config from the flags goes to its run function, and the result
+    gives the one summary line (none from another process of a launch, whose result is None)."""
+    import importlib
+
+    from diffmine.cli import anomaly
+    from diffmine.cli.commands import COMMANDS
+
+    command, _, action = name.partition(" ")
+    row = anomaly.ACTIONS[action] if action else COMMANDS[command]
+    if action:  # no PyOD check here: test_anomaly checks it
+        monkeypatch.setitem(anomaly.ACTIONS, action, dataclasses.replace(row, check=None))
+    cls = row.config_class
+    monkeypatch.setattr(cls, "validate", lambda self: None, raising=False)  # "X" is no real folder
+    result, line = SUMMARIES[name]
+    out = str(tmp_path / "o")
+    required = [f.name for f in fields(cls) if f.metadata.get("required") and f.name != "out"]
+    argv = name.split() + [x for f in required for x in (f"--{f.replace('_', '-')}", "X")] + ["--out", out]
+    calls = []
+    for returned, want in ((result, line), (None, None)):
+        module, _, fn = row.run.rpartition(".")
+        monkeypatch.setattr(importlib.import_module(module), fn, lambda cfg, _r=returned: calls.append(cfg) or _r)
+        assert main(argv) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert printed == ([want.format(out=out, score=getattr(calls[-1], "score", ""))] if want else []), name
+    assert len(calls) == 2 and isinstance(calls[0], cls) and calls[0].out == out

@@ -1,5 +1,6 @@
-"""The `diffmine` command: one small module per subcommand, each parsing its config and calling
-the function the tests also call. Bad input ends with one line on stderr and exit status 2."""
+"""The `diffmine` command: the subcommands are the rows of one table (`commands.py`), each parsing its
+config and calling the function the tests also call. Bad input ends with one line on stderr and exit
+status 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,18 +9,17 @@ import os
 import sys
 import warnings
 
-# subcommand -> module in this package (each has HELP, register(parser), run(args))
-COMMANDS = ("finetune", "typicality", "mine", "localize", "translate", "changes", "anomaly", "classify", "demo",
-            "assets")
+from diffmine.cli.commands import COMMANDS, Command, own_module
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffmine", description="Visual data mining with diffusion models.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        module = importlib.import_module(f"diffmine.cli.{name.replace('-', '_')}")
-        module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    for name, entry in COMMANDS.items():
+        row = entry if isinstance(entry, Command) else own_module(entry)  # a command that does more
+        help_line = row.help if isinstance(row, Command) else row.HELP
+        row.register(sub.add_parser(name, help=help_line, description=help_line))
     return p
 
 

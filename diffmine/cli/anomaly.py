@@ -2,20 +2,10 @@
 
 PyOD is the `anomaly` extra: only this command imports it (when it runs), so every other
 command starts without it, and this one says in one line what to install."""
-from diffmine.apps.anomaly.config import AnomalyFitConfig, AnomalyScoreConfig
-
-from diffmine.cli.options import add_config_options, config_from_args
+from diffmine.cli.commands import Command
 
 HELP = "anomaly detection: `fit` on normal images, `score` new ones (higher = more anomalous)"
-SUBCOMMANDS = {"fit": AnomalyFitConfig, "score": AnomalyScoreConfig}
 MISSING_PYOD = "PyOD is not installed; install the anomaly extra: pip install -e .[anomaly]"
-
-
-def register(parser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add_config_options(sub.add_parser("fit", help="fit the detector on normal images"), AnomalyFitConfig)
-    add_config_options(sub.add_parser("score", help="score images with a fitted detector"), AnomalyScoreConfig)
-    parser.set_defaults(run=run)
 
 
 def require_pyod() -> None:
@@ -30,17 +20,25 @@ def require_pyod() -> None:
         raise DataError(MISSING_PYOD) from None
 
 
-def run(args) -> None:
-    cfg = config_from_args(SUBCOMMANDS[args.action], args, validate=True)
-    require_pyod()
-    from diffmine.apps.anomaly.run import fit_detector, score_images
+def _fitted(cfg, det) -> str:
+    return (f"detector ({cfg.score}) fitted on {len(det.decision_scores_)} images, threshold "
+            f"{det.threshold_:.6g}, written to {cfg.out}")
 
-    if args.action == "fit":
-        det = fit_detector(cfg)
-        print(f"detector ({cfg.score}) fitted on {len(det.decision_scores_)} images, threshold "
-              f"{det.threshold_:.6g}, written to {cfg.out}")
-    else:
-        res = score_images(cfg)
-        if res is not None:  # under `accelerate launch`: the main process wrote the files
-            print(f"{res['outliers']} of {res['images']} images above the threshold {res['threshold']:.6g}; "
-                  f"scores in {res['csv']}")
+
+def _scored(cfg, res: dict) -> str:
+    return (f"{res['outliers']} of {res['images']} images above the threshold {res['threshold']:.6g}; "
+            f"scores in {res['csv']}")
+
+
+ACTIONS = {
+    "fit": Command("diffmine.apps.anomaly.config.AnomalyFitConfig", "fit the detector on normal images",
+                   "diffmine.apps.anomaly.run.fit_detector", _fitted, check=require_pyod),
+    "score": Command("diffmine.apps.anomaly.config.AnomalyScoreConfig", "score images with a fitted detector",
+                     "diffmine.apps.anomaly.run.score_images", _scored, check=require_pyod),
+}
+
+
+def register(parser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, command in ACTIONS.items():
+        command.register(sub.add_parser(action, help=command.help))  # each action runs its own row
