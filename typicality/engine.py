@@ -21,7 +21,7 @@ import torch
 
 from diffmine.core.bundle import scale_latents
 from diffmine.core.lock import writer_lock
-from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
+from diffmine.core.settings import defaults, load_config, resume_keys, save_config, to_dict
 from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
 from diffmine.core.partial import fixed_groups
@@ -292,7 +292,7 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
         else:
             conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
         store_labels = list(dataset.labels)
-        settings_meta = {k: v for k, v in to_dict(cfg).items() if k in map_keys(TypicalityConfig)}
+        settings_meta = {k: v for k, v in to_dict(cfg).items() if k in resume_keys(TypicalityConfig)}
         meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
                 "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
         meta["map_keys"] = sorted(meta)  # everything above must match for a resume

@@ -35,7 +35,7 @@ from diffmine.evaluation.groundtruth import rasterize_boxes
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD, score_map, summarize
 from diffmine.core.lock import writer_lock
 from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
-from diffmine.core.settings import map_keys, save_config, to_dict
+from diffmine.core.settings import resume_keys, save_config, to_dict
 from diffmine.core.errors import DataError
 
 from diffmine.apps.localize.boxes import PlacedBox, place_boxes, read_boxes
@@ -206,7 +206,7 @@ def _stale(tcfg, store: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return True
     want = json.loads(json.dumps(to_dict(tcfg), default=list))
-    if any(found.get(k) != want.get(k) for k in (*map_keys(TypicalityConfig), "model")):
+    if any(found.get(k) != want.get(k) for k in (*resume_keys(TypicalityConfig), "model")):
         return True
     manifests = read_manifests(store)
     if manifests is None:
