@@ -37,8 +37,8 @@ class Job:
     owned: tuple[str, ...] = ()  # the entries of `out` a run replaces (its outputs; `.partial`: its stored groups)
     unit = "img"                 # what the progress bar counts
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, config, progress: bool = True):
+        self.config, self.progress = config, progress  # progress: bars on the main process
         self.ids: list[str] = []  # every item, in output order (set by `load`)
         self.phase = ""           # the progress bar's label (set by `load`: it may name the model's settings)
         self.store: PartialResults | None = None
@@ -95,7 +95,7 @@ class Job:
         return value
 
 
-def run_job(job: Job, progress: bool = True, on_group: Callable[[int], None] | None = None) -> Any:
+def run_job(job: Job, on_group: Callable[[int], None] | None = None) -> Any:
     """Run `job` (see the module doc); its value from the process that wrote the outputs, else None.
     on_group(n) is called as this process stores its n-th group."""
     from tqdm.auto import tqdm
@@ -105,8 +105,8 @@ def run_job(job: Job, progress: bool = True, on_group: Callable[[int], None] | N
     rt = job.runtime()
     with writer_lock(job.out, rt):
         job.load(rt)
-        with tqdm(total=len(job.ids), unit=job.unit, desc=job.phase, disable=not progress or not rt.is_main,
-                  dynamic_ncols=True) as bar:
+        counted = job.progress and rt.is_main and bool(job.ids)  # a job without items shows its own bars
+        with tqdm(total=len(job.ids), unit=job.unit, desc=job.phase, disable=not counted, dynamic_ncols=True) as bar:
             results = job.work(rt, bar, on_group)
         if results is None:
             return None  # not the main process, or a simulated share: a later single-process run writes

@@ -224,4 +224,4 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
     f"{n} images, accuracy {accuracy:.3f}, {images_per_s:.2f} images/s; written to {out}".
     on_group(n) is called as this process stores its n-th group.
     """
-    return run_job(ClassifyJob(config), progress, on_group)
+    return run_job(ClassifyJob(config, progress), on_group)
