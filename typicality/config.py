@@ -49,7 +49,8 @@ class TypicalityConfig(RuntimeSettings):
     group: int = option(16, "images per unit of work: decoded and batched together, dealt out to the processes "
                         "of `accelerate launch`; shards end at group ends (a kill loses at most a group)")
     shard_size: int = option(256, "images per store shard: a kill loses at most the images since the last shard")
-    shard_seconds: float = option(60.0, "also write a shard after this many seconds (bounds what a kill loses)")
+    shard_seconds: float = option(60.0, "also write a shard at the first group end after this many seconds (bounds "
+                                  "what a kill loses; 0: at every group's end)")
     force: bool = option(False, "score labels the model was not trained on (with a warning)")
 
     def validate(self) -> None:
@@ -58,5 +59,5 @@ class TypicalityConfig(RuntimeSettings):
         for name in ("labels", "schedule"):
             check_choice(self, name)
         check_positive(self, ("draws", "batch_size", "group", "shard_size", "resolution"))
-        check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")
+        check_positive(self, ("shard_seconds",), minimum=0)
         check_t_range(self.t_range)

@@ -181,7 +181,7 @@ class ShardWriter:
         self._flush_if_due()
 
     def _flush_if_due(self) -> None:
-        if len(self.buffer) >= self.shard_size or time.monotonic() - self.last_flush > self.flush_seconds:
+        if len(self.buffer) >= self.shard_size or time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
