@@ -185,9 +185,9 @@ def _write_view(view: Path, dataset, records, findings: Sequence[Sequence[str]])
 def _typicality_config(cfg: LocalizeConfig, model: str, view: Path, store: Path, res: int, force: bool):
     from typicality.config import TypicalityConfig
 
-    # labels="own": each image is scored for its own findings, whatever typicality's default (not a default);
     # shard_seconds=0: a shard at every group's end, so a kill keeps every finished group, in the first minute too
-    # (the finished store is compacted all the same)
+    # (the finished store is compacted all the same);
+    # labels="own": each image is scored for its own findings, whatever typicality's default (not a default)
     kw = dict(model=model, data=str(view), out=str(store), labels="own", t_range=tuple(cfg.t_range), seed=cfg.seed,
               batch_size=cfg.batch_size, group=cfg.group, shard_seconds=0, resolution=res, force=force,
               device=cfg.device, dtype=cfg.dtype, process_index=cfg.process_index, num_processes=cfg.num_processes)
