@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_required,
+from diffmine.core.settings import (LABEL_COLUMN, check_choice, check_positive, check_required,
                                      check_t_range, option, skip_bad_option)
 
 SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them

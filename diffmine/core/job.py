@@ -7,7 +7,8 @@ does the rest, the same way for every command:
     config.validate(), job.check()          bad settings and inputs fail before a model loads
     job.runtime()                           device, dtype, this process's share (`Runtime.start`)
     writer_lock(job.out)                    one writer per output (the processes of a launch are one)
-    job.load(rt)                            the model and the inputs; sets job.ids and job.phase
+    job.load(rt)                            the model and the inputs; sets job.ids (the progress
+                                            bar counts them) and job.phase (its label)
     job.work(rt, bar)                       by default: the keyed `PartialResults` store over
                                             job.groups(), this process's share computed with a
                                             progress bar (a rerun says what it reuses), then
@@ -35,7 +36,6 @@ class Job:
     """One command as the engine runs it; a subclass writes the hooks its command needs."""
 
     owned: tuple[str, ...] = ()  # the entries of `out` a run replaces (its outputs; `.partial`: its stored groups)
-    unit = "img"                 # what the progress bar counts
 
     def __init__(self, config, progress: bool = True):
         self.config, self.progress = config, progress  # progress: bars on the main process
@@ -106,7 +106,7 @@ def run_job(job: Job, on_group: Callable[[int], None] | None = None) -> Any:
     with writer_lock(job.out, rt):
         job.load(rt)
         counted = job.progress and rt.is_main and bool(job.ids)  # a job without items shows its own bars
-        with tqdm(total=len(job.ids), unit=job.unit, desc=job.phase, disable=not counted, dynamic_ncols=True) as bar:
+        with tqdm(total=len(job.ids), unit="img", desc=job.phase, disable=not counted, dynamic_ncols=True) as bar:
             results = job.work(rt, bar, on_group)
         if results is None:
             return None  # not the main process, or a simulated share: a later single-process run writes
