@@ -9,13 +9,6 @@ from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_pos
 from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import NULL_RATE, PRESETS, PromptTemplate, resolve_prompts
 
-# Settings a resumed run must share with the checkpoint it continues (the rest may change:
-# how long to train, how often to save, what to print). The precision is compared as `precision_of`
-# makes it (--dtype, or its alias --mixed-precision).
-RESUME_KEYS = ("data", "base", "text_encoder", "label_column", "preset", "prompt", "null_prompt", "null_rate",
-               "resolution", "batch_size", "lr", "betas", "weight_decay", "adam_eps", "grad_clip",
-               "ema", "ema_decay", "lora_rank", "seed", "vae_steps", "adapt_vae")
-
 SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
 ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
 VAE_ADAPT_MODES = ("auto", "always", "never")
@@ -32,27 +25,35 @@ def precision_of(values: dict) -> str:
 
 @dataclass
 class TrainConfig(RuntimeSettings):
-    data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True)
+    """`resume_key` fields: what a resumed run must share with the checkpoint it continues (the rest may
+    change: how long to train, how often to save, what to print). The precision is compared as
+    `precision_of` makes it (--dtype, or its alias --mixed-precision), not as written."""
+    data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True, resume_key=True)
     out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
     base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
                        "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
-                       source="docs/method.md §1")
-    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)", source="docs/method.md §1")
-    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl")
+                       source="docs/method.md §1", resume_key=True)
+    text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)",
+                                      source="docs/method.md §1", resume_key=True)
+    label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl", resume_key=True)
     skip_bad: bool = skip_bad_option()
-    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1")
-    prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')")
-    null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')")
+    preset: str | None = option(None, "published prompts", choices=sorted(PRESETS), source="docs/method.md §1",
+                                resume_key=True)
+    prompt: str | None = option(None, "label prompt template with {label} (default: the preset's, else '{label}')",
+                                resume_key=True)
+    null_prompt: str | None = option(None, "prompt standing for 'no label' (default: the preset's, else '')",
+                                     resume_key=True)
     null_rate: float | None = option(None, "fraction of samples given the null prompt; 1 trains a domain-only model "
                                      f"that never sees a label (default: the preset's, else {NULL_RATE})",
-                                     source="docs/method.md §1")
-    resolution: int | None = option(None, "training image size in px (default: the base model's)")
-    batch_size: int = option(32, "images per step and process", source="docs/method.md §1: 8-64 per GPU")
-    lr: float = option(1e-4, "AdamW learning rate (constant)", source="docs/method.md §1")
-    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="docs/method.md §1")
-    weight_decay: float = option(1e-2, "AdamW weight decay", source="docs/method.md §1")
-    adam_eps: float = option(1e-8, "AdamW epsilon", source="docs/method.md §1")
-    grad_clip: float = option(1.0, "gradient norm clipping", source="docs/method.md §1")
+                                     source="docs/method.md §1", resume_key=True)
+    resolution: int | None = option(None, "training image size in px (default: the base model's)", resume_key=True)
+    batch_size: int = option(32, "images per step and process", source="docs/method.md §1: 8-64 per GPU",
+                             resume_key=True)
+    lr: float = option(1e-4, "AdamW learning rate (constant)", source="docs/method.md §1", resume_key=True)
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="docs/method.md §1", resume_key=True)
+    weight_decay: float = option(1e-2, "AdamW weight decay", source="docs/method.md §1", resume_key=True)
+    adam_eps: float = option(1e-8, "AdamW epsilon", source="docs/method.md §1", resume_key=True)
+    grad_clip: float = option(1.0, "gradient norm clipping", source="docs/method.md §1", resume_key=True)
     max_steps: int | None = option(None, "stop after this many steps (default: --epochs)")
     epochs: int | None = option(None, f"epochs when --max-steps is not given (default: {EPOCHS})", source="docs/method.md §1")
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
@@ -60,18 +61,20 @@ class TrainConfig(RuntimeSettings):
                                "per sample)", source="docs/method.md §1")
     adapt_vae: str = option("auto", "train the base's VAE on these images before the UNet: 'auto' when a small VAE "
                             "reconstructs them below the guard's floor, 'always', or 'never'",
-                            choices=VAE_ADAPT_MODES, source="docs/method.md §1")
+                            choices=VAE_ADAPT_MODES, source="docs/method.md §1", resume_key=True)
     vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
-                                   f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given")
+                                   f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given", resume_key=True)
     mixed_precision: str | None = option(None, "alias of --dtype in accelerate's names: no = fp32, fp16, bf16 "
                                          "(default: --dtype's)", choices=tuple(MIXED_PRECISION))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
-    ema: bool = option(False, "export an exponential moving average of the weights")
-    ema_decay: float = option(0.999, "EMA decay")
-    lora_rank: int = option(0, "train LoRA adapters of this rank instead of the full UNet (0: full finetune)")
+    ema: bool = option(False, "export an exponential moving average of the weights", resume_key=True)
+    ema_decay: float = option(0.999, "EMA decay", resume_key=True)
+    lora_rank: int = option(0, "train LoRA adapters of this rank instead of the full UNet (0: full finetune)",
+                            resume_key=True)
     checkpoint_every: int = option(500, "steps between atomic checkpoints")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
-    seed: int = option(0, "seed of every random draw (data order, noise, timesteps, null prompts)")
+    seed: int = option(0, "seed of every random draw (data order, noise, timesteps, null prompts)",
+                       resume_key=True)
     samples_per_label: int = option(4, "samples per label in samples.png (0: none)")
     log_every: int = option(10, "steps per line of train_log.jsonl")
 

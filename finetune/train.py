@@ -24,12 +24,12 @@ from diffmine.core.files import output_folder, write_json
 from diffmine.core.lock import writer_lock
 from diffmine.core.runtime import Runtime, resolve_dtype
 from diffmine.core.bundle import SDBundle
-from diffmine.core.settings import ConfigError, read_config_file, save_config, to_dict
+from diffmine.core.settings import ConfigError, read_config_file, resume_keys, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
-from finetune.config import ADAPT_VAE_STEPS, RESUME_KEYS, SCRATCH_VAE_STEPS, TrainConfig, precision_of
+from finetune.config import ADAPT_VAE_STEPS, SCRATCH_VAE_STEPS, TrainConfig, precision_of
 from finetune.vae_train import VAEStopped
 
 CROP_MARGIN = 8  # random crops: images are cached 1/8 larger, each sample takes a random window
@@ -162,7 +162,8 @@ def _check_out(cfg: TrainConfig, out: Path, rt: Runtime) -> None:
     saved = out / "config.json"
     if cfg.resume and has_run and saved.exists():
         before, now = read_config_file(saved), to_dict(cfg)
-        diff = [(k, before[k], now[k]) for k in RESUME_KEYS if k in before and before[k] != now[k]]
+        same = [k for k in resume_keys(TrainConfig) if k != "dtype"]  # the precision: compared resolved, below
+        diff = [(k, before[k], now[k]) for k in same if k in before and before[k] != now[k]]
         if resolve_dtype(precision_of(before), rt.device) != rt.dtype:
             diff.append(("dtype", precision_of(before), precision_of(now)))
         if diff:

@@ -5,9 +5,10 @@
 runs the three stages of `mining.stages` (patches, features, clusters: each returns a typed result
 the next one takes, and tests can call them alone), then the evaluation against ground truth
 (`mining.evaluate`, only when the data carries it: metrics.json), then `write_outputs`:
-clusters.csv / clusters.json, patch crops, heatmap overlays, a PNG grid per label, report.html,
-config.json. Outputs are written to a
-temporary folder inside `out` and swapped in at the end, so `out` always holds one whole run.
+clusters.csv / clusters.json, patch crops, heatmap overlays, a PNG grid per label, report.html.
+It runs on the job engine (`diffmine.core.job`): the features pass is split over the processes of
+`accelerate launch` and resumed after a kill, and the outputs (with config.json) are written to a
+temporary folder and swapped in at the end, so `out` always holds one whole run.
 """
 from __future__ import annotations
 
@@ -21,24 +22,25 @@ from tqdm.auto import tqdm
 
 from diffmine.evaluation.groundtruth import has_ground_truth
 from diffmine.report.pictures import safe_name, save_grid, save_heatmap_pair, save_patch
-from diffmine.core.lock import writer_lock
-from diffmine.core.files import output_folder, write_json, write_text
-from diffmine.core.settings import load_config, save_config, to_dict
+from diffmine.core.files import write_json, write_text
+from diffmine.core.job import Job, run_job
+from diffmine.core.settings import load_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
 
 from mining.config import MineConfig
 from mining.features import ClipPatchFeatures, DiftExtractor
 from mining.report import render_html
-from mining.stages import (LabelClusters, PatchFeatures, PatchSelection, assemble_features, cluster_stage,
-                           compute_features, select_patches_stage)
+from mining.stages import (FeatureWork, LabelClusters, PatchFeatures, PatchSelection, assemble_features,
+                           cluster_stage, select_patches_stage)
 
 CSV_COLUMNS = ["label", "cluster_rank", "cluster_id", "median_typicality", "cluster_size", "cluster_images",
                "member_rank", "image_id", "x0", "y0", "x1", "y1", "typicality", "distance", "element_kind",
                "patch_file", "heatmap_file"]
-# What a mining run owns inside its output folder (a rerun replaces exactly these).
+# What a mining run owns inside its output folder (a rerun replaces exactly these); its kept features
+# (.partial) go once the outputs are written.
 OUTPUTS = ("report.html", "clusters.csv", "clusters.json", "metrics.json", "config.json", "grids", "patches",
-           "images")
+           "images", ".partial")
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -114,52 +116,53 @@ def _features_key(cfg: MineConfig, store, sel: PatchSelection, dataset: LabeledI
 
 
 # -- the whole stage -------------------------------------------------------------------------------
-def run_mining(config: MineConfig | None = None, progress: bool = True, *, store=None, dataset=None,
-               bundle=None, **settings) -> Path:
-    """Mine typical visual elements; returns the output folder (report.html inside).
+class MineJob(Job):
+    """`diffmine mine` on the job engine: the patches pass, then the features pass in fixed groups
+    (each kept in `out/.partial/features-<key>/`), then clusters, evaluation and outputs."""
 
-    Settings come as a MineConfig or as its field names. `store` / `dataset` / `bundle` hand in
-    already-open objects (tests, notebooks) instead of the folders named in the config.
-    Under `accelerate launch` every process computes its share of the patch features (kept in
-    `out/.partial/`, so a killed run resumes); the main process then clusters and writes."""
-    from diffmine.core.partial import PartialResults, key_digest
-    from diffmine.core.runtime import Runtime
+    owned = OUTPUTS
 
-    if config is not None and settings:
-        raise TypeError("pass either a MineConfig or settings as keywords, not both")
-    cfg = config if config is not None else load_config(MineConfig, None, **settings)
-    if bundle is not None and not cfg.model:
-        cfg.model = "<in-memory bundle>"
-    cfg.validate()
-    rt = Runtime.start(cfg)
-    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
-        out = Path(cfg.out)
-        dataset = dataset if dataset is not None else LabeledImages(cfg.data, label_column=cfg.label_column,
-                                                                    skip_bad=cfg.skip_bad)
-        store = _open_store(store if store is not None else cfg.typicality)
-        check_store_matches(store, dataset, bundle if bundle is not None else cfg.model, cfg.force)
-        extractor = _make_extractor(cfg, bundle if bundle is not None else cfg.model,
-                                    int(store.meta["resolution"]), rt)  # fail fast on a bad model or CLIP setting
-        sel = select_patches_stage(store, dataset, cfg, progress and rt.is_main)
-        key = _features_key(cfg, store, sel, dataset, rt)
-        partial = PartialResults(out / ".partial" / f"features-{key_digest(key)}", key, rt.rank)
+    def __init__(self, config: MineConfig, progress: bool = True, store=None, dataset=None, bundle=None):
+        super().__init__(config, progress)
+        self.typicality, self.dataset, self.bundle = store, dataset, bundle
 
-        stored = compute_features(sel, dataset, cfg, extractor, partial, rt, progress)
-        if stored is None:  # not the main process, or a simulated share: the main process writes
-            return out
-        with output_folder(out, owned=OUTPUTS) as tmp:  # `out` holds one whole run at any time
-            feats = assemble_features(sel, dataset, cfg, stored, tmp / ".cache", progress)
-            del stored
-            clusters = cluster_stage(sel, feats, cfg, progress)
-            evaluation = None
-            if has_ground_truth(dataset.records):
-                from mining.evaluate import evaluate_mining
+    def load(self, rt) -> None:
+        cfg, model = self.config, self.bundle if self.bundle is not None else self.config.model
+        if self.dataset is None:
+            self.dataset = LabeledImages(cfg.data, label_column=cfg.label_column, skip_bad=cfg.skip_bad)
+        self.typicality = _open_store(self.typicality if self.typicality is not None else cfg.typicality)
+        check_store_matches(self.typicality, self.dataset, model, cfg.force)
+        extractor = _make_extractor(cfg, model, int(self.typicality.meta["resolution"]),
+                                    rt)  # fail fast on a bad model or CLIP setting
+        self.sel = select_patches_stage(self.typicality, self.dataset, cfg, self.progress and rt.is_main)
+        self.features = FeatureWork(self.sel, self.dataset, cfg, extractor)
+        self.ids, self.phase = self.features.ids, f"{cfg.feature} features"
 
-                evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
-            write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
-            del feats
-            shutil.rmtree(tmp / ".cache", ignore_errors=True)
-        shutil.rmtree(out / ".partial", ignore_errors=True)  # the features are in the outputs now
+    def key(self, rt) -> dict:
+        return _features_key(self.config, self.typicality, self.sel, self.dataset, rt)
+
+    def store_folder(self, digest: str) -> Path:
+        return self.out / ".partial" / f"features-{digest}"
+
+    def groups(self) -> list[list[str]]:
+        return self.features.groups()
+
+    def compute(self, group):
+        return self.features.compute(group)
+
+    def write(self, stored, tmp: Path) -> Path:
+        cfg, sel, dataset, store, progress = self.config, self.sel, self.dataset, self.typicality, self.progress
+        feats = assemble_features(sel, dataset, cfg, stored, tmp / ".cache", progress)
+        stored.clear()  # its arrays are in `feats` now: freed before clustering
+        clusters = cluster_stage(sel, feats, cfg, progress)
+        evaluation = None
+        if has_ground_truth(dataset.records):
+            from mining.evaluate import evaluate_mining
+
+            evaluation = evaluate_mining(sel, clusters, store, dataset, cfg.map_batch, progress, cfg.eval_sigma)
+        write_outputs(tmp, cfg, sel, feats, clusters, evaluation, store, dataset, progress)
+        del feats
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
         kept = {lab: len(c.clusters) for lab, c in clusters.items()}
         if progress or not any(kept.values()):
             empty = [lab for lab, n in kept.items() if n == 0]
@@ -168,7 +171,24 @@ def run_mining(config: MineConfig | None = None, progress: bool = True, *, store
                          if cfg.clusters > 1 else "")
                 print(f"mine: no cluster passed the filters for {', '.join(empty)} (--min-members {cfg.min_members}, "
                       f"--min-images {cfg.min_images}); lower them{fewer}")
-        return out
+        return self.out
+
+
+def run_mining(config: MineConfig | None = None, progress: bool = True, *, store=None, dataset=None,
+               bundle=None, **settings) -> Path:
+    """Mine typical visual elements; returns the output folder (report.html inside).
+
+    Settings come as a MineConfig or as its field names. `store` / `dataset` / `bundle` hand in
+    already-open objects (tests, notebooks) instead of the folders named in the config.
+    Under `accelerate launch` every process computes its share of the patch features (kept in
+    `out/.partial/`, so a killed run resumes); the main process then clusters and writes."""
+    if config is not None and settings:
+        raise TypeError("pass either a MineConfig or settings as keywords, not both")
+    cfg = config if config is not None else load_config(MineConfig, None, **settings)
+    if bundle is not None and not cfg.model:
+        cfg.model = "<in-memory bundle>"
+    run_job(MineJob(cfg, progress, store, dataset, bundle))
+    return Path(cfg.out)  # every process's answer: the main process has written it
 
 
 # -- 4. outputs -----------------------------------------------------------------------------------
@@ -281,4 +301,3 @@ def write_outputs(out: Path, cfg: MineConfig, sel: PatchSelection, feats: PatchF
                for key in ("pointing_game", "pixel_auroc", "elements_recovered", "shared_over_characteristic")},
            "labels": [d["html"] for d in doc_labels]}
     write_text(out / "report.html", render_html(doc))
-    save_config(cfg, out)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
+from diffmine.core.partial import PartialResults, compute_groups, fixed_groups
 from diffmine.core.settings import defaults
 
 from mining.cluster import FaissKMeans
@@ -162,8 +163,6 @@ def features_stage(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig,
                    runtime, progress: bool = True, partial=None) -> PatchFeatures | None:
     """Features of every kept top patch, and the decoded pixels of every image shown
     (`compute_features`, then `assemble_features` on the main process; None on the others)."""
-    from diffmine.core.partial import PartialResults
-
     _require_runtime(runtime, "features_stage")
     partial = partial or PartialResults(cache_dir / "features", {}, runtime.rank)
     stored = compute_features(sel, dataset, cfg, extractor, partial, runtime, progress)
@@ -179,42 +178,49 @@ def _require_runtime(runtime, stage: str) -> None:
                         f"feature extractor's model and deals the groups out), got {runtime!r}")
 
 
-def compute_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, partial,
-                     runtime, progress: bool = True) -> dict | None:
-    """The images with a kept patch, in fixed groups of `batch_size` (decoded once, one feature forward
-    per group, pooled in each patch box); under `runtime` each process takes its share of the groups,
-    and each finished group is kept in `partial` (a resumed run redoes only the missing ones).
-    Returns every image's features and pixels on the main process, None on the others."""
-    from diffmine.core.partial import collect, fixed_groups, run_groups
+class FeatureWork:
+    """The features pass as groups of work: the images with a kept patch, in fixed groups of
+    `batch_size` (decoded once, one feature forward per group, pooled in each patch box)."""
 
-    _require_runtime(runtime, "compute_features")
-    all_rows, row_img, index = _feature_rows(sel, dataset)
-    res = sel.resolution
-    extractor, prompts = extractor
+    def __init__(self, sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor):
+        self.sel, self.dataset, self.cfg = sel, dataset, cfg
+        self.extractor, self.prompts = extractor
+        self.all_rows, self.row_img, self.index = _feature_rows(sel, dataset)
+        self.ids = list(self.index)
 
-    def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    def groups(self) -> list[list[str]]:
+        return fixed_groups(self.ids, self.cfg.batch_size)
+
+    def compute(self, group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        dataset, res, index, row_img = self.dataset, self.sel.resolution, self.index, self.row_img
         recs = [dataset.records[index[i]] for i in group]
         loaded, arr = dataset.load_arrays(res, recs)
         if len(loaded) != len(recs):
             raise DataError(f"{dataset.root}: an image became unreadable between the passes")
         rows = [np.flatnonzero(row_img == index[i]) for i in group]
         img_local = np.concatenate([np.full(len(r), n, np.int64) for n, r in enumerate(rows)])
-        boxes = sel.top.box[all_rows[np.concatenate(rows)]]
-        if cfg.feature == "dift":
-            fmaps = extractor(torch.from_numpy(arr), [prompts.prompt(r.labels) for r in recs])
+        boxes = self.sel.top.box[self.all_rows[np.concatenate(rows)]]
+        if self.cfg.feature == "dift":
+            fmaps = self.extractor(torch.from_numpy(arr), [self.prompts.prompt(r.labels) for r in recs])
             f = pool_boxes(fmaps, img_local, boxes, res).numpy()
         else:
-            f = extractor(torch.from_numpy(arr), img_local, boxes).numpy()
+            f = self.extractor(torch.from_numpy(arr), img_local, boxes).numpy()
         pixels = np.round((arr.transpose(0, 2, 3, 1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
         return {i: {"features": np.ascontiguousarray(f[img_local == n], dtype=np.float32), "pixels": pixels[n]}
                 for n, i in enumerate(group)}
 
-    groups = fixed_groups(list(index), cfg.batch_size)
-    bar = tqdm(total=len(index), desc=f"{cfg.feature} features", unit="img",
-               disable=not progress or not runtime.is_main)
-    run_groups(groups, compute, partial, runtime, bar)
-    bar.close()
-    return collect(partial, list(index), runtime)
+
+def compute_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, extractor, partial,
+                     runtime, progress: bool = True) -> dict | None:
+    """`FeatureWork` on its own (the mine command runs it on the job engine): under `runtime` each
+    process takes its share of the groups, and each finished group is kept in `partial` (a resumed
+    run redoes only the missing ones). Returns every image's features and pixels on the main
+    process, None on the others."""
+    _require_runtime(runtime, "compute_features")
+    work = FeatureWork(sel, dataset, cfg, extractor)
+    with tqdm(total=len(work.ids), desc=f"{cfg.feature} features", unit="img",
+              disable=not progress or not runtime.is_main) as bar:
+        return compute_groups(work.groups(), work.compute, partial, runtime, bar)
 
 
 def assemble_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConfig, stored: dict,

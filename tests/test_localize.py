@@ -403,3 +403,41 @@ def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
     # other settings into the same folder: the maps are recomputed, as a fresh run would
     metrics = run_localize(_loc_cfg(xray_model, data, out, draws=4, base_model=None), progress=False)
     assert json.loads((out / "typicality" / "config.json").read_text())["draws"] == 4 and metrics["draws"] == 4
+
+
+def test_localize_killed_in_its_first_minute_keeps_its_finished_groups(xray_model, loc_reference, tmp_path):
+    """SIGKILLed as its second group of maps ends, seconds into the run: the first group is in the store
+    already (a shard at every group's end), and the rerun computes only the other images."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from diffmine.apps.localize.run import run_localize
+    from typicality.store import TypicalityStore
+
+    data, ref = loc_reference
+    out = tmp_path / "loc"
+    cfg = _loc_cfg(xray_model, data, out)
+    script = ("import os, signal, json\nfrom typicality import store\n"
+              "from diffmine.apps.localize.config import LocalizeConfig\nfrom diffmine.apps.localize.run import run_localize\n"
+              "end = store.ShardWriter.end_group\nn = [0]\n"
+              "def dying(self):\n    n[0] += 1\n    if n[0] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return end(self)\n"
+              "store.ShardWriter.end_group = dying\n"
+              f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    kept = TypicalityStore.open(out / "typicality").image_ids
+    assert len(kept) == 2 and not (out / "metrics.json").exists()  # the first group of two images
+    computed = []
+    from typicality import engine
+    real = engine.run_typicality
+    engine.run_typicality = lambda tcfg, **kw: real(tcfg, on_image=computed.append, **kw)
+    try:
+        run_localize(cfg, progress=False)
+    finally:
+        engine.run_typicality = real
+    n = len(TypicalityStore.open(ref / "typicality").image_ids)  # the boxed images, each in both stores
+    assert len(computed) == 2 * n - 2 and not set(kept) & set(computed[:n - 2])  # the kept group is not redone
+    _same_tables(out, ref)

@@ -1,6 +1,6 @@
 """The typicality stage's settings (`diffmine typicality`), each default once, with its source.
 
-Fields marked `affects_maps` change the maps: a store records them and resumes only under the
+Fields marked `resume_key` change the maps: a store records them and resumes only under the
 same values (`store.check_resumable`), together with what the model itself fixes (prompts,
 schedule, resolution: `engine.model_identity`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffmine.core.runtime_settings import RuntimeSettings
-from diffmine.core.settings import (LABEL_COLUMN, check, check_choice, check_positive, check_required,
+from diffmine.core.settings import (LABEL_COLUMN, check_choice, check_positive, check_required,
                                      check_t_range, option, skip_bad_option)
 
 SCHEDULES = ("stratified", "uniform")  # typicality.draws implements them
@@ -34,22 +34,23 @@ class TypicalityConfig(RuntimeSettings):
     label_column: str = option(LABEL_COLUMN, "label column of metadata.csv/jsonl")
     skip_bad: bool = skip_bad_option()
     draws: int = option(DEFAULT_DRAWS, "(t, eps) draws per image; --draws 100 --schedule uniform "
-                        "--no-antithetic is the published schedule", source="docs/method.md §2: 100", affects_maps=True)
+                        "--no-antithetic is the published schedule", source="docs/method.md §2: 100", resume_key=True)
     t_range: tuple[float, float] = option(PUBLISHED_T_RANGE, "timestep range as fractions of T (0 1: all of it)",
-                                          source="docs/method.md §2", affects_maps=True, metavar=("LOW", "HIGH"))
+                                          source="docs/method.md §2", resume_key=True, metavar=("LOW", "HIGH"))
     labels: str = option("own", "'own': each image for its own label(s); 'all': for every label (image x label "
-                         "matrix)", choices=("own", "all"), affects_maps=True)
+                         "matrix)", choices=("own", "all"), resume_key=True)
     schedule: str = option("stratified", "timesteps: one per stratum of the range, or uniform i.i.d.",
-                           choices=SCHEDULES, affects_maps=True)
-    antithetic: bool = option(True, "draw noise in (eps, -eps) pairs", affects_maps=True)
-    sample_latents: bool = option(False, "seeded VAE posterior sample instead of its mean", affects_maps=True)
-    resolution: int | None = option(None, "processing size in px (default: the model's)", affects_maps=True)
-    seed: int = option(0, "seed of the per-image draws", affects_maps=True)
+                           choices=SCHEDULES, resume_key=True)
+    antithetic: bool = option(True, "draw noise in (eps, -eps) pairs", resume_key=True)
+    sample_latents: bool = option(False, "seeded VAE posterior sample instead of its mean", resume_key=True)
+    resolution: int | None = option(None, "processing size in px (default: the model's)", resume_key=True)
+    seed: int = option(0, "seed of the per-image draws", resume_key=True)
     batch_size: int = option(64, "UNet rows per forward (an image's draw takes 1 + its labels)")
     group: int = option(16, "images per unit of work: decoded and batched together, dealt out to the processes "
                         "of `accelerate launch`; shards end at group ends (a kill loses at most a group)")
     shard_size: int = option(256, "images per store shard: a kill loses at most the images since the last shard")
-    shard_seconds: float = option(60.0, "also write a shard after this many seconds (bounds what a kill loses)")
+    shard_seconds: float = option(60.0, "also write a shard at the first group end after this many seconds (bounds "
+                                  "what a kill loses; 0: at every group's end)")
     force: bool = option(False, "score labels the model was not trained on (with a warning)")
 
     def validate(self) -> None:
@@ -58,5 +59,5 @@ class TypicalityConfig(RuntimeSettings):
         for name in ("labels", "schedule"):
             check_choice(self, name)
         check_positive(self, ("draws", "batch_size", "group", "shard_size", "resolution"))
-        check(self.shard_seconds > 0, "shard_seconds", f"must be > 0, got {self.shard_seconds}")
+        check_positive(self, ("shard_seconds",), minimum=0)
         check_t_range(self.t_range)

@@ -1,4 +1,4 @@
-"""The batched typicality loop, and `run_typicality` (the `diffmine typicality` command).
+"""The batched typicality loop, and `run_typicality` (the `diffmine typicality` command, on the job engine).
 
 Work is a stream of units (image, draw). A UNet forward takes as many units as fit in
 `batch_size` rows, each unit contributing one row per prompt (null first, then its labels)
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from diffmine.core.bundle import scale_latents
-from diffmine.core.lock import writer_lock
-from diffmine.core.settings import defaults, load_config, map_keys, save_config, to_dict
+from diffmine.core.job import Job, run_job
+from diffmine.core.settings import defaults, load_config, resume_keys, save_config, to_dict
 from diffmine.core.embeddings import PromptEmbeddings
 from diffmine.core.errors import DataError
-from diffmine.core.partial import fixed_groups
+from diffmine.core.partial import fixed_groups, say_resuming
 from diffmine.core.prompts import PromptTemplate
 from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
@@ -250,6 +250,112 @@ def model_identity(bundle, prompts: PromptTemplate, model: str, resolution: int)
             "latent_size": [latent, latent], "torch_dtype": str(bundle.unet.dtype).replace("torch.", "")}
 
 
+class TypicalityJob(Job):
+    """`diffmine typicality` on the job engine: its lifecycle is the engine's; its finished images are
+    kept in the store itself (`store.ShardWriter`: shards end at group ends), not in partial results."""
+
+    def __init__(self, config: TypicalityConfig, progress: bool = True, overrides: dict | None = None,
+                 on_image: Callable[[str], None] | None = None):
+        super().__init__(config, progress)
+        self.overrides, self.on_image = overrides or {}, on_image
+
+    def check(self) -> None:
+        from diffmine.core.models import resolve_model
+
+        resolve_model(self.config.model)  # a bad model name fails before the data is scanned
+
+    def runtime(self):
+        from diffmine.core.runtime import Runtime
+
+        return Runtime.start(self.config, **self.overrides)
+
+    def load(self, rt) -> None:
+        from diffmine.core.dataset import LabeledImages
+
+        cfg = self.config
+        self.dataset = dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+        loaded = rt.load(cfg.model)
+        model, bundle, prompts = loaded.path, loaded.bundle, loaded.prompts
+        _check_labels(cfg, model, dataset.labels, loaded.labels)
+        self.est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic,
+                                       cfg.seed, cfg.batch_size, cfg.sample_latents)
+        self.resolution = resolution = int(cfg.resolution or bundle.resolution)
+        if cfg.labels == "own":  # each label of an image on its own: mining and localisation read per-label maps
+            self.conditions = {r.image_id: [(lab,) for lab in r.labels] for r in dataset}
+        else:
+            self.conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
+        self.store_labels = list(dataset.labels)
+        settings_meta = {k: v for k, v in to_dict(cfg).items() if k in resume_keys(TypicalityConfig)}
+        meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
+                "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
+        meta["map_keys"] = sorted(meta)  # everything above must match for a resume
+        meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
+                    label_column=cfg.label_column)
+        meta.update(check_reconstruction(bundle.vae, dataset_loader(dataset, resolution), len(dataset), resolution,
+                                         what=cfg.data, warn=rt.is_main))  # recorded, not a map key
+        self.meta = meta
+        self.ids, self.phase = [r.image_id for r in dataset.records], f"typicality ({self.est.draws} draws/image)"
+
+    def work(self, rt, bar, on_group=None) -> dict | None:
+        cfg, dataset, out, rank, world = self.config, self.dataset, self.out, rt.rank, rt.world
+        # Resume: every process reads the same store; images are split before dropping finished ones,
+        # so no process depends on what another has written since.
+        check_resumable(out, self.meta)
+        if rt.is_main:
+            recovered = recover_orphans(out, self.meta, self.store_labels, rank, world)  # their manifest was deleted
+        rt.wait()
+        verify_shards(out)
+        done = finished_images(out)
+        if rt.is_main:
+            say_resuming(sum(r.image_id in done for r in dataset.records), len(dataset), out,
+                         f" ({recovered} shard(s) listed again from their files)" if recovered else "")
+        # Fixed groups of `group` images in dataset order, group k for process k % world. A group's
+        # draws share forwards only with each other, and shards end at group ends, so a map is the same
+        # bit for bit whatever the process count, and a killed run resumes whole groups.
+        mine = [g for k, g in enumerate(fixed_groups(dataset.records, cfg.group)) if k % world == rank]
+        todo = [g for g in ([r for r in g if r.image_id not in done] for g in mine) if g]
+        bar.update(sum(map(len, mine)) - sum(map(len, todo)))
+        created = not out.exists()
+        writer = ShardWriter(out, self.meta, self.store_labels, rank, world, cfg.shard_size, cfg.shard_seconds,
+                             grouped=True)
+        if rank == 0:
+            save_config(cfg, out)  # beside the maps from the start: a killed store says what it holds
+        finished = 0
+        try:
+            for group in todo:
+                chunk = self._chunk(group)
+                for result in self.est.run([chunk] if chunk is not None else []):
+                    writer.add(result)
+                    finished += 1
+                    bar.update(1)
+                    if self.on_image is not None:
+                        self.on_image(result.image_id)
+                writer.end_group()
+        except BaseException:
+            writer.close()  # finished images are kept even when the run is interrupted
+            if created and rank == 0 and finished == 0 and not done:
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave no empty folder behind
+            raise
+        writer.close()
+        rt.wait()
+        return {} if rt.is_main and rt.launched else None  # the main process merges the processes' manifests
+
+    def _chunk(self, group):
+        """(ids, images, conditions) of a group's readable images; None when none is (with skip_bad)."""
+        try:
+            recs, arrays = self.dataset.load_arrays(self.resolution, group)
+        except DataError:  # with skip_bad, only a group of nothing but bad images gets here
+            if not self.config.skip_bad:
+                raise
+            return None
+        return [r.image_id for r in recs], torch.from_numpy(arrays), [self.conditions[r.image_id] for r in recs]
+
+    def publish(self, results) -> Path:
+        merge_manifests(self.out, compact_to=self.config.shard_size)
+        return self.out
+
+
 def run_typicality(config: TypicalityConfig | None = None, progress: bool = True, *,
                    process_index: int | None = None, num_processes: int | None = None,
                    on_image: Callable[[str], None] | None = None, **settings) -> Path:
@@ -263,102 +369,13 @@ def run_typicality(config: TypicalityConfig | None = None, progress: bool = True
     (tests); the caller then merges with `store.merge_manifests`. on_image(image_id) is called as
     each image finishes.
     """
-    from tqdm.auto import tqdm
-
-    from diffmine.core.dataset import LabeledImages
-    from diffmine.core.models import resolve_model
-    from diffmine.core.runtime import Runtime
-
     cfg = config if config is not None else load_config(TypicalityConfig, None, **settings)
     if config is not None and settings:
         raise TypeError("pass either a TypicalityConfig or settings as keywords, not both")
-    cfg.validate()
     overrides = {k: v for k, v in (("process_index", process_index), ("num_processes", num_processes))
                  if v is not None}
-    rt = Runtime.start(cfg, **overrides)
-    with writer_lock(cfg.out, rt):  # one writer per store (all processes of a launch are one)
-        resolve_model(cfg.model)  # a bad model name fails before the data is scanned
-        dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
-        loaded = rt.load(cfg.model)
-        model, bundle, prompts = loaded.path, loaded.bundle, loaded.prompts
-        _check_labels(cfg, model, dataset.labels, loaded.labels)
-        rank, world = rt.rank, rt.world
-        out = Path(cfg.out)
-        est = TypicalityEstimator(bundle, prompts, cfg.draws, cfg.t_range, cfg.schedule, cfg.antithetic, cfg.seed,
-                                  cfg.batch_size, cfg.sample_latents)
-        resolution = int(cfg.resolution or bundle.resolution)
-        if cfg.labels == "own":  # each label of an image on its own: mining and localisation read per-label maps
-            conditions = {r.image_id: [(lab,) for lab in r.labels] for r in dataset}
-        else:
-            conditions = {r.image_id: [(lab,) for lab in dataset.labels] for r in dataset}
-        store_labels = list(dataset.labels)
-        settings_meta = {k: v for k, v in to_dict(cfg).items() if k in map_keys(TypicalityConfig)}
-        meta = {**settings_meta, **model_identity(bundle, prompts, model, resolution),
-                "data_fingerprint": data_fingerprint(dataset.records, dataset.root)}
-        meta["map_keys"] = sorted(meta)  # everything above must match for a resume
-        meta.update(model=os.path.abspath(model) if Path(model).exists() else model, data=os.path.abspath(cfg.data),
-                    label_column=cfg.label_column)
-        meta.update(check_reconstruction(bundle.vae, dataset_loader(dataset, resolution), len(dataset), resolution,
-                                         what=cfg.data, warn=rt.is_main))  # recorded, not a map key
-
-        # Resume: every process reads the same store; images are split before dropping finished ones,
-        # so no process depends on what another has written since.
-        check_resumable(out, meta)
-        if rt.is_main:
-            recovered = recover_orphans(out, meta, store_labels, rank, world)  # shards whose manifest was deleted
-        rt.wait()
-        verify_shards(out)
-        done = finished_images(out)
-        if rt.is_main and done:
-            stored = sum(r.image_id in done for r in dataset.records)
-            print(f"resuming: {stored} of {len(dataset)} images already stored in {out}"
-                  + (f" ({recovered} shard(s) listed again from their files)" if recovered else ""), flush=True)
-        # Fixed groups of `group` images in dataset order, group k for process k % world. A group's
-        # draws share forwards only with each other, and shards end at group ends, so a map is the same
-        # bit for bit whatever the process count, and a killed run resumes whole groups.
-        todo = [[r for r in g if r.image_id not in done]
-                for k, g in enumerate(fixed_groups(dataset.records, cfg.group)) if k % world == rank]
-        todo = [g for g in todo if g]
-        created = not out.exists()
-        writer = ShardWriter(out, meta, store_labels, rank, world, cfg.shard_size, cfg.shard_seconds, grouped=True)
-        if rank == 0:
-            save_config(cfg, out)
-
-        def chunk(group):
-            try:
-                recs, arrays = dataset.load_arrays(resolution, group)
-            except DataError:  # with skip_bad, only a group of nothing but bad images gets here
-                if not cfg.skip_bad:
-                    raise
-                return None
-            return [r.image_id for r in recs], torch.from_numpy(arrays), [conditions[r.image_id] for r in recs]
-
-        bar = tqdm(total=sum(map(len, todo)), unit="img", desc=f"typicality ({est.draws} draws/image)",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
-        finished = 0
-        try:
-            for group in todo:
-                loaded = chunk(group)
-                for result in est.run([loaded] if loaded is not None else []):
-                    writer.add(result)
-                    finished += 1
-                    bar.update(1)
-                    if on_image is not None:
-                        on_image(result.image_id)
-                writer.end_group()
-        except BaseException:
-            writer.close()  # finished images are kept even when the run is interrupted
-            bar.close()
-            if created and rank == 0 and finished == 0 and not done:
-                import shutil
-                shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave no empty folder behind
-            raise
-        writer.close()
-        bar.close()
-        rt.wait()
-        if rt.is_main and rt.launched:
-            merge_manifests(out, compact_to=cfg.shard_size)
-        return out
+    run_job(TypicalityJob(cfg, progress, overrides, on_image))
+    return Path(cfg.out)
 
 
 def _check_labels(cfg: TypicalityConfig, model: str, labels: Sequence[str], known: list[str] | None) -> None:

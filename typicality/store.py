@@ -28,6 +28,7 @@ import torch
 from safetensors.numpy import load as st_load
 
 from diffmine.core.files import safetensors_bytes, write_bytes, write_json
+from diffmine.core.partial import key_digest
 from diffmine.core.errors import DataError
 
 from typicality.fingerprints import is_legacy
@@ -41,15 +42,14 @@ ALL = "*"  # an entry's labels when every image in it was scored for every store
 
 def recorded_map_keys(meta: dict) -> list[str]:
     """The meta keys that must match for two runs to share a store: the run lists them itself
-    (the config fields marked affects_maps, plus what the model and the data fix)."""
+    (the config fields marked `resume_key`, plus what the model and the data fix)."""
     return list(meta.get("map_keys") or [])
 
 
 def settings_digest(meta: dict) -> str:
     """A digest of what the maps depend on (the recorded map keys): each shard carries it, so shards
     that lost their manifest can be taken back by a run with the same settings."""
-    keys = {k: meta.get(k) for k in sorted(recorded_map_keys(meta))}
-    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key_digest({k: meta.get(k) for k in recorded_map_keys(meta)})
 
 
 @dataclass
@@ -181,7 +181,7 @@ class ShardWriter:
         self._flush_if_due()
 
     def _flush_if_due(self) -> None:
-        if len(self.buffer) >= self.shard_size or time.monotonic() - self.last_flush > self.flush_seconds:
+        if len(self.buffer) >= self.shard_size or time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:

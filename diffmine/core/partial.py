@@ -98,7 +98,12 @@ class PartialResults:
         return out
 
     def remove(self) -> None:
+        """Delete these results, and the folder of partial results when no other computation's are left in it."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
 
 
 def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]], dict[str, Arrays]],
@@ -106,11 +111,8 @@ def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]
     """Compute this process's share of `groups` (group k goes to process k % world), skipping the
     groups whose items are all stored; each finished group is stored before the next starts."""
     done = store.done()
-    stored = sum(i in done for g in groups for i in g)
-    if stored and runtime.is_main:  # a rerun after a kill says what it reuses
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"resuming: {stored} of {sum(map(len, groups))} images already stored in {store.folder.parent}")
+    if runtime.is_main:
+        say_resuming(sum(i in done for g in groups for i in g), sum(map(len, groups)), store.folder.parent)
     mine = [g for k, g in enumerate(groups) if k % runtime.world == runtime.rank]
     for n, group in enumerate(mine):
         if all(i in done for i in group):
@@ -126,6 +128,23 @@ def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]
             bar.update(len(group))
         if on_group is not None:
             on_group(n)
+
+
+def say_resuming(stored: int, total: int, where, note: str = "") -> None:
+    """The one line of a rerun after a kill: what it reuses (nothing said when nothing is stored)."""
+    if stored:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"resuming: {stored} of {total} images already stored in {where}{note}")
+
+
+def compute_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]], dict[str, Arrays]],
+                   store: PartialResults, runtime, bar=None, on_group: Callable[[int], None] | None = None
+                   ) -> dict[str, Arrays] | None:
+    """`run_groups`, then `collect` every group's items: on the main process of a complete run,
+    every item's arrays; None elsewhere."""
+    run_groups(groups, compute, store, runtime, bar, on_group)
+    return collect(store, [i for g in groups for i in g], runtime)
 
 
 def collect(store: PartialResults, ids: Sequence[str], runtime) -> dict[str, Arrays] | None:

@@ -17,7 +17,7 @@ class RuntimeSettings:
     device: str = option("auto", "where the models run: auto = this process's GPU when there is one, else "
                          "the CPU; or cpu, cuda, cuda:1, mps")
     dtype: str = option("auto", "model precision: auto = bf16 on a GPU that has it, fp32 elsewhere",
-                        choices=DTYPE_CHOICES, affects_maps=True)  # a typicality store records it (resume key)
+                        choices=DTYPE_CHOICES, resume_key=True)  # a typicality store records it (resume key)
     process_index: int | None = option(None, "simulated process index (tests); default: accelerate's", cli=False)
     num_processes: int | None = option(None, "simulated process count (tests)", cli=False)
 

@@ -40,13 +40,14 @@ class ConfigError(DataError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, source: str | None = None,
-           choices: Sequence[Any] | None = None, required: bool = False, affects_maps: bool = False,
+           choices: Sequence[Any] | None = None, required: bool = False, resume_key: bool = False,
            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None):
     """A config field with its help line. `source` names where the default comes from (docs/method.md §n);
-    `affects_maps` marks typicality settings that change the maps (the store's resume key);
-    `cli=False` keeps a field out of the command line (Python-only knobs)."""
+    `resume_key` marks a setting that changes what a run computes: a run resumes (a store, a checkpoint,
+    kept outputs) only under the same value (`resume_keys`); `cli=False` keeps a field out of the command
+    line (Python-only knobs)."""
     meta = {"help": help, "source": source, "choices": tuple(choices) if choices else None,
-            "required": required, "affects_maps": affects_maps, "cli": cli, "metavar": metavar}
+            "required": required, "resume_key": resume_key, "cli": cli, "metavar": metavar}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if required and default is dataclasses.MISSING:
@@ -168,9 +169,9 @@ def save_config(cfg, folder: str | Path, name: str = CONFIG_FILE) -> Path:
     return path
 
 
-def map_keys(cls) -> tuple[str, ...]:
-    """The fields marked `affects_maps`: what a typicality store must agree on to be resumed."""
-    return tuple(f.name for f in fields(cls) if f.metadata.get("affects_maps"))
+def resume_keys(cls) -> tuple[str, ...]:
+    """The fields marked `resume_key`, in field order: what a run must agree on to resume an earlier one's work."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("resume_key"))
 
 
 # -- validation helpers: each raises ConfigError naming the parameter -----------------------

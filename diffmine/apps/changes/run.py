@@ -2,7 +2,8 @@
 
     run_changes(ChangesConfig(model=MODEL_DIR, translations=TR_DIR, out=CH_DIR))
 
-Per source image (the UNet work, in fixed groups of `group` source images, `core.partial`):
+Per source image (the UNet work, in fixed groups of `group` source images, on the job engine
+`core.job`):
 1. every translation x_{src->c} is scored by the typicality engine under its own target prompt,
    T(x_{src->c} | c);
 2. patch co-typicality = median over the targets of the patch means (`cotypicality.py`); the
@@ -31,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffmine.report.pictures import crop, safe_name
-from diffmine.core.lock import writer_lock
-from diffmine.core.files import output_folder, write_text
-from diffmine.core.settings import ConfigError, save_config
+from diffmine.core.files import write_text
+from diffmine.core.job import Job, run_job
+from diffmine.core.partial import fixed_groups
+from diffmine.core.settings import ConfigError
 from diffmine.core.errors import DataError
 from diffmine.core.dataset import image_array, readable_images
 from mining.features import DiftExtractor, l2_normalize, pool_boxes
@@ -94,115 +95,119 @@ def _label_stack(recs, src: np.ndarray, columns: list[str], folder: Path, files,
     return stack
 
 
-def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
-    """Mine consistent changes from a translations folder; returns the output folder (report.html inside).
+class ChangesJob(Job):
+    """`diffmine changes` on the job engine: per source image in fixed groups (steps 1-3), then the
+    clusters and the report (4-5)."""
 
-    Under `accelerate launch` only the main process writes the outputs (the others return None);
-    with a simulated split (process_index) a call computes its share of the groups and returns
-    None, and a later one-process run computes what is left and writes the outputs."""
-    from diffmine.core.dataset import LabeledImages
-    from diffmine.core.models import resolve_model
-    from diffmine.core.partial import PartialResults, collect, fixed_groups, key_digest, run_groups
-    from diffmine.core.runtime import Runtime
-    from typicality.engine import TypicalityEstimator
-    from typicality.fingerprints import data_fingerprint
+    owned = OUTPUTS
 
-    cfg = config
-    cfg.validate()
-    folder = Path(cfg.translations)
-    model_path = resolve_model(cfg.model)  # 'tiny', a folder or a hub id; one line naming a bad one
-    if not folder.is_dir():
-        raise ConfigError("translations", f"{folder}: folder does not exist")
-    tcfg, meta, files = _read_translations(folder, model_path)
-    # translations are images like any other: the one reader checks them, honouring --skip-bad (an
-    # image whose translation is skipped is then not translated to every label: it is left out below)
-    good = set(readable_images([folder / f for tr in files.values() for f in tr.values()], cfg.skip_bad, 3))
-    files = {i: {c: f for c, f in tr.items() if folder / f in good} for i, tr in files.items()}
-    dataset = LabeledImages(tcfg["data"], tcfg.get("label_column", "label"), cfg.skip_bad)
-    res = int(meta["resolution"])
-    k = int(cfg.patch or default_patch_size(res))
-    if k > res:
-        raise ConfigError("patch", f"{k} px is larger than the images ({res} px)")
+    def check(self) -> None:
+        """The translations and the images translated to every label, before any model loads."""
+        from diffmine.core.dataset import LabeledImages
+        from diffmine.core.models import resolve_model
 
-    # -- which images: those translated to every label but their own ---------------------------
-    columns = sorted(set(meta["labels"]))
-    records, skipped = [], 0
-    for r in dataset:
-        if r.image_id not in files:
-            continue
-        if set(files[r.image_id]) | {r.labels[0]} >= set(columns):
-            records.append(r)
-        else:
-            skipped += 1
-    if not records:
-        raise DataError(f"{folder}: no image is translated to every label ({', '.join(columns)}); "
-                        "run `diffmine translate --to all`")
-    rt = Runtime.start(cfg)
-    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
-        if skipped and rt.is_main:
-            warnings.warn(f"{skipped} image(s) not translated to every label are left out", stacklevel=2)
-        targets = {r.image_id: [c for c in columns if c != r.labels[0]] for r in records}
-        index = {r.image_id: n for n, r in enumerate(records)}
+        cfg = self.config
+        self.folder = folder = Path(cfg.translations)
+        self.model_path = resolve_model(cfg.model)  # 'tiny', a folder or a hub id; one line naming a bad one
+        if not folder.is_dir():
+            raise ConfigError("translations", f"{folder}: folder does not exist")
+        self.tcfg, meta, files = _read_translations(folder, self.model_path)
+        # translations are images like any other: the one reader checks them, honouring --skip-bad (an
+        # image whose translation is skipped is then not translated to every label: it is left out below)
+        good = set(readable_images([folder / f for tr in files.values() for f in tr.values()], cfg.skip_bad, 3))
+        self.files = {i: {c: f for c, f in tr.items() if folder / f in good} for i, tr in files.items()}
+        self.dataset = LabeledImages(self.tcfg["data"], self.tcfg.get("label_column", "label"), cfg.skip_bad)
+        self.res = res = int(meta["resolution"])
+        self.k = int(cfg.patch or default_patch_size(res))
+        if self.k > res:
+            raise ConfigError("patch", f"{self.k} px is larger than the images ({res} px)")
+
+        # -- which images: those translated to every label but their own ---------------------------
+        self.columns = columns = sorted(set(meta["labels"]))
+        self.records, self.skipped = [], 0
+        for r in self.dataset:
+            if r.image_id not in self.files:
+                continue
+            if set(self.files[r.image_id]) | {r.labels[0]} >= set(columns):
+                self.records.append(r)
+            else:
+                self.skipped += 1
+        if not self.records:
+            raise DataError(f"{folder}: no image is translated to every label ({', '.join(columns)}); "
+                            "run `diffmine translate --to all`")
+
+    def load(self, rt) -> None:
+        from typicality.engine import TypicalityEstimator
+
+        cfg, columns = self.config, self.columns
+        if self.skipped and rt.is_main:
+            warnings.warn(f"{self.skipped} image(s) not translated to every label are left out", stacklevel=2)
+        self.targets = {r.image_id: [c for c in columns if c != r.labels[0]] for r in self.records}
+        self.index = {r.image_id: n for n, r in enumerate(self.records)}
+        self.ids, self.phase = list(self.index), f"typicality ({cfg.draws} draws) + DIFT of translations"
 
         loaded = rt.load(cfg.model)
-        bundle, prompts = loaded.bundle, loaded.prompts
-        estimator = TypicalityEstimator(bundle, prompts, draws=cfg.draws, t_range=tuple(cfg.t_range), seed=cfg.seed,
-                                        batch_size=cfg.batch_size)
-        extractor = DiftExtractor(bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws, seed=cfg.seed)
+        self.bundle, self.prompts = loaded.bundle, loaded.prompts
+        self.estimator = TypicalityEstimator(self.bundle, self.prompts, draws=cfg.draws, t_range=tuple(cfg.t_range),
+                                             seed=cfg.seed, batch_size=cfg.batch_size)
+        self.extractor = DiftExtractor(self.bundle, t=cfg.dift_t, block=cfg.dift_block, draws=cfg.dift_draws,
+                                       seed=cfg.seed)
         # every prompt encoded once, up front, in one fixed batch: embeddings do not depend on which group comes first
-        estimator.embed([prompts.prompt((c,)) for c in columns])
-        extractor.embeddings.index([prompts.prompt(c) for c in columns])
+        self.estimator.embed([self.prompts.prompt((c,)) for c in columns])
+        self.extractor.embeddings.index([self.prompts.prompt(c) for c in columns])
 
-        final = Path(cfg.out)
-        key = {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",
-                                                         "per_image", "batch_size", "seed", "group")},
-               "patch": k, "resolution": res, "model_fingerprint": model_fingerprint(model_path),
-               "template": prompts.template, "null_prompt": prompts.null_prompt,
-               "translations": _folder_digest(folder, {i: files[i] for i in index}),
-               "data_fingerprint": data_fingerprint(records, dataset.root),
-               "device": rt.device.type, "dtype": str(rt.dtype).replace("torch.", "")}
-        store = PartialResults(final / ".partial" / key_digest(key), key, rt.rank)
+    def key(self, rt) -> dict:
+        from typicality.fingerprints import data_fingerprint
 
-        # -- 1-3. per source image, in fixed groups: typicality of its translations, patches, DIFT ------
-        def compute(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
-            recs = [records[index[i]] for i in group]
-            ids, imgs, conds = [], [], []
-            for r in recs:
-                for c in targets[r.image_id]:
-                    ids.append(f"{r.image_id}\x00{c}")
-                    imgs.append(image_array(folder / files[r.image_id][c], res))
-                    conds.append([c])
-            maps: dict[str, dict[str, np.ndarray]] = {}
-            for result in estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
-                image_id, target = result.image_id.split("\x00")
-                maps.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
-            got, src = dataset.load_arrays(res, recs)
-            if len(got) != len(recs):
-                raise DataError(f"{dataset.root}: an image became unreadable")
-            stack = _label_stack(recs, src, columns, folder, files, res)
-            fmaps = extractor(torch.from_numpy(stack.reshape(-1, 3, res, res)),
-                              [prompts.prompt(c) for _ in recs for c in columns])
-            fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
-            out = {}
-            for n, r in enumerate(recs):
-                each, score = cotypicality_scores(np.stack([maps[r.image_id][c] for c in targets[r.image_id]]), k)
-                p = select_patches(score[None], k, cfg.per_image, "top")
-                typ = np.array([[float(each[m, int(b[1]), int(b[0])]) for m in range(len(targets[r.image_id]))]
-                                for b in p.box], np.float32)
-                local = np.full(len(p), n, dtype=np.int64)
-                parts = [pool_boxes(fmaps[:, j], local, p.box, res).numpy() for j in range(len(columns))]
-                out[r.image_id] = {"box": np.asarray(p.box, np.int64), "score": np.asarray(p.score, np.float32),
-                                   "typicality": typ, "features": l2_normalize(np.concatenate(parts, axis=1))}
-            return out
+        cfg = self.config
+        return {"settings": {n: getattr(cfg, n) for n in ("draws", "t_range", "dift_t", "dift_block", "dift_draws",
+                                                          "per_image", "batch_size", "seed", "group")},
+                "patch": self.k, "resolution": self.res, "model_fingerprint": model_fingerprint(self.model_path),
+                "template": self.prompts.template, "null_prompt": self.prompts.null_prompt,
+                "translations": _folder_digest(self.folder, {i: self.files[i] for i in self.index}),
+                "data_fingerprint": data_fingerprint(self.records, self.dataset.root),
+                "device": rt.device.type, "dtype": str(rt.dtype).replace("torch.", "")}
 
-        groups = fixed_groups([r.image_id for r in records], cfg.group)
-        bar = tqdm(total=len(records), desc=f"typicality ({cfg.draws} draws) + DIFT of translations", unit="img",
-                   disable=not progress or not rt.is_main)
-        run_groups(groups, compute, store, rt, bar=bar)
-        bar.close()
-        done = collect(store, list(index), rt)
-        if done is None:
-            return None  # not the main process, or a simulated share: a later single-process run writes
+    def groups(self) -> list[list[str]]:
+        return fixed_groups(self.ids, self.config.group)
+
+    # -- 1-3. per source image, in fixed groups: typicality of its translations, patches, DIFT ------
+    def compute(self, group: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        cfg, folder, files, res, k, columns = self.config, self.folder, self.files, self.res, self.k, self.columns
+        targets, dataset, prompts = self.targets, self.dataset, self.prompts
+        recs = [self.records[self.index[i]] for i in group]
+        ids, imgs, conds = [], [], []
+        for r in recs:
+            for c in targets[r.image_id]:
+                ids.append(f"{r.image_id}\x00{c}")
+                imgs.append(image_array(folder / files[r.image_id][c], res))
+                conds.append([c])
+        maps: dict[str, dict[str, np.ndarray]] = {}
+        for result in self.estimator.run([(ids, torch.from_numpy(np.stack(imgs)), conds)]):
+            image_id, target = result.image_id.split("\x00")
+            maps.setdefault(image_id, {})[target] = upsample(torch.from_numpy(result.diff[0]), (res, res)).numpy()
+        got, src = dataset.load_arrays(res, recs)
+        if len(got) != len(recs):
+            raise DataError(f"{dataset.root}: an image became unreadable")
+        stack = _label_stack(recs, src, columns, folder, files, res)
+        fmaps = self.extractor(torch.from_numpy(stack.reshape(-1, 3, res, res)),
+                               [prompts.prompt(c) for _ in recs for c in columns])
+        fmaps = fmaps.view(len(recs), len(columns), *fmaps.shape[1:])
+        out = {}
+        for n, r in enumerate(recs):
+            each, score = cotypicality_scores(np.stack([maps[r.image_id][c] for c in targets[r.image_id]]), k)
+            p = select_patches(score[None], k, cfg.per_image, "top")
+            typ = np.array([[float(each[m, int(b[1]), int(b[0])]) for m in range(len(targets[r.image_id]))]
+                            for b in p.box], np.float32)
+            local = np.full(len(p), n, dtype=np.int64)
+            parts = [pool_boxes(fmaps[:, j], local, p.box, res).numpy() for j in range(len(columns))]
+            out[r.image_id] = {"box": np.asarray(p.box, np.int64), "score": np.asarray(p.score, np.float32),
+                               "typicality": typ, "features": l2_normalize(np.concatenate(parts, axis=1))}
+        return out
+
+    def write(self, done, out: Path) -> Path:
+        cfg, folder, files, res, k, columns = self.config, self.folder, self.files, self.res, self.k, self.columns
+        records, index, targets, dataset = self.records, self.index, self.targets, self.dataset
 
         # -- 4. the most co-typical patches overall, clustered (mining's cluster stage) -----------------
         per_image, typ_rows, feat_rows = [], [], []
@@ -234,46 +239,50 @@ def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
             return pixels[n]
 
         # -- 5. outputs ---------------------------------------------------------------------------
-        final = Path(cfg.out)
-        with output_folder(final, owned=OUTPUTS) as out:  # written whole, then moved into place (with .partial)
-            table, doc_clusters = [], []
-            for rank, cl in enumerate(clusters):
-                shown = []
-                for j, (mi, d) in enumerate(zip(cl["members"], cl["distances"])):
-                    r = records[int(patches.image[mi])]
-                    box = [int(v) for v in patches.box[mi]]
-                    entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
-                             "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
-                             "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
-                             "x1": box[2], "y1": box[3], "cotypicality": float(patches.score[mi]), "distance": float(d),
-                             **{f"typicality_{c}": typ_rows[mi].get(c, "") for c in columns}}
-                    table.append(entry)
-                    if j < cfg.show:
-                        cells = []
-                        for jc, c in enumerate(columns):
-                            f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
-                            save_png(out / f, np.ascontiguousarray(crop(pixels_of(int(patches.image[mi]))[jc], box)))
-                            cells.append({"file": f, "label": c, "source": c == r.labels[0],
-                                          "typicality": typ_rows[mi].get(c)})
-                        shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
-                                      "cotypicality": float(patches.score[mi]), "cells": cells})
-                doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
-                                     "n_images": cl["n_images"], "rows": shown})
-            buf = io.StringIO()
-            fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images",
-                      "member_rank",
-                      "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
-                [f"typicality_{c}" for c in columns]
-            w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-            w.writeheader()
-            w.writerows(table)
-            write_text(out / "clusters.csv", buf.getvalue())
-            summary = {"translations": str(folder), "method": tcfg.get("method"), "images": len(records),
-                       "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(keep),
-                       "clusters (k)": found.k, "clusters kept": len(clusters), "typicality draws": cfg.draws,
-                       "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
-            write_report(out / "report.html", columns, doc_clusters, summary)
-            save_config(cfg, out)
-        return final
+        table, doc_clusters = [], []
+        for rank, cl in enumerate(clusters):
+            shown = []
+            for j, (mi, d) in enumerate(zip(cl["members"], cl["distances"])):
+                r = records[int(patches.image[mi])]
+                box = [int(v) for v in patches.box[mi]]
+                entry = {"cluster_rank": rank, "cluster_id": cl["id"], "median_cotypicality": cl["median"],
+                         "cluster_size": len(cl["members"]), "cluster_images": cl["n_images"], "member_rank": j,
+                         "image_id": r.image_id, "source_label": r.labels[0], "x0": box[0], "y0": box[1],
+                         "x1": box[2], "y1": box[3], "cotypicality": float(patches.score[mi]), "distance": float(d),
+                         **{f"typicality_{c}": typ_rows[mi].get(c, "") for c in columns}}
+                table.append(entry)
+                if j < cfg.show:
+                    cells = []
+                    for jc, c in enumerate(columns):
+                        f = f"patches/c{rank:03d}/m{j:03d}_{safe_name(c)}.png"
+                        save_png(out / f, np.ascontiguousarray(crop(pixels_of(int(patches.image[mi]))[jc], box)))
+                        cells.append({"file": f, "label": c, "source": c == r.labels[0],
+                                      "typicality": typ_rows[mi].get(c)})
+                    shown.append({"image_id": r.image_id, "source_label": r.labels[0], "box": box,
+                                  "cotypicality": float(patches.score[mi]), "cells": cells})
+            doc_clusters.append({"rank": rank, "median": cl["median"], "n_members": len(cl["members"]),
+                                 "n_images": cl["n_images"], "rows": shown})
+        buf = io.StringIO()
+        fields = ["cluster_rank", "cluster_id", "median_cotypicality", "cluster_size", "cluster_images",
+                  "member_rank",
+                  "image_id", "source_label", "x0", "y0", "x1", "y1", "cotypicality", "distance"] + \
+            [f"typicality_{c}" for c in columns]
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
+        write_text(out / "clusters.csv", buf.getvalue())
+        summary = {"translations": str(folder), "method": self.tcfg.get("method"), "images": len(records),
+                   "labels": ", ".join(columns), "patch": f"{k} px", "patches kept": len(keep),
+                   "clusters (k)": found.k, "clusters kept": len(clusters), "typicality draws": cfg.draws,
+                   "t range": f"{cfg.t_range[0]}-{cfg.t_range[1]}"}
+        write_report(out / "report.html", columns, doc_clusters, summary)
+        return Path(cfg.out)
 
 
+def run_changes(config: ChangesConfig, progress: bool = True) -> Path | None:
+    """Mine consistent changes from a translations folder; returns the output folder (report.html inside).
+
+    Under `accelerate launch` only the main process writes the outputs (the others return None);
+    with a simulated split (process_index) a call computes its share of the groups and returns
+    None, and a later one-process run computes what is left and writes the outputs."""
+    return run_job(ChangesJob(config, progress))

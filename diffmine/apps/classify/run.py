@@ -8,10 +8,10 @@ draws scores every label; the `keep` best labels get `draws` more draws (other s
 finalist, by the draw-weighted mean of both rounds, is the prediction. Cost per image in UNet
 rows: first_draws x (1 + L) + draws x (1 + keep), against draws x (1 + L) for `prune off`.
 
-Split and resume: images are scored in fixed groups (`group_size`: about one UNet batch of the
-first round), each finished group kept in `OUT/.partial/<key>/` (`diffmine.core.partial`); under
-`accelerate launch` each process scores its share, and the main process writes the outputs from
-the stored groups. Draws are seeded per image and the prompts embedded once in a fixed order, so
+Split and resume (the job engine, `diffmine.core.job`): images are scored in fixed groups
+(`group_size`: about one UNet batch of the first round), each finished group kept in
+`OUT/.partial/<key>/`; under `accelerate launch` each process scores its share, and the main
+process writes the outputs from the stored groups. Draws are seeded per image and the prompts embedded once in a fixed order, so
 the files are the same bit for bit for any process count, and after a killed run is started again
 (it scores only the groups it had not stored). Timing is in the returned dict and the CLI's line,
 not in the files.
@@ -27,16 +27,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffmine.core.lock import writer_lock
-from diffmine.core.files import output_folder, write_json, write_text
-from diffmine.core.settings import save_config
 from diffmine.core.errors import DataError
+from diffmine.core.files import write_json, write_text
+from diffmine.core.inputs import ImageInput
+from diffmine.core.job import Job, run_job
+from diffmine.core.partial import fixed_groups
 
 from diffmine.apps.classify.config import ClassifyConfig
 
 # what a run replaces in --out (the rest is the user's and stays); its stored groups go once it is complete
 OUTPUTS = ("predictions.csv", "classification.json", "config.json", "audit.csv", "audit.html", "audit", ".partial")
-from diffmine.core.inputs import ImageInput
 
 
 def load_data(data: str, label_column: str, skip_bad: bool = False) -> tuple[ImageInput, list[str] | None]:
@@ -141,6 +141,79 @@ def classify_key(cfg: ClassifyConfig, loaded, inp: ImageInput, rt) -> dict:
             "device": rt.device.type, "dtype": str(rt.dtype)}
 
 
+class ClassifyJob(Job):
+    """`diffmine classify` on the job engine: scores per image in fixed groups, then the tables."""
+
+    owned = OUTPUTS
+
+    def load(self, rt) -> None:
+        cfg = self.config
+        self.loaded = rt.load(cfg.model)  # "tiny", a folder or a hub id; a missing folder: one line
+        self.labels = list(self.loaded.labels or [])
+        if len(self.labels) < 2:
+            raise DataError(f"{cfg.model}: the model knows {len(self.labels)} label(s) (diffmine_train.json); "
+                            "classify needs 2 or more")
+        self.inp, self.truth = load_data(cfg.data, cfg.label_column, cfg.skip_bad)
+        if self.truth is not None:
+            unknown = sorted(set(self.truth) - set(self.labels))
+            if unknown:
+                raise DataError(f"{cfg.data}: label '{unknown[0]}' is not one the model knows ({', '.join(self.labels)})")
+        self.scorer = LabelScorer(self.loaded.bundle, self.loaded.prompts, self.labels, cfg.t_range, cfg.seed,
+                                  cfg.batch_size)
+        self.ids, self.phase = list(self.inp.ids), f"classify ({cfg.prune})"
+        self.index = {image_id: k for k, image_id in enumerate(self.ids)}
+        self.seconds = 0.0  # this process's scoring time
+
+    def key(self, rt) -> dict:
+        return classify_key(self.config, self.loaded, self.inp, rt)
+
+    def groups(self) -> list[list[str]]:
+        return fixed_groups(self.ids, group_size(self.config, len(self.labels)))
+
+    def compute(self, group):
+        start, before = time.time(), self.scorer.rows
+        images = torch.from_numpy(self.inp.load(self.loaded.bundle.resolution, [self.index[i] for i in group]))
+        s, c, m = classify_arrays(self.scorer, images, list(group), self.config)
+        rows = (self.scorer.rows - before) // len(group)  # the same for every image of a group
+        self.seconds += time.time() - start
+        return {i: {"scores": s[n], "counts": c[n].astype(np.int64), "maps": m[n],
+                    "rows": np.array([rows], np.int64)} for n, i in enumerate(group)}
+
+    def write(self, stored, folder: Path) -> dict:
+        cfg, inp, labels, truth = self.config, self.inp, self.labels, self.truth
+        scores = np.stack([stored[i]["scores"] for i in inp.ids])
+        counts = np.stack([stored[i]["counts"] for i in inp.ids])
+        maps = np.stack([stored[i]["maps"] for i in inp.ids])
+        unet_rows = int(sum(int(stored[i]["rows"][0]) for i in inp.ids))
+        pred, margin = predictions(scores, counts)
+        result = {"labels": labels, "images": len(inp), "prune": cfg.prune, "draws": cfg.draws,
+                  "first_draws": cfg.first_draws if cfg.prune == "adaptive" else None,
+                  "keep": cfg.keep if cfg.prune == "adaptive" else None, "unet_rows": unet_rows,
+                  "unet_rows_per_image": unet_rows / len(inp), "accuracy": None, "confusion": None}
+        if truth is not None:
+            t = np.array([labels.index(x) for x in truth])
+            conf = np.zeros((len(labels), len(labels)), int)
+            np.add.at(conf, (t, pred), 1)
+            result["accuracy"] = float((t == pred).mean())
+            result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
+                                   "matrix": conf.tolist()}
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
+        for i, image_id in enumerate(inp.ids):
+            w.writerow([image_id, truth[i] if truth else "", labels[pred[i]], f"{margin[i]:.6g}"]
+                       + [f"{v:.6g}" for v in scores[i]])
+        write_text(folder / "predictions.csv", buf.getvalue())
+        if truth is not None and cfg.audit:
+            from diffmine.apps.classify.audit import write_audit
+
+            result["audit"] = write_audit(folder, inp, truth, labels, scores, maps, self.loaded.bundle.resolution,
+                                          cfg.audit_top)
+        write_json(folder / "classification.json", result)
+        seconds = max(self.seconds, 1e-9)
+        return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}
+
+
 def run_classify(config: ClassifyConfig, progress: bool = True,
                  on_group: Callable[[int], None] | None = None) -> dict | None:
     """Classify every image of `config.data`; write predictions.csv, classification.json (and the audit).
@@ -151,77 +224,4 @@ def run_classify(config: ClassifyConfig, progress: bool = True,
     f"{n} images, accuracy {accuracy:.3f}, {images_per_s:.2f} images/s; written to {out}".
     on_group(n) is called as this process stores its n-th group.
     """
-    from tqdm.auto import tqdm
-
-    from diffmine.core.partial import PartialResults, collect, fixed_groups, key_digest, run_groups
-    from diffmine.core.runtime import Runtime
-
-    config.validate()
-    rt = Runtime.start(config)
-    with writer_lock(config.out, rt):  # one writer per folder (all processes of a launch are one)
-        loaded = rt.load(config.model)  # "tiny", a folder or a hub id; a missing folder: one line
-        labels = list(loaded.labels or [])
-        if len(labels) < 2:
-            raise DataError(f"{config.model}: the model knows {len(labels)} label(s) (diffmine_train.json); "
-                            "classify needs 2 or more")
-        inp, truth = load_data(config.data, config.label_column, config.skip_bad)
-        if truth is not None:
-            unknown = sorted(set(truth) - set(labels))
-            if unknown:
-                raise DataError(f"{config.data}: label '{unknown[0]}' is not one the model knows ({', '.join(labels)})")
-        bundle = loaded.bundle
-        scorer = LabelScorer(bundle, loaded.prompts, labels, config.t_range, config.seed, config.batch_size)
-        res = bundle.resolution
-        out = Path(config.out)
-        key = classify_key(config, loaded, inp, rt)
-        store = PartialResults(out / ".partial" / key_digest(key), key, rt.rank)
-        index = {image_id: k for k, image_id in enumerate(inp.ids)}
-
-        def compute(group):
-            idx = [index[i] for i in group]
-            before = scorer.rows
-            s, c, m = classify_arrays(scorer, torch.from_numpy(inp.load(res, idx)), list(group), config)
-            rows = (scorer.rows - before) // len(group)  # the same for every image of a group
-            return {i: {"scores": s[n], "counts": c[n].astype(np.int64), "maps": m[n],
-                        "rows": np.array([rows], np.int64)} for n, i in enumerate(group)}
-
-        start = time.time()
-        with tqdm(total=len(inp), unit="img", desc=f"classify ({config.prune})",
-                  disable=not progress or not rt.is_main, dynamic_ncols=True) as bar:
-            run_groups(fixed_groups(inp.ids, group_size(config, len(labels))), compute, store, rt, bar, on_group)
-        seconds = max(time.time() - start, 1e-9)
-        stored = collect(store, inp.ids, rt)
-        if stored is None:
-            return None  # not the main process, or a simulated share: a later single-process run writes the files
-        scores = np.stack([stored[i]["scores"] for i in inp.ids])
-        counts = np.stack([stored[i]["counts"] for i in inp.ids])
-        maps = np.stack([stored[i]["maps"] for i in inp.ids])
-        unet_rows = int(sum(int(stored[i]["rows"][0]) for i in inp.ids))
-        pred, margin = predictions(scores, counts)
-        result = {"labels": labels, "images": len(inp), "prune": config.prune, "draws": config.draws,
-                  "first_draws": config.first_draws if config.prune == "adaptive" else None,
-                  "keep": config.keep if config.prune == "adaptive" else None, "unet_rows": unet_rows,
-                  "unet_rows_per_image": unet_rows / len(inp), "accuracy": None, "confusion": None}
-        if truth is not None:
-            t = np.array([labels.index(x) for x in truth])
-            conf = np.zeros((len(labels), len(labels)), int)
-            np.add.at(conf, (t, pred), 1)
-            result["accuracy"] = float((t == pred).mean())
-            result["confusion"] = {"rows": "true label", "columns": "predicted label", "labels": labels,
-                                   "matrix": conf.tolist()}
-
-        with output_folder(out, owned=OUTPUTS) as tmp:  # the stored groups go with the old folder: the run is complete
-            buf = io.StringIO()
-            w = csv.writer(buf, lineterminator="\n")
-            w.writerow(["image_id", "label", "predicted", "margin"] + [f"T_{c}" for c in labels])
-            for i, image_id in enumerate(inp.ids):
-                w.writerow([image_id, truth[i] if truth else "", labels[pred[i]], f"{margin[i]:.6g}"]
-                           + [f"{v:.6g}" for v in scores[i]])
-            write_text(tmp / "predictions.csv", buf.getvalue())
-            if truth is not None and config.audit:
-                from diffmine.apps.classify.audit import write_audit
-
-                result["audit"] = write_audit(tmp, inp, truth, labels, scores, maps, res, config.audit_top)
-            write_json(tmp / "classification.json", result)
-            save_config(config, tmp)
-        return {**result, "seconds": round(seconds, 2), "images_per_s": round(len(inp) / seconds, 4)}
+    return run_job(ClassifyJob(config, progress), on_group)

@@ -23,14 +23,14 @@ class LocalizeConfig(RuntimeSettings):
     out: str | None = option(None, "output folder (metrics.json, per_image.csv, report.html)", required=True)
     base_model: str | None = option(None, "non-finetuned model to score the same way, side by side (folder, 'tiny' or hub id)")
     t_range: tuple[float, float] = option(FULL_T_RANGE, "timestep range as fractions of T; the full range for X-ray",
-                                          source="docs/method.md §2", affects_maps=True)
+                                          source="docs/method.md §2", resume_key=True)
     draws: int | None = option(None, f"noise draws per map (default: the typicality engine's, {DEFAULT_DRAWS} "
-                               "stratified, antithetic)", affects_maps=True)
+                               "stratified, antithetic)", resume_key=True)
     threshold: float = option(DEFAULT_MAP_THRESHOLD, "fraction of the min-max normalised map above which pixels "
                               "form the predicted box (IoBB)")
     label_column: str = option(LABEL_COLUMN, "label column of the data folder's metadata")
     skip_bad: bool = skip_bad_option("bad box rows")
-    seed: int = option(0, "seed of the noise draws", affects_maps=True)
+    seed: int = option(0, "seed of the noise draws", resume_key=True)
     batch_size: int = option(_TYPICALITY["batch_size"], "UNet rows per forward")
     group: int = option(_TYPICALITY["group"], "images per unit of work of the typicality stage (dealt out to the "
                         "processes of `accelerate launch`)")

@@ -13,9 +13,10 @@ single-label condition per boxed finding, each scored with the finding's own pro
 null prompt (docs/method.md §5), over the full t range by default. The stage sees the boxed images
 through LOC_DIR/.images/ (links to the data files at their own relative paths, so image ids and
 hence draws are the data set's, and a metadata.csv naming each image's boxed findings); it splits
-them over the processes of `accelerate launch`, and a killed run resumes its stores. Once the
-stores are complete the main process scores the boxes and writes the tables and report, swapped
-in whole (`core.files.swap_in`). Input errors found before any map is computed leave no LOC_DIR.
+them over the processes of `accelerate launch`, keeps every finished group in its store as it
+ends, and a killed run resumes its stores. Once the stores are complete the main process scores
+the boxes and writes the tables and report, swapped in whole (the job engine, `core.job`). Input
+errors found before any map is computed leave no LOC_DIR.
 """
 from __future__ import annotations
 
@@ -33,16 +34,16 @@ import torch
 
 from diffmine.evaluation.groundtruth import rasterize_boxes
 from diffmine.evaluation.localization import DEFAULT_MAP_THRESHOLD, score_map, summarize
-from diffmine.core.lock import writer_lock
-from diffmine.core.files import finish_swap, json_ready, output_folder, write_json, write_text
-from diffmine.core.settings import map_keys, save_config, to_dict
+from diffmine.core.files import json_ready, write_json, write_text
+from diffmine.core.job import Job, run_job
+from diffmine.core.settings import resume_keys, to_dict
 from diffmine.core.errors import DataError
 
 from diffmine.apps.localize.boxes import PlacedBox, place_boxes, read_boxes
 from diffmine.apps.localize.config import FULL_T_RANGE, LocalizeConfig
 
 OUTPUTS = ("metrics.json", "per_image.csv", "report.html", "overlays", "config.json")  # swapped in whole
-VIEW = ".images"  # the boxed images as the typicality stage reads them (removed once the maps are done)
+VIEW = ".images"  # the boxed images as the typicality stage reads them (removed once the maps are scored)
 STORES = {"model": "typicality", "base_model": "typicality_base"}
 
 
@@ -184,10 +185,12 @@ def _write_view(view: Path, dataset, records, findings: Sequence[Sequence[str]])
 def _typicality_config(cfg: LocalizeConfig, model: str, view: Path, store: Path, res: int, force: bool):
     from typicality.config import TypicalityConfig
 
+    # shard_seconds=0: a shard at every group's end, so a kill keeps every finished group, in the first minute too
+    # (the finished store is compacted all the same);
     # labels="own": each image is scored for its own findings, whatever typicality's default (not a default)
     kw = dict(model=model, data=str(view), out=str(store), labels="own", t_range=tuple(cfg.t_range), seed=cfg.seed,
-              batch_size=cfg.batch_size, group=cfg.group, resolution=res, force=force, device=cfg.device, dtype=cfg.dtype,
-              process_index=cfg.process_index, num_processes=cfg.num_processes)
+              batch_size=cfg.batch_size, group=cfg.group, shard_seconds=0, resolution=res, force=force,
+              device=cfg.device, dtype=cfg.dtype, process_index=cfg.process_index, num_processes=cfg.num_processes)
     if cfg.draws is not None:
         kw["draws"] = cfg.draws
     return TypicalityConfig(**kw)
@@ -206,7 +209,7 @@ def _stale(tcfg, store: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return True
     want = json.loads(json.dumps(to_dict(tcfg), default=list))
-    if any(found.get(k) != want.get(k) for k in (*map_keys(TypicalityConfig), "model")):
+    if any(found.get(k) != want.get(k) for k in (*resume_keys(TypicalityConfig), "model")):
         return True
     manifests = read_manifests(store)
     if manifests is None:
@@ -219,68 +222,71 @@ def _stale(tcfg, store: Path) -> bool:
             or manifests[0].get("model_fingerprint") != model_fingerprint(resolve_model(tcfg.model)))
 
 
-def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
-    """Localise every boxed finding; write LOC_DIR (see module doc) and return the metrics dict.
+class LocalizeJob(Job):
+    """`diffmine localize` on the job engine: the maps are the typicality stage's stores (each its own
+    job, resumed group by group), then the main process scores the boxes and writes the tables."""
 
-    Under `accelerate launch` every process computes its share of the maps and only the main
-    process scores them (the others return None); with a simulated split (process_index) each
-    call computes its share and returns None, and a later one-process run scores the stores."""
-    from diffmine.core.dataset import LabeledImages
-    from diffmine.core.runtime import Runtime
-    from typicality.engine import run_typicality
-    from typicality.store import TypicalityStore
+    owned = (*OUTPUTS, VIEW)  # the view of the boxed images goes once the maps are scored
 
-    cfg = config
-    cfg.validate()
-    _check_paths(cfg)
-    rt = Runtime.start(cfg)
-    with writer_lock(cfg.out, rt):  # one writer per folder (all processes of a launch are one)
+    def check(self) -> None:
+        _check_paths(self.config)
+
+    def load(self, rt) -> None:
+        """The boxes placed on the images, and the images (the stage shows its own progress)."""
+        from diffmine.core.dataset import LabeledImages
+
+        cfg = self.config
         loaded = rt.load(cfg.model)  # labels and processing size; the stage loads its own copy
         labels = model_labels(cfg.model, loaded.labels)
-        res = int(loaded.bundle.resolution)
+        self.res = res = int(loaded.bundle.resolution)
         del loaded
-        dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
+        self.dataset = dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
         boxes = read_boxes(cfg.boxes, labels, cfg.skip_bad)
-        inside, outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)
-        if outside and rt.is_main:
-            warnings.warn(f"{len(outside)} box(es) fall outside the {res} px centre crop and cannot be scored: "
-                          + "; ".join(f"{cfg.boxes} row {b.box.row} ({b.box.file_name}, {b.finding})" for b in outside),
-                          stacklevel=2)
+        inside, self.outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)
+        if self.outside and rt.is_main:
+            warnings.warn(f"{len(self.outside)} box(es) fall outside the {res} px centre crop and cannot be scored: "
+                          + "; ".join(f"{cfg.boxes} row {b.box.row} ({b.box.file_name}, {b.finding})"
+                                      for b in self.outside), stacklevel=2)
         wanted = {b.image_id for b in inside}
         records = [r for r in dataset if r.image_id in wanted]
         if not records:
             raise DataError(f"{cfg.boxes}: no box can be scored (none inside the images' centre crops)")
-        records, images = dataset.load_arrays(res, records, progress=progress and rt.is_main)
-        loaded_ids = {r.image_id for r in records}
-        dropped = [b for b in inside if b.image_id not in loaded_ids]  # unreadable images, with skip_bad
-        inside = [b for b in inside if b.image_id in loaded_ids]
-        findings = [sorted({b.finding for b in inside if b.image_id == r.image_id}) for r in records]
+        self.records, self.images = dataset.load_arrays(res, records, progress=self.progress and rt.is_main)
+        loaded_ids = {r.image_id for r in self.records}
+        self.dropped = [b for b in inside if b.image_id not in loaded_ids]  # unreadable images, with skip_bad
+        self.inside = [b for b in inside if b.image_id in loaded_ids]
+        self.findings = [sorted({b.finding for b in self.inside if b.image_id == r.image_id}) for r in self.records]
+        self.tcfgs = {name: _typicality_config(cfg, getattr(cfg, name), self.out / VIEW, self.out / folder, res,
+                                               force=name == "base_model")
+                      for name, folder in STORES.items() if getattr(cfg, name)}
 
-        out = Path(cfg.out)
+    def work(self, rt, bar, on_group=None) -> dict | None:
+        """The maps: the view of the boxed images, then one typicality store per model."""
+        from typicality.engine import run_typicality
+
+        out, view = self.out, self.out / VIEW
         created = not out.exists()
-        view = out / VIEW
-        tcfgs = {name: _typicality_config(cfg, getattr(cfg, name), view, out / folder, res, force=name == "base_model")
-                 for name, folder in STORES.items() if getattr(cfg, name)}
         try:
             if rt.is_main:
-                out.mkdir(parents=True, exist_ok=True)
-                finish_swap(out)  # a run killed while swapping its outputs in: complete it first
-                _write_view(view, dataset, records, findings)
-                for tcfg in tcfgs.values():
+                _write_view(view, self.dataset, self.records, self.findings)
+                for tcfg in self.tcfgs.values():
                     if _stale(tcfg, Path(tcfg.out)):
                         shutil.rmtree(tcfg.out)
             rt.wait()
             if not rt.is_main and rt.state is None:  # a simulated split: the view is this call's to write
-                _write_view(view, dataset, records, findings)
-            for name, tcfg in tcfgs.items():
-                run_typicality(tcfg, progress=progress)  # returns merged on the main process of a launch
+                _write_view(view, self.dataset, self.records, self.findings)
+            for tcfg in self.tcfgs.values():
+                run_typicality(tcfg, progress=self.progress)  # merged on the main process of a launch
         except BaseException:
-            if rt.is_main and created and not any(Path(t.out).exists() for t in tcfgs.values()):
+            if rt.is_main and created and not any(Path(t.out).exists() for t in self.tcfgs.values()):
                 shutil.rmtree(out, ignore_errors=True)  # nothing computed: leave nothing behind
             raise
-        if not (rt.is_main and rt.launched):
-            return None
+        return {} if rt.is_main and rt.launched else None  # the main process scores the stores
 
+    def write(self, results, folder: Path) -> dict:
+        from typicality.store import TypicalityStore
+
+        cfg, inside, out = self.config, self.inside, self.out
         store = TypicalityStore.open(out / STORES["model"])
         table, rows = localization_table(store, inside, cfg.threshold)
         base_store = None
@@ -294,25 +300,35 @@ def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
         overall = table.pop("overall")
         metrics = json_ready({
             "findings": table, "overall": overall,
-            "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in outside],
-            "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding} for b in dropped],
+            "outside_crop": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding}
+                             for b in self.outside],
+            "unreadable": [{"row": b.box.row, "file_name": b.box.file_name, "finding": b.finding}
+                           for b in self.dropped],
             "iobb_box": f"tight box of the connected region (8-connectivity) holding the map's maximum, among pixels "
                         f">= {cfg.threshold:g} of the min-max normalised map",
-            "resolution": res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
+            "resolution": self.res, "t_range": list(cfg.t_range), "draws": store.meta["draws"],
         })
-        with output_folder(out, owned=OUTPUTS) as tmp:  # the stores beside the outputs stay
-            write_json(tmp / "metrics.json", metrics)
-            write_text(tmp / "per_image.csv", _per_image_csv(rows, records))
-            from diffmine.apps.localize.report import write_report
+        write_json(folder / "metrics.json", metrics)
+        write_text(folder / "per_image.csv", _per_image_csv(rows, self.records))
+        from diffmine.apps.localize.report import write_report
 
-            write_report(tmp, metrics, rows, records, images, store, base_store, cfg.show)
-            save_config(cfg, tmp)
-        shutil.rmtree(view, ignore_errors=True)
-        if progress:
-            print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in table.items())
-                  + (f"; {len(outside)} outside the crop" if outside else ""))
-            print(format_table(metrics))
+        write_report(folder, metrics, rows, self.records, self.images, store, base_store, cfg.show)
         return metrics
+
+
+def run_localize(config: LocalizeConfig, progress: bool = True) -> dict | None:
+    """Localise every boxed finding; write LOC_DIR (see module doc) and return the metrics dict.
+
+    Under `accelerate launch` every process computes its share of the maps and only the main
+    process scores them (the others return None); with a simulated split (process_index) each
+    call computes its share and returns None, and a later one-process run scores the stores."""
+    metrics = run_job(LocalizeJob(config, progress))
+    if metrics is not None and progress:
+        outside = metrics["outside_crop"]
+        print("scored boxes per finding: " + ", ".join(f"{k} {v['n_boxes']}" for k, v in metrics["findings"].items())
+              + (f"; {len(outside)} outside the crop" if outside else ""))
+        print(format_table(metrics))
+    return metrics
 
 
 def _per_image_csv(rows: list[dict], records) -> str:

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from diffmine.core.lock import writer_lock
 from diffmine.core.files import write_json
-from diffmine.core.settings import ConfigError, save_config, to_dict
+from diffmine.core.settings import ConfigError, resume_keys, save_config, to_dict
 from diffmine.core.errors import DataError
 from diffmine.core.reconstruction import check_reconstruction, dataset_loader
 
-from diffmine.apps.translate.config import OUTPUT_KEYS, TranslateConfig
+from diffmine.apps.translate.config import TranslateConfig
 from diffmine.core.models import model_labels, resolve_model
 from typicality.fingerprints import model_fingerprint
 from diffmine.apps.translate.outputs import grid_file, labeled_row, translation_file, write_csv, write_index
@@ -71,7 +71,7 @@ def _check_resumable(out: Path, cfg: TranslateConfig) -> None:
         for d in (old, new):
             v = resolve_model(d[k]) if k == "model" and d.get(k) else d.get(k)
             d[k] = os.path.abspath(v) if v and Path(v).exists() else v
-    diff = [k for k in OUTPUT_KEYS if old.get(k) != new.get(k)]
+    diff = [k for k in resume_keys(TranslateConfig) if old.get(k) != new.get(k)]
     if diff:
         raise DataError(f"{out}: holds translations made with other settings ({', '.join(diff)}); "
                         "use another --out or the same settings to resume")
