@@ -10,7 +10,9 @@ labels), seed 0 (or --seed N, under WORK/seedN), 100 training and 25 held-out im
 (the model's own labels), and per held-out image the pointing game (is the map's maximum on the
 label's element?) and pixel AUROC against the element's pixel mask (diffmine/evaluation/metrics.py,
 as the demo's mining evaluation), per label and overall, with 95 % bootstrap intervals over
-images. The finetune run also records the base's reconstruction PSNR on these images.
+images. Beside it, on the same images, the pairwise baseline (benchmarks/label_contrast.py: each
+pixel patch's distance to the nearest patch of the other labels' training images), with the paired
+difference (`<figure>_minus_contrast`). The finetune run also records the base's reconstruction PSNR on these images.
 With --recipe the run follows the README's laptop recipe on train/ (400 images of 4 labels) as a
 user would: `finetune` (the VAE adaptation included), `typicality` at its default draws and `mine`
 with its defaults, each phase timed (`phase_<name>_s`, `recipe_minutes`); the held-out maps above
@@ -103,18 +105,28 @@ def main(argv=None) -> dict:
                                draws=args.draws)
     store = TypicalityStore.open(store_dir)
     test = LabeledImages(data / "test")
+    baseline = label_contrast_maps(data)
     rows = []
     for r in test:
         label = r.labels[0]
         gt = record_elements(r, 64, test.root)
         mask = gt.union(gt.characteristic([label]))
-        tmap = store.map(r.image_id, label, 64)
+        tmap, bmap = store.map(r.image_id, label, 64), baseline[r.image_id]
         rows.append({"image_id": r.image_id, "label": label, "pointing": float(pointing_hit(tmap, mask)),
-                     "pixel_auroc": auroc(tmap, mask)})
+                     "pixel_auroc": auroc(tmap, mask), "contrast_pointing": float(pointing_hit(bmap, mask)),
+                     "contrast_pixel_auroc": auroc(bmap, mask)})
     summary = {"pointing_game": round(float(np.mean([x["pointing"] for x in rows])), 3),
                "pointing_game_ci": interval([x["pointing"] for x in rows]),
                "pixel_auroc": round(float(np.mean([x["pixel_auroc"] for x in rows])), 3),
                "pixel_auroc_ci": interval([x["pixel_auroc"] for x in rows])}
+    for figure in ("pointing", "pixel_auroc"):  # the pairwise pixel-patch baseline on the same images
+        name = "pointing_game" if figure == "pointing" else figure
+        base = [x[f"contrast_{figure}"] for x in rows]
+        diff = [x[figure] - x[f"contrast_{figure}"] for x in rows]
+        summary[f"contrast_{name}"] = round(float(np.mean(base)), 3)
+        summary[f"contrast_{name}_ci"] = interval(base)
+        summary[f"{name}_minus_contrast"] = round(float(np.mean(diff)), 3)
+        summary[f"{name}_minus_contrast_ci"] = interval(diff)  # paired: the same images
     for lab in LABELS:
         sub = [x for x in rows if x["label"] == lab]
         summary[f"{lab}_pointing_game"] = round(float(np.mean([x["pointing"] for x in sub])), 3)
@@ -129,10 +141,27 @@ def main(argv=None) -> dict:
                    draws=args.draws, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
-    save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc")}
+    save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc",
+                                                              "contrast_pointing", "contrast_pixel_auroc")}
                                            for x in rows], protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps(summary))
     return summary
+
+
+def label_contrast_maps(data: Path) -> dict[str, np.ndarray]:
+    """The pairwise pixel-patch baseline's map of every held-out image (benchmarks/label_contrast.py),
+    its bank drawn from the training split."""
+    from benchmarks.label_contrast import contrast_maps
+    from diffmine.core.dataset import LabeledImages
+
+    def arrays(split):
+        ds = LabeledImages(data / split)
+        recs, x = ds.load_arrays(64)
+        return recs, ((x.transpose(0, 2, 3, 1) + 1) / 2).astype(np.float32)
+
+    (train_recs, train), (test_recs, test) = arrays("train"), arrays("test")
+    maps = contrast_maps(train, [r.labels[0] for r in train_recs], test, [r.labels[0] for r in test_recs])
+    return {r.image_id: m for r, m in zip(test_recs, maps)}
 
 
 if __name__ == "__main__":
