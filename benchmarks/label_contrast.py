@@ -46,3 +46,18 @@ def contrast_maps(train: np.ndarray, train_labels: list[str], test: np.ndarray, 
             maps[rows, y:y + PATCH, x:x + PATCH] = np.maximum(maps[rows, y:y + PATCH, x:x + PATCH],
                                                               dist[:, k, None, None])
     return maps
+
+
+def label_contrast_maps(data, resolution: int = 64) -> dict[str, np.ndarray]:
+    """The baseline's map of every image of `data`/test, its bank drawn from `data`/train (one label each)."""
+    from pathlib import Path
+
+    from diffmine.core.dataset import LabeledImages
+
+    def arrays(split):
+        recs, x = LabeledImages(Path(data) / split).load_arrays(resolution)
+        return recs, ((x.transpose(0, 2, 3, 1) + 1) / 2).astype(np.float32)  # [-1, 1] NCHW -> [0, 1] NHWC
+
+    (train_recs, train), (test_recs, test) = arrays("train"), arrays("test")
+    maps = contrast_maps(train, [r.labels[0] for r in train_recs], test, [r.labels[0] for r in test_recs])
+    return {r.image_id: m for r, m in zip(test_recs, maps)}

@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
     from typicality.engine import run_typicality
     from typicality.store import TypicalityStore
 
+    from benchmarks.label_contrast import label_contrast_maps
     from benchmarks.records import protocol_argument, save_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
                                draws=args.draws)
     store = TypicalityStore.open(store_dir)
     test = LabeledImages(data / "test")
-    baseline = label_contrast_maps(data)
+    baseline = label_contrast_maps(data)  # benchmarks/label_contrast.py
     rows = []
     for r in test:
         label = r.labels[0]
@@ -146,22 +147,6 @@ def main(argv=None) -> dict:
                                            for x in rows], protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps(summary))
     return summary
-
-
-def label_contrast_maps(data: Path) -> dict[str, np.ndarray]:
-    """The pairwise pixel-patch baseline's map of every held-out image (benchmarks/label_contrast.py),
-    its bank drawn from the training split."""
-    from benchmarks.label_contrast import contrast_maps
-    from diffmine.core.dataset import LabeledImages
-
-    def arrays(split):
-        ds = LabeledImages(data / split)
-        recs, x = ds.load_arrays(64)
-        return recs, ((x.transpose(0, 2, 3, 1) + 1) / 2).astype(np.float32)
-
-    (train_recs, train), (test_recs, test) = arrays("train"), arrays("test")
-    maps = contrast_maps(train, [r.labels[0] for r in train_recs], test, [r.labels[0] for r in test_recs])
-    return {r.image_id: m for r, m in zip(test_recs, maps)}
 
 
 if __name__ == "__main__":

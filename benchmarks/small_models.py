@@ -7,7 +7,8 @@
    as a user sees it (a new process: imports, loading, encoding, training, export, samples).
 2. the demo's metrics with the shipped model (`diffmine demo`, held-out split), each with its 95 %
    interval (bootstrap over the 160 held-out images; Clopper-Pearson for elements recovered), and
-   characteristic-vs-shared AUROC. `--seed N` generates the held-out towns images with seed N instead of
+   characteristic-vs-shared AUROC; beside them, on the same pairs, the pairwise pixel-patch baseline
+   (benchmarks/label_contrast.py, its bank from the towns training split) and the paired differences. `--seed N` generates the held-out towns images with seed N instead of
    the recipe's (fresh images from the same generator; nothing else changes). The run is appended to results/demo_heldout.json, its per-image
    rows to results/demo_heldout/.
 Last line: {"first_run_s", "pointing_game", "pointing_game_ci", "pixel_auroc", "pixel_auroc_ci", ...}.
@@ -67,6 +68,9 @@ def main() -> None:
                 print(f"demo {k}: {metrics[k]:.4f} [{metrics[k + '_ci'][0]:.4f}, {metrics[k + '_ci'][1]:.4f}]")
             print(f"demo wall_s: {metrics['wall_s']}")
             summary = {k: metrics[k] for k in ("targets", "wall_s", "settings", *FIGURES, *(f + "_ci" for f in FIGURES))}
+            summary.update(contrast_baseline(out / "data", metrics["pairs"]))
+            for k in ("contrast_pointing_game", "contrast_pixel_auroc"):
+                print(f"baseline {k}: {summary[k]:.4f} {summary[k + '_ci']}")
             protocol = {"settings": "diffmine/apps/demo/demo.json", "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS}
             rec = save_run("demo_heldout", summary, metrics["pairs"], protocol_file=a.protocol, protocol={
                 **protocol, **({} if a.seed is None else {"data_seed": a.seed})})
@@ -75,6 +79,38 @@ def main() -> None:
     for k in FIGURES if metrics else ():
         last[k], last[k + "_ci"] = round(metrics[k], 4), [round(x, 4) for x in metrics[k + "_ci"]]
     print(json.dumps(last))
+
+
+def contrast_baseline(data: Path, pairs: list[dict]) -> dict:
+    """The pairwise pixel-patch baseline (benchmarks/label_contrast.py) on the demo's held-out pairs: its
+    pointing game and pixel AUROC, and the demo's minus the baseline's, paired by image (bootstrap)."""
+    import numpy as np
+
+    from benchmarks.label_contrast import label_contrast_maps
+    from benchmarks.planted_elements import interval
+    from diffmine.core.dataset import LabeledImages
+    from diffmine.evaluation.groundtruth import record_elements
+    from diffmine.evaluation.metrics import auroc, pointing_hit
+
+    maps, test = label_contrast_maps(data), LabeledImages(data / "test")
+    by_id = {r.image_id: r for r in test}
+    ours, base = {"pointing": [], "pixel_auroc": []}, {"pointing": [], "pixel_auroc": []}
+    for pair in pairs:
+        r = by_id[pair["image"]]
+        if pair["label"] != r.labels[0] or pair.get("pointing_hit") is None:
+            continue  # the baseline maps an image for its own label only
+        gt = record_elements(r, 64, test.root)
+        mask = gt.union(gt.characteristic([pair["label"]]))
+        ours["pointing"].append(float(pair["pointing_hit"]))
+        ours["pixel_auroc"].append(float(pair["pixel_auroc"]))
+        base["pointing"].append(float(pointing_hit(maps[r.image_id], mask)))
+        base["pixel_auroc"].append(auroc(maps[r.image_id], mask))
+    out = {"contrast_pairs": len(base["pointing"])}
+    for figure, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
+        b, diff = np.array(base[figure]), np.array(ours[figure]) - np.array(base[figure])
+        out[f"contrast_{name}"], out[f"contrast_{name}_ci"] = round(float(b.mean()), 4), interval(b)
+        out[f"{name}_minus_contrast"], out[f"{name}_minus_contrast_ci"] = round(float(diff.mean()), 4), interval(diff)
+    return out
 
 
 if __name__ == "__main__":
