@@ -23,35 +23,41 @@ def test_pca_reconstruction_keeps_the_variance_rule_and_scores_off_subspace_poin
     assert abs(np.mean(det.labels_) - 0.1) < 0.02
 
 
-def test_knn_on_pixel_patches_is_the_mean_distance_to_the_k_nearest_bank_patches():
+def test_pixel_patchcore_is_the_detectors_and_knn_the_mean_distance_to_the_k_nearest():
     import faiss
+    import torch
 
-    from benchmarks.anomaly_defects import PIXEL_KNN_K, knn_patch_scores
+    from benchmarks.anomaly_defects import PIXEL_KNN_K, pixel_patch_scores
     from diffmine.apps.anomaly.detector import DiffusionDetector
+    from diffmine.apps.anomaly.patches import random_subset
     from diffmine.core.inputs import ImageInput
     from diffmine.datasets.defects import GOOD, render
 
     imgs = np.stack([render(np.random.default_rng([3, i]), GOOD, "weave", 128)[0] for i in range(5)])
     spotted = imgs[4].copy()
     spotted[40:46, 90:96] = 255
-    det = DiffusionDetector(model="tiny", score="patches", patch_features="pixels", patch_size=8, tile_stride=64,
-                            coreset_ratio=0.5).fit(imgs[:1])
-    scores, maps = knn_patch_scores(det, imgs[:4], np.stack([imgs[4], spotted]))
-    assert maps.shape == (2, 128, 128)
-    assert scores[1] > 1.5 * scores[0]
-    py, px = np.unravel_index(maps[1].argmax(), maps[1].shape)
-    assert abs(py - 43) <= 8 and abs(px - 93) <= 8
-    # the same bank by hand: half of every training image's patches (coreset_ratio), then the k nearest
+    quick = dict(model="tiny", score="patches", patch_features="pixels", patch_size=8, tile_stride=64, coreset_ratio=0.5)
+    test = np.stack([imgs[4], spotted])
+    scores, maps = pixel_patch_scores(DiffusionDetector(**quick).fit(imgs[:1]), imgs[:4], test)
+    # PatchCore: the detector's own scores and maps on the same images
+    det = DiffusionDetector(**quick).fit(imgs[:4])
+    assert np.allclose(scores["patchcore-pixels"], det.decision_function(test), rtol=1e-4)
+    assert np.allclose(maps["patchcore-pixels"], det.anomaly_maps(test), rtol=1e-4, atol=1e-5)
+    for name in scores:
+        assert maps[name].shape == (2, 128, 128)
+        assert scores[name][1] > 1.5 * scores[name][0]
+        py, px = np.unravel_index(maps[name][1].argmax(), maps[name][1].shape)
+        assert abs(py - 43) <= 8 and abs(px - 93) <= 8
+    # kNN by hand: a random half of the training patches (coreset_ratio), the mean of the k nearest
     inp = ImageInput(imgs[:4])
-    feats = [v.reshape(-1, v.shape[-1]).numpy() for grp in det.groups(inp) for v in det.kind.tile_patches(inp, grp)]
-    g = np.random.default_rng(int(det.seed))
-    kept = np.concatenate([f[np.sort(g.choice(len(f), size=len(f) // 2, replace=False))] for f in feats])
-    index = faiss.IndexFlatL2(kept.shape[1])
-    index.add(np.ascontiguousarray(kept, dtype=np.float32))
-    test = ImageInput(imgs[4:5])
-    v = det.kind.tile_patches(test, [0])[0]
+    pool = torch.cat([v.reshape(-1, v.shape[-1]).half() for grp in det.groups(inp)
+                      for v in det.kind.tile_patches(inp, grp)])
+    bank = pool[torch.from_numpy(random_subset(len(pool), len(pool) // 2, int(det.seed)))].float().numpy()
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(np.ascontiguousarray(bank))
+    v = det.kind.tile_patches(ImageInput(imgs[4:5]), [0])[0]
     d2 = index.search(np.ascontiguousarray(v.reshape(-1, v.shape[-1]).numpy(), dtype=np.float32), PIXEL_KNN_K)[0]
-    assert np.isclose(scores[0], np.sqrt(np.maximum(d2, 0)).mean(axis=1).max(), rtol=1e-4)
+    assert np.isclose(scores["knn-pixel-patches"][0], np.sqrt(np.maximum(d2, 0)).mean(axis=1).max(), rtol=1e-4)
 
 
 def test_a_baselines_own_threshold_is_chosen_on_its_own_maps():
