@@ -10,6 +10,12 @@ best kind of a run. Intervals (95 %): a bootstrap over test images (each test im
 every class's task, so the resample is shared by all classes and methods), recomputing the mean
 AUROC over classes; the margin of the headline over the best classic detector is paired (same
 resamples). Each run is appended to results/<benchmark>.json, its per-image scores beside it.
+
+Classic detectors, on the flattened pixels: PyOD's IForest, OCSVM, COPOD, ECOD and KNN, and PCA
+reconstruction error (`PCAReconstruction`: scikit-learn PCA fitted on the class's training images,
+as many components as explain PCA_VARIANCE of their variance, a rule fixed before any run and
+printed with the components it gives per class; the score is the squared distance of an image to
+its reconstruction).
 """
 from __future__ import annotations
 
@@ -21,7 +27,37 @@ from sklearn.metrics import average_precision_score, precision_recall_fscore_sup
 
 METRICS = ("auroc", "aupr", "precision", "recall", "f1")
 HEADLINE = "diffusion-features"  # the recommended kind: the README's figure whatever a run's ranking
-CLASSIC = ("iforest", "ocsvm", "copod", "ecod", "knn-pixels")
+CLASSIC = ("iforest", "ocsvm", "copod", "ecod", "knn-pixels", "pca-recon")
+PCA_VARIANCE = 0.95  # PCA reconstruction: the components kept explain this share of the training variance
+
+
+def pca_detector():
+    """PCAReconstruction, a PyOD detector (defined here so PyOD is imported only when a baseline runs)."""
+    from pyod.models.base import BaseDetector
+    from sklearn.decomposition import PCA
+
+    class PCAReconstruction(BaseDetector):
+        """Anomaly score: squared reconstruction error of PCA fitted on the normal images, with as many
+        components as explain `variance` of the training variance (chosen on the training images only).
+        PyOD's conventions: the threshold is the training scores' 1 - contamination quantile."""
+
+        def __init__(self, contamination=0.1, variance=PCA_VARIANCE):
+            super().__init__(contamination=contamination)
+            self.variance = variance
+
+        def fit(self, X, y=None):
+            X = np.asarray(X, dtype=np.float64)
+            self.pca_ = PCA(n_components=self.variance, svd_solver="full").fit(X)
+            self.n_components_ = int(self.pca_.n_components_)
+            self.decision_scores_ = self.decision_function(X)
+            self._process_decision_scores()
+            return self
+
+        def decision_function(self, X):
+            X = np.asarray(X, dtype=np.float64)
+            return np.square(X - self.pca_.inverse_transform(self.pca_.transform(X))).sum(axis=1)
+
+    return PCAReconstruction
 
 
 def metrics(is_anomaly: np.ndarray, scores: np.ndarray, predicted: np.ndarray) -> dict:
@@ -44,7 +80,8 @@ def baselines(contamination: float, seed: int) -> dict:
             "ocsvm": lambda: OCSVM(contamination=contamination),
             "copod": lambda: COPOD(contamination=contamination),
             "ecod": lambda: ECOD(contamination=contamination),
-            "knn-pixels": lambda: KNN(contamination=contamination)}
+            "knn-pixels": lambda: KNN(contamination=contamination),
+            "pca-recon": lambda: pca_detector()(contamination=contamination)}
 
 
 def run_baselines(x_train, y_train, x_test, y_test, classes, contamination: float, seed: int) -> dict:
@@ -56,6 +93,11 @@ def run_baselines(x_train, y_train, x_test, y_test, classes, contamination: floa
         for d in classes:
             det = make().fit(flat_tr[y_train == d])
             out[name][d] = metrics(y_test != d, det.decision_function(flat_te), det.predict(flat_te))
+            if hasattr(det, "n_components_"):
+                out[name][d]["n_components"] = det.n_components_
+        if name == "pca-recon":
+            print(f"pca-recon: components explaining {PCA_VARIANCE:.0%} of each class's training variance: "
+                  + ", ".join(f"{d}: {out[name][d]['n_components']}" for d in classes), flush=True)
     return out
 
 
@@ -102,6 +144,9 @@ def summary(results: dict, classes, diffusion_kinds, ci: dict) -> dict:
     for name in CLASSIC:
         out[f"{name.replace('-', '_')}_mean_auroc"] = r4(mean[name])
         out[f"{name.replace('-', '_')}_mean_auroc_ci"] = [r4(x) for x in ci["mean_auroc"][name]["ci"]]
+    if "pca-recon" in results:
+        out["pca_recon_rule"] = f"components explaining {PCA_VARIANCE:.0%} of the class's training variance"
+        out["pca_recon_components"] = {str(d): results["pca-recon"][d]["n_components"] for d in classes}
     if "margin" in ci:
         out["best_classic"] = ci["best_classic"]
         out["margin_over_best_classic"] = r4(ci["margin"]["value"])

@@ -7,11 +7,15 @@ images) and finetunes the shipped towns model on the training split twice, for t
   never a finding; this is what the labels add, as the paper's comparison with SD v1.5.
 No box is used for training. Every boxed finding of the held-out split is then localised by both
 (`diffmine localize`, full t range as published) and by two map-free baselines: the box prior
-(the mean box mask of that finding's training boxes) and a random map.
+(the mean box mask of that finding's training boxes) and a random map. Two more rows use the
+training boxes: the box prior at its own threshold (`box_prior_tuned`) and the finetuned map, min-max
+normalised, times the box prior (`finetuned_x_prior`); AUC-PR and the pointing game do not depend on
+a threshold, so `box_prior_tuned` differs from `box_prior` in IoBB only.
 
 Frozen protocol. The one free setting, the threshold that turns a map into a box, is chosen on
 training images only (IoBB@0.1 + @0.25 + @0.5 of the finetuned model, over a grid that extends
-until the score turns) and printed. Intervals: 95 %, bootstrap over held-out images (the boxes of
+until the score turns) and printed; `box_prior_tuned` and `finetuned_x_prior` get theirs by the same
+rule on the same training boxes, also printed (`box_prior` and `random` keep the finetuned map's). Intervals: 95 %, bootstrap over held-out images (the boxes of
 one image are resampled together); the margins are paired (the same resampled images for both).
 Goal: finetuned AUC-PR >= 2x domain-only with the ratio's interval above 1, IoBB@0.1 >= 0.8.
 
@@ -59,19 +63,28 @@ def finetune(data: Path, out: Path, steps: int, batch: int, lr: float, null_rate
     return time.time() - t0
 
 
-def choose_threshold(store, placed) -> tuple[float, list[dict]]:
-    """Sweep the map threshold upwards until IoBB@0.1+0.25+0.5 falls below its best (or 0.95)."""
+def choose_threshold(store, placed, pairs=None, name=None) -> tuple[float, list[dict]]:
+    """Sweep the map threshold upwards until IoBB@0.1+0.25+0.5 falls below its best (or 0.95).
+
+    The store's maps of the boxes `placed`, or `pairs` instead: (map, box mask) per box of another method
+    (`name`, printed), on the same boxes."""
     from diffmine.apps.localize.run import localization_table
+    from diffmine.evaluation.localization import score_map, summarize
+
+    def overall(th: float) -> dict:
+        if pairs is None:
+            return localization_table(store, placed, th)[0]["overall"]
+        return summarize([score_map(m, k, th) for m, k in pairs])
 
     sweep, best = [], None
     th = FIRST_THRESHOLD
     while th <= 0.95 + 1e-9:
-        o = localization_table(store, placed, round(th, 2))[0]["overall"]
+        o = overall(round(th, 2))
         score = o["iobb_0.1"] + o["iobb_0.25"] + o["iobb_0.5"]
         sweep.append({"threshold": round(th, 2), "score": score, **{k: o[k] for k in ("iobb_0.1", "iobb_0.25",
                                                                                         "iobb_0.5", "auc_pr")}})
-        print(f"training images ({len(placed)} boxes), threshold {th:.2f}: IoBB@0.1 {o['iobb_0.1']:.3f} "
-              f"@0.25 {o['iobb_0.25']:.3f} @0.5 {o['iobb_0.5']:.3f}")
+        print(f"{name + ', ' if name else ''}training images ({len(placed)} boxes), threshold {th:.2f}: "
+              f"IoBB@0.1 {o['iobb_0.1']:.3f} @0.25 {o['iobb_0.25']:.3f} @0.5 {o['iobb_0.5']:.3f}")
         if best is None or score > best["score"]:
             best = sweep[-1]
         elif score < best["score"] and th - best["threshold"] >= 2 * THRESHOLD_STEP - 1e-9:
@@ -95,6 +108,15 @@ def box_prior_maps(train_set, model: Path, res: int) -> dict:
         sums[b.finding] = sums.get(b.finding, 0) + rasterize_boxes([b.xyxy], res)[0].astype(np.float64)
         counts[b.finding] = counts.get(b.finding, 0) + 1
     return {f: sums[f] / counts[f] for f in sums}
+
+
+def unit_range(m):
+    """The map min-max normalised to [0, 1] (a flat map: zeros), as the predicted box sees it."""
+    import numpy as np
+
+    m = np.asarray(m, dtype=np.float64)
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
 def main() -> None:
@@ -153,6 +175,16 @@ def main() -> None:
     threshold, sweep = choose_threshold(store, placed)
     turned = sweep[-1]["threshold"] > threshold
     print(f"chosen threshold: {threshold} ({'the score turned after it' if turned else 'end of the grid'})")
+    # the baselines that use the training boxes get their own threshold, by the same rule on the same boxes
+    prior = box_prior_maps(train_set, model, res)
+    masks = [rasterize_boxes([b.xyxy], res)[0] for b in placed]
+    own = {}
+    for name, pairs in (("box_prior_tuned", [(prior[b.finding], k) for b, k in zip(placed, masks)]),
+                        ("finetuned_x_prior", [(unit_range(store.map(b.image_id, b.finding, res)) * prior[b.finding], k)
+                                               for b, k in zip(placed, masks)])):
+        th, sw = choose_threshold(None, placed, pairs, name)
+        own[name] = {"threshold": th, "threshold_sweep": sw, "threshold_turned": sw[-1]["threshold"] > th}
+        print(f"{name}: chosen threshold {th}")
 
     # -- held-out: finetuned and domain-only, then the map-free baselines ------------------
     cfg = LocalizeConfig(model=str(model), data=str(data / "test"), boxes=str(data / "test" / "BBox_List_2017.csv"),
@@ -163,7 +195,9 @@ def main() -> None:
     test_set = LabeledImages(data / "test")
     held, _ = place_boxes(read_boxes(data / "test" / "BBox_List_2017.csv", model_labels(model)), test_set, res)
     by_row = {str(b.box.row): b for b in held}
-    prior = box_prior_maps(train_set, model, res)
+    from typicality.store import TypicalityStore
+
+    held_store = TypicalityStore.open(work / "localize" / "typicality")  # the finetuned maps run_localize scored
     rng = np.random.default_rng(RANDOM_SEED)
     items = []
     for r in rows:
@@ -171,6 +205,9 @@ def main() -> None:
         mask = rasterize_boxes([b.xyxy], res)[0]
         pr = score_map(prior[b.finding], mask, threshold)
         rd = score_map(rng.random((res, res)), mask, threshold)
+        pt = score_map(prior[b.finding], mask, own["box_prior_tuned"]["threshold"])
+        fx = score_map(unit_range(held_store.map(b.image_id, b.finding, res)) * prior[b.finding], mask,
+                       own["finetuned_x_prior"]["threshold"])
         items.append({"image_id": r["image_id"], "box_row": r["box_row"], "finding": r["finding"],
                       "box_share": float(mask.mean()),
                       "finetuned_auc_pr": float(r["auc_pr"]), "finetuned_iobb": float(r["iobb"]),
@@ -178,11 +215,15 @@ def main() -> None:
                       "domain_only_auc_pr": float(r["base_auc_pr"]), "domain_only_iobb": float(r["base_iobb"]),
                       "domain_only_pointing": int(r["base_pointing"]),
                       "box_prior_auc_pr": pr["auc_pr"], "box_prior_iobb": pr["iobb"], "box_prior_pointing": int(pr["pointing"]),
-                      "random_auc_pr": rd["auc_pr"], "random_iobb": rd["iobb"], "random_pointing": int(rd["pointing"])})
+                      "random_auc_pr": rd["auc_pr"], "random_iobb": rd["iobb"], "random_pointing": int(rd["pointing"]),
+                      "box_prior_tuned_auc_pr": pt["auc_pr"], "box_prior_tuned_iobb": pt["iobb"],
+                      "box_prior_tuned_pointing": int(pt["pointing"]),
+                      "finetuned_x_prior_auc_pr": fx["auc_pr"], "finetuned_x_prior_iobb": fx["iobb"],
+                      "finetuned_x_prior_pointing": int(fx["pointing"])})
 
     units = [it["image_id"] for it in items]
     col = {k: np.array([it[k] for it in items], dtype=np.float64) for k in items[0] if k.endswith(("auc_pr", "iobb", "pointing"))}
-    methods = ("finetuned", "domain_only", "box_prior", "random")
+    methods = ("finetuned", "domain_only", "box_prior", "random", "box_prior_tuned", "finetuned_x_prior")
 
     def table_for(sel: np.ndarray) -> dict:
         u = [units[i] for i in np.flatnonzero(sel)]
@@ -196,6 +237,15 @@ def main() -> None:
         f, d, p = (col[f"{m}_auc_pr"][sel] for m in ("finetuned", "domain_only", "box_prior"))
         out["ratio_finetuned_over_domain_only_auc_pr"] = statistic_estimate(u, lambda i: f[i].mean() / d[i].mean())
         out["margin_finetuned_minus_box_prior_auc_pr"] = statistic_estimate(u, lambda i: f[i].mean() - p[i].mean())
+        # paired margins over the baselines that use the training boxes (each at its own threshold)
+        hit = {m: (col[f"{m}_iobb"][sel] > 0.1).astype(float) for m in ("finetuned", "box_prior_tuned",
+                                                                        "finetuned_x_prior")}
+        x = col["finetuned_x_prior_auc_pr"][sel]
+        out["margin_finetuned_minus_box_prior_tuned_iobb_0.1"] = statistic_estimate(
+            u, lambda i: hit["finetuned"][i].mean() - hit["box_prior_tuned"][i].mean())
+        out["margin_finetuned_minus_finetuned_x_prior_auc_pr"] = statistic_estimate(u, lambda i: f[i].mean() - x[i].mean())
+        out["margin_finetuned_minus_finetuned_x_prior_iobb_0.1"] = statistic_estimate(
+            u, lambda i: hit["finetuned"][i].mean() - hit["finetuned_x_prior"][i].mean())
         out["n_boxes"] = int(sel.sum())
         return out
 
@@ -213,6 +263,13 @@ def main() -> None:
     for name, t in [*per.items(), ("overall", overall)]:
         print(f"{name:14s} {t['n_boxes']:3d}  " + "  ".join(f"{ci(t[m]['auc_pr']):>26s}" for m in methods)
               + f"  {ci(t['finetuned']['iobb_0.1']):>22s}  {ci(t['ratio_finetuned_over_domain_only_auc_pr']):>24s}")
+    print(f"\noverall IoBB@0.1 (threshold: finetuned's {threshold} for finetuned, domain_only, box_prior, random; "
+          + ", ".join(f"{m}'s own {own[m]['threshold']}" for m in own) + "):")
+    for m in methods:
+        print(f"  {m:18s} IoBB@0.1 {ci(overall[m]['iobb_0.1']):>26s}  pointing {ci(overall[m]['pointing']):>26s}")
+    for k in ("margin_finetuned_minus_box_prior_auc_pr", "margin_finetuned_minus_box_prior_tuned_iobb_0.1",
+              "margin_finetuned_minus_finetuned_x_prior_auc_pr", "margin_finetuned_minus_finetuned_x_prior_iobb_0.1"):
+        print(f"  {k}: {ci(overall[k])}")
     ratio = overall["ratio_finetuned_over_domain_only_auc_pr"]
     iobb = overall["finetuned"]["iobb_0.1"]
     goals = {"ratio_ge_2x": ratio["value"] >= 2.0, "ratio_interval_above_1x": ratio["ci"][0] > 1.0,
@@ -223,7 +280,8 @@ def main() -> None:
     print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
     summary = {"overall": overall, "findings": per, "threshold": threshold, "threshold_sweep": sweep,
                "threshold_turned": turned, "goals": goals, "finetune_s": round(train_s, 1),
-               "domain_only_s": round(domain_s, 1), "wall_s": round(wall, 1)}
+               "domain_only_s": round(domain_s, 1), "wall_s": round(wall, 1),
+               "own_thresholds": own}  # box_prior_tuned's and finetuned_x_prior's, chosen on the same training boxes
     rec = save_run("localize_synthetic", summary, items, protocol_file=a.protocol, protocol={
         "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "n_train": a.n_train, "n_test": a.n_test,
         "n_select": a.n_select, "draws": a.draws, "earlier_held_out_runs": EARLIER_HELD_OUT_RUNS,
@@ -240,7 +298,17 @@ def main() -> None:
         "ratio_auc_pr": fig(ratio), "ratio_auc_pr_ci": cis(ratio),
         "finetuned_iobb_0.1": fig(iobb), "finetuned_iobb_0.1_ci": cis(iobb),
         "domain_only_iobb_0.1": fig(overall["domain_only"]["iobb_0.1"]),
-        "threshold": threshold}))
+        "threshold": threshold,
+        "box_prior_tuned_iobb_0.1": fig(overall["box_prior_tuned"]["iobb_0.1"]),
+        "box_prior_tuned_iobb_0.1_ci": cis(overall["box_prior_tuned"]["iobb_0.1"]),
+        "box_prior_tuned_threshold": own["box_prior_tuned"]["threshold"],
+        "finetuned_x_prior_auc_pr": fig(overall["finetuned_x_prior"]["auc_pr"]),
+        "finetuned_x_prior_auc_pr_ci": cis(overall["finetuned_x_prior"]["auc_pr"]),
+        "finetuned_x_prior_iobb_0.1": fig(overall["finetuned_x_prior"]["iobb_0.1"]),
+        "finetuned_x_prior_iobb_0.1_ci": cis(overall["finetuned_x_prior"]["iobb_0.1"]),
+        "finetuned_x_prior_threshold": own["finetuned_x_prior"]["threshold"],
+        "margin_iobb_0.1_over_box_prior_tuned_ci": cis(overall["margin_finetuned_minus_box_prior_tuned_iobb_0.1"]),
+        "margin_auc_pr_over_finetuned_x_prior_ci": cis(overall["margin_finetuned_minus_finetuned_x_prior_auc_pr"])}))
 
 
 if __name__ == "__main__":
