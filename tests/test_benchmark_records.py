@@ -134,7 +134,9 @@ def test_readme_headline_table_is_generated_from_the_records():
     assert readme.count(tables.HEAD_START) == 1 and readme == tables.readme_with_headline(readme)
     demo = tables.runs_of("demo_heldout")[-1]["summary"]
     shown = "| {:.3f} [{:.3f}, {:.3f}] |".format(demo["pointing_game"], *demo["pointing_game_ci"])
-    edited = readme.replace(shown, shown.replace("| 0.", "| 1.", 1))
+    start = readme.index(tables.HEAD_START)  # the value as the headline shows it (prose may quote it too)
+    at = readme.index(shown, start)
+    edited = readme[:at] + shown.replace("| 0.", "| 1.", 1) + readme[at + len(shown):]
     assert edited != readme and tables.readme_with_headline(edited) == readme  # a value typed by hand is caught
 
 
