@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
         timed("mine", run_mining, MineConfig(model=str(model), data=str(data / "train"), typicality=str(recipe_typ),
                                              out=str(work / f"recipe-mine-{model.name}")))
         phases["recipe_minutes"] = round(sum(phases.values()) / 60, 1)
-    store_dir = run_typicality(model=str(model), data=str(data / "test"), out=str(work / f"typ-{model.name}"),
+    store_dir = run_typicality(model=str(model), data=str(data / "test"), out=str(work / f"typ-{model.name}-d{args.draws}"),
                                draws=args.draws)
     store = TypicalityStore.open(store_dir)
     test = LabeledImages(data / "test")
