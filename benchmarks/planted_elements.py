@@ -64,6 +64,8 @@ def main(argv=None) -> dict:
     p.add_argument("--base", default="tiny")
     p.add_argument("--steps", type=int, default=1000, help="UNet steps (the README's laptop recipe: 1000)")
     p.add_argument("--draws", type=int, default=16)
+    p.add_argument("--t-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="timestep range of the held-out maps (default: typicality's)")
     p.add_argument("--work", default="runs/bench-planted")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the generator's 0)")
@@ -102,8 +104,10 @@ def main(argv=None) -> dict:
         timed("mine", run_mining, MineConfig(model=str(model), data=str(data / "train"), typicality=str(recipe_typ),
                                              out=str(work / f"recipe-mine-{model.name}")))
         phases["recipe_minutes"] = round(sum(phases.values()) / 60, 1)
-    store_dir = run_typicality(model=str(model), data=str(data / "test"), out=str(work / f"typ-{model.name}-d{args.draws}"),
-                               draws=args.draws)
+    t_range = {} if args.t_range is None else {"t_range": tuple(args.t_range)}
+    t_tag = "" if args.t_range is None else "-t{}-{}".format(*args.t_range)
+    store_dir = run_typicality(model=str(model), data=str(data / "test"), draws=args.draws, **t_range,
+                               out=str(work / f"typ-{model.name}-d{args.draws}{t_tag}"))
     store = TypicalityStore.open(store_dir)
     test = LabeledImages(data / "test")
     baseline = label_contrast_maps(data)  # benchmarks/label_contrast.py
@@ -139,7 +143,7 @@ def main(argv=None) -> dict:
     summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                    reconstruction_before_adapt_psnr_db=info.get("reconstruction_before_adapt_psnr_db"),
                    vae_adapted_steps=info.get("vae_adapted_steps"), base=args.base, steps=args.steps,
-                   draws=args.draws, chance_pointing=round(float(np.mean(
+                   draws=args.draws, t_range=args.t_range, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
     save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc",
