@@ -374,27 +374,31 @@ def test_localize_simulated_split_then_one_process(xray_model, loc_reference, tm
     _same_tables(out, ref)
 
 
-def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
-    from diffmine.apps.localize.run import run_localize
+def _run_killed(cfg, patch: str) -> None:
+    """`run_localize(cfg)` in a child process with `patch` (code that SIGKILLs it at some point) applied first."""
     import os
     import signal
     import subprocess
     import sys
 
+    script = ("import os, signal, json\n" + patch
+              + "from diffmine.apps.localize.config import LocalizeConfig\nfrom diffmine.apps.localize.run import run_localize\n"
+              f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
+    from diffmine.apps.localize.run import run_localize
+
     data, ref = loc_reference
     out = tmp_path / "loc"
     cfg = _loc_cfg(xray_model, data, out)
     # SIGKILLed as it starts the base model's maps: the finetuned store is complete by then
-    script = ("import os, signal, json\nfrom typicality import engine\n"
-              "from diffmine.apps.localize.config import LocalizeConfig\nfrom diffmine.apps.localize.run import run_localize\n"
-              "real = engine.run_typicality\n"
-              "def dying(cfg, **kw):\n    if cfg.out.endswith('typicality_base'): os.kill(os.getpid(), signal.SIGKILL)\n"
-              "    return real(cfg, **kw)\n"
-              "engine.run_typicality = dying\n"
-              f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _run_killed(cfg, "from typicality import engine\nreal = engine.run_typicality\n"
+                "def dying(cfg, **kw):\n    if cfg.out.endswith('typicality_base'): os.kill(os.getpid(), signal.SIGKILL)\n"
+                "    return real(cfg, **kw)\n"
+                "engine.run_typicality = dying\n")
     shards = {p: p.stat().st_mtime_ns for p in (out / "typicality").glob("shard-*")}
     assert shards and not (out / "typicality_base").exists() and not (out / "metrics.json").exists()
     run_localize(cfg, progress=False)
@@ -408,26 +412,16 @@ def test_localize_killed_then_resumed(xray_model, loc_reference, tmp_path):
 def test_localize_killed_in_its_first_minute_keeps_its_finished_groups(xray_model, loc_reference, tmp_path):
     """SIGKILLed as its second group of maps ends, seconds into the run: the first group is in the store
     already (a shard at every group's end), and the rerun computes only the other images."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from diffmine.apps.localize.run import run_localize
     from typicality.store import TypicalityStore
 
     data, ref = loc_reference
     out = tmp_path / "loc"
     cfg = _loc_cfg(xray_model, data, out)
-    script = ("import os, signal, json\nfrom typicality import store\n"
-              "from diffmine.apps.localize.config import LocalizeConfig\nfrom diffmine.apps.localize.run import run_localize\n"
-              "end = store.ShardWriter.end_group\nn = [0]\n"
-              "def dying(self):\n    n[0] += 1\n    if n[0] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-              "    return end(self)\n"
-              "store.ShardWriter.end_group = dying\n"
-              f"run_localize(LocalizeConfig(**json.loads({json.dumps(json.dumps(cfg.__dict__))})), progress=False)\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _run_killed(cfg, "from typicality import store\nend = store.ShardWriter.end_group\nn = [0]\n"
+                "def dying(self):\n    n[0] += 1\n    if n[0] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+                "    return end(self)\n"
+                "store.ShardWriter.end_group = dying\n")
     kept = TypicalityStore.open(out / "typicality").image_ids
     assert len(kept) == 2 and not (out / "metrics.json").exists()  # the first group of two images
     computed = []
