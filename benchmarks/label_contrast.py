@@ -61,3 +61,19 @@ def label_contrast_maps(data, resolution: int = 64) -> dict[str, np.ndarray]:
     (train_recs, train), (test_recs, test) = arrays("train"), arrays("test")
     maps = contrast_maps(train, [r.labels[0] for r in train_recs], test, [r.labels[0] for r in test_recs])
     return {r.image_id: m for r, m in zip(test_recs, maps)}
+
+
+def contrast_summary(rows: list[dict], digits: int) -> dict:
+    """The baseline's pointing game and pixel AUROC over `rows` (each with "pointing", "pixel_auroc" and the
+    baseline's "contrast_pointing", "contrast_pixel_auroc" for one item), and ours minus it, paired by item;
+    each with its percentile-bootstrap interval."""
+    from benchmarks.planted_elements import interval
+
+    out = {}
+    for figure, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
+        base = np.array([r[f"contrast_{figure}"] for r in rows], np.float64)
+        diff = np.array([r[figure] for r in rows], np.float64) - base
+        out[f"contrast_{name}"], out[f"contrast_{name}_ci"] = round(float(base.mean()), digits), interval(base)
+        out[f"{name}_minus_contrast"] = round(float(diff.mean()), digits)
+        out[f"{name}_minus_contrast_ci"] = interval(diff)  # paired: the same items
+    return out

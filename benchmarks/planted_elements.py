@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     from typicality.engine import run_typicality
     from typicality.store import TypicalityStore
 
-    from benchmarks.label_contrast import label_contrast_maps
+    from benchmarks.label_contrast import contrast_summary, label_contrast_maps
     from benchmarks.records import protocol_argument, save_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,14 +124,7 @@ def main(argv=None) -> dict:
                "pointing_game_ci": interval([x["pointing"] for x in rows]),
                "pixel_auroc": round(float(np.mean([x["pixel_auroc"] for x in rows])), 3),
                "pixel_auroc_ci": interval([x["pixel_auroc"] for x in rows])}
-    for figure in ("pointing", "pixel_auroc"):  # the pairwise pixel-patch baseline on the same images
-        name = "pointing_game" if figure == "pointing" else figure
-        base = [x[f"contrast_{figure}"] for x in rows]
-        diff = [x[figure] - x[f"contrast_{figure}"] for x in rows]
-        summary[f"contrast_{name}"] = round(float(np.mean(base)), 3)
-        summary[f"contrast_{name}_ci"] = interval(base)
-        summary[f"{name}_minus_contrast"] = round(float(np.mean(diff)), 3)
-        summary[f"{name}_minus_contrast_ci"] = interval(diff)  # paired: the same images
+    summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
     for lab in LABELS:
         sub = [x for x in rows if x["label"] == lab]
         summary[f"{lab}_pointing_game"] = round(float(np.mean([x["pointing"] for x in sub])), 3)

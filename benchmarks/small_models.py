@@ -84,33 +84,24 @@ def main() -> None:
 def contrast_baseline(data: Path, pairs: list[dict]) -> dict:
     """The pairwise pixel-patch baseline (benchmarks/label_contrast.py) on the demo's held-out pairs: its
     pointing game and pixel AUROC, and the demo's minus the baseline's, paired by image (bootstrap)."""
-    import numpy as np
-
-    from benchmarks.label_contrast import label_contrast_maps
-    from benchmarks.planted_elements import interval
+    from benchmarks.label_contrast import contrast_summary, label_contrast_maps
     from diffmine.core.dataset import LabeledImages
     from diffmine.evaluation.groundtruth import record_elements
     from diffmine.evaluation.metrics import auroc, pointing_hit
 
     maps, test = label_contrast_maps(data), LabeledImages(data / "test")
     by_id = {r.image_id: r for r in test}
-    ours, base = {"pointing": [], "pixel_auroc": []}, {"pointing": [], "pixel_auroc": []}
+    rows = []
     for pair in pairs:
         r = by_id[pair["image"]]
         if pair["label"] != r.labels[0] or pair.get("pointing_hit") is None:
             continue  # the baseline maps an image for its own label only
         gt = record_elements(r, 64, test.root)
         mask = gt.union(gt.characteristic([pair["label"]]))
-        ours["pointing"].append(float(pair["pointing_hit"]))
-        ours["pixel_auroc"].append(float(pair["pixel_auroc"]))
-        base["pointing"].append(float(pointing_hit(maps[r.image_id], mask)))
-        base["pixel_auroc"].append(auroc(maps[r.image_id], mask))
-    out = {"contrast_pairs": len(base["pointing"])}
-    for figure, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
-        b, diff = np.array(base[figure]), np.array(ours[figure]) - np.array(base[figure])
-        out[f"contrast_{name}"], out[f"contrast_{name}_ci"] = round(float(b.mean()), 4), interval(b)
-        out[f"{name}_minus_contrast"], out[f"{name}_minus_contrast_ci"] = round(float(diff.mean()), 4), interval(diff)
-    return out
+        rows.append({"pointing": float(pair["pointing_hit"]), "pixel_auroc": float(pair["pixel_auroc"]),
+                     "contrast_pointing": float(pointing_hit(maps[r.image_id], mask)),
+                     "contrast_pixel_auroc": auroc(maps[r.image_id], mask)})
+    return {"contrast_pairs": len(rows), **contrast_summary(rows, digits=4)}
 
 
 if __name__ == "__main__":
