@@ -10,7 +10,7 @@ split) adapts the shipped base's VAE through finetune.vae_adapt.adapt, the funct
 steps the held-out images (the first --n-test of the domain; digits: the held-out split) are
 reconstructed from the posterior mean: the curve is PSNR against steps and CPU seconds (measurement
 time excluded). --designs compares recipes ([{"name", "lr", "batch_size", "latent_channels"}]; default: the
-shipped one; "latent_channels" widens the latent first, keeping the trained weights: finetune.latent_width).
+shipped one; "latent_channels" widens the latent first, keeping the trained weights: benchmarks/latent_width.py).
 Each run appended to results/vae_adaptation.json with per-image final PSNR (benchmarks.records).
 Target: lower end of the 95 % interval >= 26 dB on at least four domains.
 """
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     from diffmine.core.reconstruction import psnr_db, reconstruct
     from finetune import vae_adapt
     from finetune.config import ADAPT_VAE_STEPS
-    from finetune.latent_width import widen_latents
+    from benchmarks.latent_width import widen_latents
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", default="shapes,textures,digits,radiographs,photos")
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
         for domain in args.domains.split(","):
             user, ids, test = user_folder(domain, args.n_train, args.n_test, args.size)
             vae = AutoencoderKL.from_pretrained(resolve_model("tiny"), subfolder="vae")
-            if design.get("latent_channels"):  # a wider latent, same output at step 0 (finetune.latent_width)
+            if design.get("latent_channels"):  # a wider latent, same output at step 0 (benchmarks/latent_width.py)
                 vae = widen_latents(vae, int(design["latent_channels"]))
             clock = {"cpu": 0.0, "t": time.time()}
 

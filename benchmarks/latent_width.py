@@ -1,4 +1,4 @@
-"""Widening a trained VAE's latent (4 -> C channels) without changing what it computes at first.
+"""Widening a trained VAE's latent (4 -> C channels) without changing what it computes at first (a benchmark design).
 
 A 4-channel latent at a quarter of the side keeps 1/12 of a 64 px image's values: enough for
 facades, too few for thin outlines and fine textures. Widening keeps every trained weight: the new
