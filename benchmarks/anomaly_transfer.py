@@ -2,11 +2,11 @@
 
 Protocol:
 1. Choice, on diffmine.datasets.defects ONLY (its weave texture at --select-size px): every candidate
-   of CANDIDATES (patch features vae / dift / pixels at 8 and 16 px, each unpooled and 3 x 3 pooled) is
-   fitted on --select-train normal images of its train split and scored on its labelled val split;
-   the cheapest candidate whose val mean of image AUROC (local), image AUROC (weave) and pixel AUROC
-   is within SELECT_TOL of the best is chosen (anomaly_defects.pick). The table and the choice are
-   printed.
+   of CANDIDATES (patch features vae / vae+pixels / dift / pixels at 8 and 16 px, each unpooled and
+   3 x 3 pooled) is fitted on --select-train normal images of its train split and scored on its
+   labelled val split; the cheapest candidate whose val mean of image AUROC (local), image AUROC
+   (weave) and pixel AUROC is within SELECT_TOL of the best is chosen (anomaly_defects.pick). The
+   table and the choice are printed.
 2. Report, on diffmine.datasets.defect_families ONLY (never consulted for a choice): per texture
    family and image size (every family at 64 px, --big-textures at 256 px with fewer images), a
    detector fitted on --n-train normal images scores --n-test images of every defect kind and twice
@@ -16,10 +16,16 @@ Protocol:
    COPOD, ECOD and kNN on the 64 x 64 RGB pixels. Image AUROC per defect kind (good vs that kind)
    and per group (local, global) with 95 % bootstrap intervals over images; pixel AUROC and PRO of
    the two patch detectors over the good and local-defect images (global changes cover the whole
-   image: no pixel ranking to make), point and interval on the same maps (pooled to 64 px).
+   image: no pixel ranking to make), point and interval on the same maps (pooled to 64 px); per
+   defect kind and group, the AUROC of `patches` minus that of the pixel PatchCore, with a paired
+   bootstrap interval (the same resampled images for both).
 Each run is appended to benchmarks/results/anomaly_transfer.json with its per-image scores.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.anomaly_transfer --threads 1
+    OMP_NUM_THREADS=1 python -m benchmarks.anomaly_transfer --threads 1 [--shipped-default] [--seed N]
+                                                              [--protocol benchmarks/protocols/transfer.json]
+
+`--shipped-default` skips step 1 and reports the detector's shipped `patches` default (chosen by an
+earlier step 1), the confirmation of that choice; `--seed` seeds the choice's data and the families'.
 """
 from __future__ import annotations
 
@@ -41,8 +47,10 @@ from diffmine.evaluation.metrics import auroc
 
 # the cheaper first within a feature source (a tie keeps the first)
 CANDIDATES = [dict(patch_features=f, patch_pool=p, **extra) for f, extra in
-              (("pixels", dict(patch_size=8)), ("pixels", dict(patch_size=16)), ("vae", {}), ("dift", {}))
+              (("pixels", dict(patch_size=8)), ("pixels", dict(patch_size=16)), ("vae", {}), ("vae+pixels", {}),
+               ("dift", {}))
               for p in (1, 3)]
+CHOICE_KEYS = ("patch_features", "patch_pool", "patch_size")  # what step 1 chooses
 CLASSIC = ("iforest", "ocsvm", "copod", "ecod", "knn-pixels")
 BOOT = 1000
 PIXEL_BOOT = 100
@@ -68,7 +76,7 @@ def select(args) -> tuple[dict, list[dict]]:
         table.append(row)
         print("select", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     best = pick(table)
-    return {k: v for k, v in best.items() if k in ("patch_features", "patch_pool", "patch_size")}, table
+    return {k: v for k, v in best.items() if k in CHOICE_KEYS}, table
 
 
 # -- 2. the report, on diffmine.datasets.defect_families -----------------------------------------
@@ -144,10 +152,18 @@ def cell_report(cell: dict, scores: dict, maps: dict, size: int) -> dict:
             y, v = ~good[idx], s[idx]
             per[k] = {"value": auroc(v, y), "ci": boot_ci(idx, lambda i: auroc(v[i], y[i]), n=BOOT)}
         out[name] = per
+    # ours minus the issue's baseline, per subset, with a paired bootstrap (the same resampled images)
+    ours, base = (np.asarray(scores[n], np.float64) for n in ("patches", "patchcore-pixels"))
+    margins = {}
+    for k, sel in subsets.items():
+        idx = np.flatnonzero(sel)
+        y = ~good[idx]
+        margins[k] = {"value": auroc(ours[idx], y) - auroc(base[idx], y),
+                      "ci": boot_ci(idx, lambda i: auroc(ours[idx][i], y[i]) - auroc(base[idx][i], y[i]), n=BOOT)}
     local = np.flatnonzero(subsets["local"])
     pix = {name: pixel_estimates(m[local], cell["masks"][local], pool=max(1, size // 64), n=PIXEL_BOOT)
            for name, m in maps.items()}
-    return {"image": out, "pixel": pix}
+    return {"image": out, "margin_over_patchcore_pixels": margins, "pixel": pix}
 
 
 def table_lines(key: str, rep: dict) -> list[str]:
@@ -156,6 +172,9 @@ def table_lines(key: str, rep: dict) -> list[str]:
     lines = [f"== {key}: image AUROC [95 % CI]", "detector".ljust(18) + "".join(k.ljust(21) for k in kinds)]
     for name, per in rep["image"].items():
         lines.append(name.ljust(18) + "".join(f(per[k]).ljust(21) for k in kinds))
+    margins = rep["margin_over_patchcore_pixels"]
+    lines.append("ours - pixels".ljust(18) + "".join(
+        f"{margins[k]['value']:+.3f} [{margins[k]['ci'][0]:+.2f},{margins[k]['ci'][1]:+.2f}]".ljust(21) for k in kinds))
     for name, p in rep["pixel"].items():
         lines.append(f"  pixel ({p['pixel_maps']}) {name}: AUROC {p['pixel_auroc']:.3f} "
                      f"[{p['pixel_auroc_ci'][0]:.3f}, {p['pixel_auroc_ci'][1]:.3f}], PRO {p['pro']:.3f} "
@@ -178,16 +197,24 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--settings", help="JSON settings instead of the choice (skips step 1; a smoke run)")
+    ap.add_argument("--shipped-default", action="store_true",
+                    help="report the detector's shipped `patches` default instead of a new choice (skips step 1: "
+                         "the confirmation of a default already chosen by step 1)")
     ap.add_argument("--select-only", action="store_true", help="step 1 only: print the choice, record nothing")
+    from benchmarks.records import protocol_argument, save_run
+
+    protocol_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
+    defaults = DiffusionDetector().get_params()
     if args.settings:
         chosen, table = json.loads(args.settings), []
+    elif args.shipped_default:
+        chosen, table = {k: defaults[k] for k in CHOICE_KEYS}, []
     else:
         chosen, table = select(args)
-    defaults = DiffusionDetector().get_params()
     print("chosen on defects val:", json.dumps(chosen), "| the shipped default:",
           json.dumps({k: defaults[k] for k in chosen}), flush=True)
     if args.select_only:
@@ -216,9 +243,7 @@ def main(argv=None) -> None:
 
     summary = {"chosen": chosen, "selection": r4(table), "select_s": select_s, "seconds": seconds,
                "wall_minutes": round((time.perf_counter() - started) / 60, 1), "families": r4(report)}
-    from benchmarks.records import save_run
-
-    save_run("anomaly_transfer", summary, items, protocol=vars(args))
+    save_run("anomaly_transfer", summary, items, protocol=vars(args), protocol_file=args.protocol)
     print(f"wall: {summary['wall_minutes']} min")
 
 

@@ -117,9 +117,10 @@ def test_patches_pyod_contract(patch_detector, weaves):
     assert (det.decision_scores_ > 0).all()  # each training image is scored without its own patches
     assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 80))
     assert np.array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
-    # the bank: coreset_ratio of the 6 x 4 tiles x 16 x 16 cells, unit-norm rows
-    assert det.bank_features_.shape == (6 * 4 * 256 // 2, 64)
-    assert np.allclose(np.linalg.norm(det.bank_features_, axis=1), 1, atol=1e-2)
+    # the bank (the default vae+pixels): coreset_ratio of the 6 x 4 tiles x 16 x 16 cells, each a unit-norm
+    # VAE cell beside an 8 x 8 RGB pixel patch, each half over its own scale
+    assert det.patch_features == "vae+pixels" and det.bank_features_.shape == (6 * 4 * 256 // 2, 64 + 192)
+    assert np.allclose(np.linalg.norm(det.bank_features_[:, :64] * det.patch_scales_[:64], axis=1), 1, atol=1e-2)
     X = np.stack([weaves[6], _plant_hole(weaves[7], 90, 40)])
     scores = det.decision_function(X)
     assert scores.shape == (2,) and scores[1] > scores[0]
@@ -174,6 +175,47 @@ def test_pixel_patches_find_a_planted_speckle_where_it_is(weaves):
         py, px = np.unravel_index(m.argmax(), m.shape)
         assert np.hypot(px - cx - 1, py - cy - 1) <= 8, (px, py, cx, cy)
         assert m[cy - 6:cy + 8, cx - 6:cx + 8].mean() > 1.5 * np.median(m)  # the map is high on the speckle
+
+
+def test_vae_and_pixels_side_by_side_are_each_half_as_alone(weaves, tmp_path):
+    """vae+pixels: each cell's unit VAE feature beside its 8 px pixel patch (two tiny-VAE cells) over its
+    root mean square, each half divided by its median normal nearest-patch distance: the same cells as
+    either source alone; its map points at a speckle the VAE alone misplaces; saved and loaded, it scores alike."""
+    from diffmine.apps.anomaly.folder import save_detector
+
+    every = dict(QUICK, coreset_ratio=1.0)  # the whole bank, in the images' order: comparable row by row
+    joint = DiffusionDetector(**every, patch_features="vae+pixels", contamination=0.2).fit(weaves[:6])
+    vae = DiffusionDetector(**every, patch_features="vae").fit(weaves[:6])
+    pixels = DiffusionDetector(**every, patch_features="pixels", patch_size=8).fit(weaves[:6])
+    assert joint.bank_features_.shape == (6 * 4 * 16 * 16, 64 + 192)
+    scales = joint.patch_scales_
+    assert len(set(scales[:64])) == 1 and len(set(scales[64:])) == 1 and 0 < scales[0] and 0 < scales[-1]
+    unscaled = joint.bank_features_ * scales
+    np.testing.assert_allclose(unscaled[:, :64], vae.bank_features_, atol=2e-3)  # half precision
+    np.testing.assert_allclose(unscaled[:, 64:] * np.sqrt(192), pixels.bank_features_, atol=2e-2)
+    # each half's scale: the median distance of a normal patch to its nearest one of another image
+    from diffmine.apps.anomaly.patches import MemoryBank
+
+    for cols in (slice(0, 64), slice(64, None)):
+        d = MemoryBank(unscaled[:, cols], joint.bank_owner_).distances(unscaled[joint.bank_owner_ == 0, cols],
+                                                                       exclude_owner=0)
+        assert 0.5 < scales[cols][0] / np.median(d) < 2.0
+    X = np.stack([weaves[6], _plant_speckle(weaves[7], 90, 40)])
+    for det, near in ((joint, True), (vae, False)):
+        py, px = np.unravel_index(det.anomaly_maps(X)[1].argmax(), (SIZE, SIZE))
+        assert (np.hypot(px - 91, py - 41) <= 8) == near, (det.patch_features, px, py)
+    ratio = {d.patch_features: np.divide(*d.decision_function(X)[::-1]) for d in (joint, vae, pixels)}
+    assert ratio["vae"] < ratio["vae+pixels"] < ratio["pixels"], ratio  # the speckle's score over a clean weave's
+    again = load_detector(save_detector(joint, tmp_path / "det"))
+    np.testing.assert_array_equal(again.patch_scales_, scales)
+    np.testing.assert_allclose(again.decision_function(X), joint.decision_function(X), rtol=1e-5)
+
+
+def test_joint_vectors_refuse_features_on_different_cells():
+    from diffmine.apps.anomaly.patches import joint_vectors
+
+    with pytest.raises(ValueError, match="same cells"):
+        joint_vectors(torch.zeros(1, 16, 16, 4), torch.zeros(1, 8, 8, 12))
 
 
 def test_denoise_features_are_the_engines_denoising_errors_per_draw_and_channel(weaves):

@@ -52,6 +52,11 @@ def test_share_is_fixed_by_rank_and_load_places_the_model(monkeypatch, tmp_path)
         rt.check_placement(torch.nn.Linear(2, 2))
     with pytest.raises(DataError, match=f"model {tmp_path / 'nosuch'}: no such folder"):
         rt.load(tmp_path / "nosuch")
+    # read from the configs without loading a weight: what the loaded model says
+    from diffmine.core.models import model_resolution
+
+    assert model_resolution("tiny") == model.bundle.resolution == 64
+    assert model_resolution(tmp_path) is None  # a folder without the configs
 
 
 def test_partial_results_resume_and_refuse_other_settings(tmp_path):
@@ -79,6 +84,15 @@ def test_partial_results_resume_and_refuse_other_settings(tmp_path):
     run_groups(groups, compute, PartialResults(tmp_path / "q", {}, rank=1), Runtime(torch.device("cpu"),
                                                                                      torch.float32, 1, 2))
     assert calls == [["2", "3"]]
+    # the progress bar counts process 0's own share (groups 0 and 2: three images), not all five
+    import io
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=5, desc="typicality", file=io.StringIO()) as bar:
+        run_groups(groups, compute, PartialResults(tmp_path / "r", {}, rank=0),
+                   Runtime(torch.device("cpu"), torch.float32, 0, 2), bar)
+        assert (bar.n, bar.total) == (3, 3) and bar.desc == "typicality (process 1 of 2)"
 
 
 @pytest.fixture

@@ -30,6 +30,13 @@ def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor + shift
 
 
+def image_size(unet_sample_size, vae_block_out_channels) -> int:
+    """The image size a UNet of that latent `sample_size` was built for, under a VAE of those blocks (each
+    block after the first halves the side)."""
+    size = unet_sample_size[0] if isinstance(unet_sample_size, (list, tuple)) else unet_sample_size
+    return int(size) * 2 ** (len(vae_block_out_channels) - 1)
+
+
 @dataclass
 class SDBundle:
     tokenizer: CLIPTokenizer
@@ -102,9 +109,7 @@ class SDBundle:
     @property
     def resolution(self) -> int:
         """The image size the UNet was built for."""
-        size = self.unet.config.sample_size
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        return int(size) * self.vae_scale_factor
+        return image_size(self.unet.config.sample_size, self.vae.config.block_out_channels)
 
     @property
     def device(self) -> torch.device:

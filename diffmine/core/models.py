@@ -105,3 +105,18 @@ def model_labels(name: str | Path) -> list[str] | None:
     if not info.is_file():
         return None
     return list(json.loads(info.read_text(encoding="utf-8")).get("labels") or []) or None
+
+
+def model_resolution(name: str | Path) -> int | None:
+    """The image size a model folder was built for, from its UNet and VAE configs without loading any
+    weights (None when `name` is not a folder with both)."""
+    import json
+
+    from diffmine.core.bundle import image_size
+
+    folder = Path(resolve_model(name))
+    try:
+        unet, vae = (json.loads((folder / part / "config.json").read_text(encoding="utf-8")) for part in ("unet", "vae"))
+        return image_size(unet["sample_size"], vae["block_out_channels"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -114,6 +114,10 @@ def run_groups(groups: Sequence[Sequence[str]], compute: Callable[[Sequence[str]
     if runtime.is_main:
         say_resuming(sum(i in done for g in groups for i in g), sum(map(len, groups)), store.folder.parent)
     mine = [g for k, g in enumerate(groups) if k % runtime.world == runtime.rank]
+    if bar is not None and runtime.world > 1:  # the bar counts this process's share, the only one it advances
+        bar.reset(total=sum(map(len, mine)))
+        label = getattr(bar, "desc", "") or "items"  # a disabled bar has no desc
+        bar.set_description_str(f"{label} (process {runtime.rank + 1} of {runtime.world})", refresh=False)
     for n, group in enumerate(mine):
         if all(i in done for i in group):
             if bar is not None:

@@ -14,8 +14,9 @@ from diffmine.core.settings import ConfigError, check, check_required, check_t_r
 # import PyOD, so every other command starts without the anomaly extra.
 SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
-# encoder_features.py / mining.features.DiftExtractor / denoise_features.py / pixel_features.py
-PATCH_FEATURES = ("vae", "dift", "denoise", "pixels")
+# encoder_features.py / mining.features.DiftExtractor / denoise_features.py / pixel_features.py / the
+# first and the last side by side (patches.joint_vectors)
+PATCH_FEATURES = ("vae", "dift", "denoise", "pixels", "vae+pixels")
 
 # Fewer draws than mining's 64: an image-level score averages the whole map, which needs fewer
 # draws than a per-pixel map to rank images stably.
@@ -51,10 +52,11 @@ class AnomalyFitConfig(RuntimeSettings):
     # patches (PatchCore on patch features of tiles at the image's own resolution, detector.py)
     tile_stride: int | None = option(None, "patches: pixels between tiles of --resolution px (default: one "
                                      "tile, tiles side by side; less: tiles overlap, smoother maps, more work)")
-    patch_features: str = option("vae", "patches: what a patch is described by: the VAE encoder's last feature "
-                                 "map (vae), DIFT features (dift: --patch-block, --patch-t, --patch-draws) or, "
-                                 "for comparison, denoising errors (denoise: --patch-draws over --t-range) or "
-                                 "raw pixel patches (pixels: --patch-size px, every half patch)",
+    patch_features: str = option("vae+pixels", "patches: what a patch is described by: the VAE encoder's last "
+                                 "feature map beside raw pixel patches two latent cells wide (vae+pixels), the "
+                                 "VAE's map alone (vae), DIFT features (dift: --patch-block, --patch-t, "
+                                 "--patch-draws) or, for comparison, denoising errors (denoise: --patch-draws over "
+                                 "--t-range) or raw pixel patches alone (pixels: --patch-size px, every half patch)",
                                  choices=PATCH_FEATURES)
     patch_size: int = option(8, "patches: side in px of a pixel patch with --patch-features pixels (one "
                              "every half patch)")

@@ -21,11 +21,13 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   as anomalib implements it) on patch features at the image's own resolution. An image is cut into
   tiles of the model's resolution (or `resolution`), every `tile_stride` px (default: side by side),
   so a small defect keeps its size in pixels. Each tile gives one feature per latent cell: by
-  default (`patch_features="vae"`) the VAE encoder's last feature map (encoder_features.py), or
-  DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws), or, for
-  comparison, the null prompt's denoising errors (`"denoise"`: per draw and latent channel, logged,
-  `patch_draws` draws over `t_range`; denoise_features.py), or raw pixel patches (`"pixels"`:
-  `patch_size` px squares every half patch, pixel_features.py; no model features at all); each is
+  default (`patch_features="vae+pixels"`) the VAE encoder's last feature map (encoder_features.py)
+  beside the raw pixel patch two cells wide around the cell (patches.joint_vectors; each half divided
+  by its median nearest-normal distance, measured at fit, patches.half_scales), or the VAE's map alone
+  (`"vae"`), or DIFT (`"dift"`: UNet up_blocks[`patch_block`] at t = `patch_t`, `patch_draws` draws),
+  or, for comparison, the null prompt's denoising errors (`"denoise"`: per draw and latent channel,
+  logged, `patch_draws` draws over `t_range`; denoise_features.py), or raw pixel patches alone
+  (`"pixels"`: `patch_size` px squares every half patch, pixel_features.py; no model features); each is
   averaged over its `patch_pool` x `patch_pool` neighbourhood (PatchCore's local aggregation is 3; 1
   keeps a one-cell defect's contrast) and, learned features only, L2-normalised. The normal images' patches
   form a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size`
@@ -36,8 +38,8 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
   repeats the choice of features, pooling, stride and top-k on its validation split;
-  benchmarks/anomaly_transfer.py repeats the choice of features, vae / dift / pixels, and pooling on it,
-  and reports on diffmine.datasets.defect_families, never used for a choice).
+  benchmarks/anomaly_transfer.py repeats the choice of features, vae / vae+pixels / dift / pixels,
+  and pooling on it, and reports on diffmine.datasets.defect_families, never used for a choice).
 
 Each kind is a small class in kinds/ (its fit, its UNet rows per image, its scores and maps), chosen by
 `score` from `kinds.KINDS`; the detector delegates to it (`kind`). The hyper-parameters are checked by

@@ -88,6 +88,41 @@ def patch_vectors(fmaps: torch.Tensor, pool: int = 3, normalize: bool = True) ->
     return x.permute(0, 2, 3, 1).contiguous()
 
 
+def joint_vectors(learned: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """(n, h, w, C1 + C2): learned features beside pixel patches scaled to their root mean square, as
+    PatchCore sets two feature depths side by side: the learned half keeps what a patch looks like, the
+    pixel half the high frequencies and brightness a learned encoder trained on other images may drop.
+    `half_scales` then puts both halves in units of their own normal variation."""
+    if learned.shape[:3] != pixels.shape[:3]:
+        raise ValueError(f"learned features on a {tuple(learned.shape[1:3])} grid, pixel patches on "
+                         f"{tuple(pixels.shape[1:3])}: they must describe the same cells")
+    return torch.cat([learned, pixels / math.sqrt(pixels.shape[-1])], dim=-1)
+
+
+def half_scales(pool: torch.Tensor, owner: np.ndarray, width: int, seed: int = 0, sample: int = 4096) -> np.ndarray:
+    """(C,) divisors of joint vectors (rows of `pool`, the first `width` columns the learned half): each
+    half's median distance from a normal patch to its nearest patch of another normal image, so that
+    either half's typical normal distance is 1 and a change in one is not drowned by the other's spread.
+    Patches of the even-numbered images (a random `sample`) are searched among those of the odd ones."""
+    import faiss
+
+    scales = np.ones(pool.shape[1], dtype=np.float32)
+    images = np.unique(owner)
+    if len(images) < 2:  # one image: nothing to compare with
+        return scales
+    g = np.random.default_rng(seed)
+    query, base = (np.flatnonzero(np.isin(owner, images[k::2])) for k in (0, 1))
+    query = g.choice(query, size=min(sample, len(query)), replace=False)
+    base = g.choice(base, size=min(8 * sample, len(base)), replace=False)
+    for cols in (slice(0, width), slice(width, None)):
+        q, b = (np.ascontiguousarray(pool[torch.from_numpy(np.sort(i))][:, cols].float().numpy()) for i in (query, base))
+        index = faiss.IndexFlatL2(q.shape[1])
+        index.add(b)
+        median = float(np.median(np.sqrt(np.maximum(index.search(q, 1)[0][:, 0], 0))))
+        scales[cols] = median if median > 0 else 1.0
+    return scales
+
+
 def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
     """Indices of k rows of x chosen by greedy k-center (each next row the farthest from those chosen).
 

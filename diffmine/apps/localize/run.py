@@ -235,11 +235,14 @@ class LocalizeJob(Job):
         """The boxes placed on the images, and the images (the stage shows its own progress)."""
         from diffmine.core.dataset import LabeledImages
 
+        from diffmine.core.models import model_resolution
+
         cfg = self.config
-        loaded = rt.load(cfg.model)  # labels and processing size; the stage loads its own copy
-        labels = model_labels(cfg.model, loaded.labels)
-        self.res = res = int(loaded.bundle.resolution)
-        del loaded
+        labels = model_labels(cfg.model)
+        res = model_resolution(cfg.model)  # from the configs: the stage loads the weights
+        if res is None:  # not a folder with configs (a model built in memory): its resolution as loaded
+            res = int(rt.load(cfg.model).bundle.resolution)
+        self.res = res
         self.dataset = dataset = LabeledImages(cfg.data, cfg.label_column, cfg.skip_bad)
         boxes = read_boxes(cfg.boxes, labels, cfg.skip_bad)
         inside, self.outside = place_boxes(boxes, dataset, res, cfg.boxes, cfg.skip_bad)

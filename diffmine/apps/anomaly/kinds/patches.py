@@ -10,16 +10,22 @@ from diffmine.apps.anomaly.kinds.base import DRAW_KEY, ScoreKind
 
 PATCHES_FILE = "patches.npy"
 PATCH_OWNERS_FILE = "patch_owners.npy"
+PATCH_SCALES_FILE = "patch_scales.npy"  # vae+pixels: each half's divisor (patches.half_scales)
+JOINT = "vae+pixels"
 
 
 class Patches(ScoreKind):
     name = "patches"
-    saved = {PATCHES_FILE: "bank_features_", PATCH_OWNERS_FILE: "bank_owner_"}
     maps_at_image_size = True
 
     def __init__(self, det):
         super().__init__(det)
         self._bank = None
+
+    @property
+    def saved(self) -> dict[str, str]:
+        files = {PATCHES_FILE: "bank_features_", PATCH_OWNERS_FILE: "bank_owner_"}
+        return {**files, PATCH_SCALES_FILE: "patch_scales_"} if self.det.patch_features == JOINT else files
 
     def fit(self, inp):
         """Build the patch memory bank from the normal images; their scores, each without its own patches."""
@@ -27,7 +33,10 @@ class Patches(ScoreKind):
 
         from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, random_subset
 
+        from diffmine.apps.anomaly.patches import half_scales
+
         det = self.det
+        det.__dict__.pop("patch_scales_", None)  # a refit measures its own scales from unscaled features
         per_image = []
         with tqdm(total=len(inp), desc="anomaly fit (patches: features)", disable=not det.progress) as bar:
             for g in det.groups(inp):
@@ -35,6 +44,11 @@ class Patches(ScoreKind):
                 bar.update(len(g))
         owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(per_image)])
         pool = torch.cat(per_image)
+        if det.patch_features == JOINT:
+            det.patch_scales_ = half_scales(pool, owner, self.learned_width(pool.shape[1]), int(det.seed))
+            divisor = torch.from_numpy(det.patch_scales_)
+            pool = (pool.float() / divisor).half()
+            per_image = list(pool.split([len(v) for v in per_image]))
         k = bank_size_for(len(pool), det.coreset_ratio, det.bank_size)
         if det.progress:
             print(f"anomaly fit (patches): memory bank of {k} of {len(pool)} patches ({det.coreset})")
@@ -79,32 +93,53 @@ class Patches(ScoreKind):
 
     def tile_patches(self, inp: ImageInput, idx: list[int]) -> list[torch.Tensor]:
         """Per image of `idx`: (tiles, h, w, C) patch features of its tiles (patches.patch_vectors)."""
+        from diffmine.apps.anomaly.patches import cut_tiles, joint_vectors, patch_vectors
+
+        det = self.det
+        tiles = [cut_tiles(inp.rgb(i), det.resolution_, self.tile_stride()) for i in idx]
+        batch = torch.from_numpy(np.concatenate(tiles))
+        pool = int(det.patch_pool)
+        if det.patch_features == JOINT:
+            vectors = joint_vectors(patch_vectors(self.feature_maps(batch, "vae"), pool),
+                                    patch_vectors(self.feature_maps(batch, "pixels", self.joint_pixel_side()), pool,
+                                                  normalize=False))
+            if hasattr(det, "patch_scales_"):  # fitted: each half in units of its normal variation
+                vectors = vectors / torch.from_numpy(det.patch_scales_)
+        else:
+            # log denoising errors and pixels are on a common scale already: their size (an error, a
+            # brightness) is the signal, not normalised away
+            vectors = patch_vectors(self.feature_maps(batch, det.patch_features, int(det.patch_size)), pool,
+                                    normalize=det.patch_features not in ("denoise", "pixels"))
+        return list(vectors.split([len(t) for t in tiles]))
+
+    def joint_pixel_side(self) -> int:
+        """vae+pixels: pixel patches two latent cells wide, one a cell, on the VAE's grid (the same cells)."""
+        return 2 * self.det.loaded()[0].vae_scale_factor
+
+    def learned_width(self, width: int) -> int:
+        """vae+pixels: how many of `width` joint columns are the VAE's (the rest are pixels)."""
+        return width - 3 * self.joint_pixel_side() ** 2
+
+    def feature_maps(self, batch: torch.Tensor, source: str, pixel_side: int = 0) -> torch.Tensor:
+        """(n, C, h, w) feature maps of tiles (n, 3, R, R) from one source of PATCH_FEATURES."""
         from mining.features import DiftExtractor
 
         from diffmine.apps.anomaly.denoise_features import denoising_error_features
         from diffmine.apps.anomaly.encoder_features import vae_encoder_features
-        from diffmine.apps.anomaly.patches import cut_tiles, patch_vectors
         from diffmine.apps.anomaly.pixel_features import pixel_patch_features
 
         det = self.det
+        if source == "pixels":
+            return pixel_patch_features(batch, pixel_side)
         bundle, _, est = det.loaded()
-        tiles = [cut_tiles(inp.rgb(i), det.resolution_, self.tile_stride()) for i in idx]
-        batch = torch.from_numpy(np.concatenate(tiles))
-        if det.patch_features == "vae":
-            fmaps = vae_encoder_features(bundle.vae, batch, int(det.batch_size))
-        elif det.patch_features == "pixels":
-            fmaps = pixel_patch_features(batch, int(det.patch_size))
-        elif det.patch_features == "denoise":
-            fmaps = denoising_error_features(est, batch, self.denoise_draws(), int(det.batch_size))
-        else:
-            draws = int(det.patch_draws)
-            dift = DiftExtractor(bundle, t=int(det.patch_t), block=int(det.patch_block), draws=draws,
-                                 seed=int(det.seed), batch_size=max(1, int(det.batch_size) // draws))
-            fmaps = dift(batch, [self.normal_prompt()] * len(batch))
-        # log denoising errors and pixels are on a common scale already: their size (an error, a brightness)
-        # is the signal, not normalised away
-        vectors = patch_vectors(fmaps, int(det.patch_pool), normalize=det.patch_features not in ("denoise", "pixels"))
-        return list(vectors.split([len(t) for t in tiles]))
+        if source == "vae":
+            return vae_encoder_features(bundle.vae, batch, int(det.batch_size))
+        if source == "denoise":
+            return denoising_error_features(est, batch, self.denoise_draws(), int(det.batch_size))
+        draws = int(det.patch_draws)
+        dift = DiftExtractor(bundle, t=int(det.patch_t), block=int(det.patch_block), draws=draws,
+                             seed=int(det.seed), batch_size=max(1, int(det.batch_size) // draws))
+        return dift(batch, [self.normal_prompt()] * len(batch))
 
     def denoise_draws(self):
         """denoise features: the `patch_draws` (timestep, noise) pairs every tile shares (common random numbers)."""
