@@ -113,6 +113,8 @@ def commit_cell(record: dict) -> str:
     return f"`{str(record.get('commit', '?')).removesuffix('+dirty')}`" + (DIRTY if is_dirty(record) else "")
 
 
+TRANSFER_CELLS = ("twill-64", "mesh-64", "grain-64", "twill-256", "grain-256")  # anomaly_transfer's families
+
 # The README's headline rows: (results file, use, [(figure, path in the summary, target, rule)]). A rule
 # ">=" / ">" / "<" compares the interval (then the point) with the target; "ci>0" asks a margin's interval
 # to clear 0; None states no target. Paths are split at "/"; one ending in "value" reads a {"value", "ci"} figure.
@@ -143,6 +145,11 @@ HEADLINE = [
         ("margin over best classic, local defects", "margin_local", 0, "ci>0"),
         ("fit on 1,000 normal 256 px images (s; median of 3 where the record has 3)", "fit_s", 600, "<"),
         ("score 1,000 images (s; median of 3 where the record has 3)", "score_s", 600, "<")]),
+    ("anomaly_transfer", "anomaly, defect families no setting was chosen on (`patches` default)", [
+        *((f"local defects, {cell}: AUROC − pixel PatchCore (paired bootstrap)",
+           f"families/{cell}/margin_over_patchcore_pixels/local/value", -0.02, ">=") for cell in TRANSFER_CELLS),
+        *((f"global changes, {cell}: image AUROC", f"families/{cell}/image/patches/global/value", 0.90, ">")
+          for cell in TRANSFER_CELLS)]),
     ("anomaly_classify_towns", "classify (towns, 160 images)", [
         ("accuracy, adaptive pruning (Clopper-Pearson)", "adaptive/accuracy_true_labels", None, None),
         ("label audit recall, 8 planted mislabels", "adaptive/audit_recall", None, None),
