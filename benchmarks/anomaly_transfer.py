@@ -158,7 +158,7 @@ def cell_report(cell: dict, scores: dict, maps: dict, size: int) -> dict:
     for k, sel in subsets.items():
         idx = np.flatnonzero(sel)
         y = ~good[idx]
-        margins[k] = {"value": auroc(ours[idx], y) - auroc(base[idx], y),
+        margins[k] = {"value": out["patches"][k]["value"] - out["patchcore-pixels"][k]["value"],
                       "ci": boot_ci(idx, lambda i: auroc(ours[idx][i], y[i]) - auroc(base[idx][i], y[i]), n=BOOT)}
     local = np.flatnonzero(subsets["local"])
     pix = {name: pixel_estimates(m[local], cell["masks"][local], pool=max(1, size // 64), n=PIXEL_BOOT)

@@ -114,8 +114,9 @@ def half_scales(pool: torch.Tensor, owner: np.ndarray, width: int, seed: int = 0
     query, base = (np.flatnonzero(np.isin(owner, images[k::2])) for k in (0, 1))
     query = g.choice(query, size=min(sample, len(query)), replace=False)
     base = g.choice(base, size=min(8 * sample, len(base)), replace=False)
+    rows = [pool[torch.from_numpy(np.sort(i))].float().numpy() for i in (query, base)]  # once, both halves
     for cols in (slice(0, width), slice(width, None)):
-        q, b = (np.ascontiguousarray(pool[torch.from_numpy(np.sort(i))][:, cols].float().numpy()) for i in (query, base))
+        q, b = (np.ascontiguousarray(r[:, cols]) for r in rows)
         index = faiss.IndexFlatL2(q.shape[1])
         index.add(b)
         median = float(np.median(np.sqrt(np.maximum(index.search(q, 1)[0][:, 0], 0))))

@@ -47,11 +47,11 @@ VIEW = ".images"  # the boxed images as the typicality stage reads them (removed
 STORES = {"model": "typicality", "base_model": "typicality_base"}
 
 
-def model_labels(model: str | Path, known: list[str] | None = None) -> list[str]:
-    """The labels a model was finetuned on (`diffmine_train.json`); `known`: already read (rt.load)."""
+def model_labels(model: str | Path) -> list[str]:
+    """The labels a model was finetuned on (`diffmine_train.json`)."""
     from diffmine.core.models import model_labels as labels_of, resolve_model
 
-    labels = known if known is not None else labels_of(resolve_model(model))
+    labels = labels_of(resolve_model(model))
     if labels is None:
         raise DataError(f"{model}: no diffmine_train.json with labels, so the model's labels are unknown "
                         "(localisation needs a model finetuned by `diffmine finetune`)")

@@ -31,9 +31,7 @@ class Patches(ScoreKind):
         """Build the patch memory bank from the normal images; their scores, each without its own patches."""
         from tqdm.auto import tqdm
 
-        from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, random_subset
-
-        from diffmine.apps.anomaly.patches import half_scales
+        from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, half_scales, random_subset
 
         det = self.det
         det.__dict__.pop("patch_scales_", None)  # a refit measures its own scales from unscaled features
