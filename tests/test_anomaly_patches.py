@@ -87,6 +87,26 @@ def test_leave_one_out_distance_is_the_nearest_other_images_patch():
     assert bank.distances(q).max() < 0.1  # without leaving out: its own rows
 
 
+def test_hnsw_bank_finds_the_same_nearest_patches_as_the_full_scan():
+    g = np.random.default_rng(1)
+    x = g.normal(size=(4000, 32)).astype(np.float32)
+    owner = np.repeat(np.arange(40), 100)
+    exact, graph = MemoryBank(x, owner, "exact"), MemoryBank(x, owner, "hnsw")
+    q = g.normal(size=(500, 32)).astype(np.float32)
+    d_exact, d_graph = exact.distances(q), graph.distances(q)
+    assert np.all(d_graph >= d_exact - 1e-4)  # a graph walk never finds a nearer patch than there is
+    assert np.mean(np.isclose(d_graph, d_exact, rtol=1e-4)) > 0.99
+    own = x[owner == 3] + 0.01 * g.normal(size=(100, 32)).astype(np.float32)  # nearest 16: all its own rows
+    brute = np.sqrt(((own[:, None] - x[owner != 3][None]) ** 2).sum(-1).min(1))
+    assert np.mean(np.isclose(graph.distances(own, exclude_owner=3), brute, rtol=1e-4)) > 0.99
+    # a graph smaller than the neighbours asked for: the missing ones (-1) are not taken for another image's
+    tiny = MemoryBank(x[:6], np.array([0, 0, 0, 0, 1, 1]), "hnsw")
+    np.testing.assert_allclose(tiny.distances(x[:4], exclude_owner=0),
+                               np.sqrt(((x[:4, None] - x[None, 4:6]) ** 2).sum(-1).min(1)), rtol=1e-5)
+    rebuilt = MemoryBank(x, owner, "hnsw")  # built on one thread: the same graph, the same answers
+    np.testing.assert_array_equal(rebuilt.distances(q), d_graph)
+
+
 # -- the detector -------------------------------------------------------------------------------
 def _plant_hole(image: np.ndarray, cx: int, cy: int, r: int = 7) -> np.ndarray:
     y, x = np.mgrid[:image.shape[0], :image.shape[1]]

@@ -14,6 +14,8 @@ from diffmine.core.settings import ConfigError, check, check_required, check_t_r
 # import PyOD, so every other command starts without the anomaly extra.
 SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
+# how a patch finds its nearest bank patch (patches.MemoryBank): a FAISS HNSW graph, or the exact flat scan
+BANK_SEARCHES = ("hnsw", "exact")
 # encoder_features.py / mining.features.DiftExtractor / denoise_features.py / pixel_features.py / the
 # first and the last side by side (patches.joint_vectors)
 PATCH_FEATURES = ("vae", "dift", "denoise", "pixels", "vae+pixels")
@@ -75,6 +77,9 @@ class AnomalyFitConfig(RuntimeSettings):
                                   "(PatchCore's coreset ratio)")
     bank_size: int = option(16384, "patches: the most patches the memory bank keeps (fit and scoring stay "
                             "linear in the number of normal images)")
+    bank_search: str = option("hnsw", "patches: how a patch finds its nearest bank patch: a FAISS HNSW graph "
+                              "(hnsw: several times faster, the exact nearest for all but a few patches in ten "
+                              "thousand, never nearer) or a full scan (exact)", choices=BANK_SEARCHES)
 
     def validate(self) -> None:
         check_required(self)
@@ -105,7 +110,7 @@ def parameter_constraints() -> dict:
         "patch_features": _one_of(PATCH_FEATURES), "patch_size": at_least(2), "patch_pool": [odd()],
         "patch_block": at_least(0), "patch_t": at_least(0), "patch_draws": positive, "top_k": positive,
         "coreset": _one_of(CORESETS), "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
-        "bank_size": positive,
+        "bank_size": positive, "bank_search": _one_of(BANK_SEARCHES),
     }
 
 

@@ -30,11 +30,13 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   (`"pixels"`: `patch_size` px squares every half patch, pixel_features.py; no model features); each is
   averaged over its `patch_pool` x `patch_pool` neighbourhood (PatchCore's local aggregation is 3; 1
   keeps a one-cell defect's contrast) and, learned features only, L2-normalised. The normal images' patches
-  form a memory bank (FAISS, flat L2), subsampled to `coreset_ratio` of them and at most `bank_size`
-  by greedy k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the
-  number of normal images. A patch's score is its distance to the nearest bank patch; the image
-  score is the mean of its `top_k` highest (1: the maximum, as PatchCore); the map is the patch
-  scores upsampled per tile and averaged where tiles overlap, at the image's own size. A training
+  form a memory bank (FAISS), subsampled to `coreset_ratio` of them and at most `bank_size` by greedy
+  k-center `coreset` (PatchCore's) or at random, so fitting and scoring stay linear in the number of
+  normal images. A patch's score is its distance to the nearest bank patch, found by an HNSW graph
+  (`bank_search="hnsw"`; a found patch is never nearer than the nearest, rarely farther) or by the
+  exact scan (`"exact"`); the image score is the mean of its `top_k` highest (1: the maximum, as
+  PatchCore); the map is the patch scores upsampled per tile and averaged where tiles overlap, at the
+  image's own size. A training
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
   repeats the choice of features, pooling, stride and top-k on its validation split;
@@ -109,7 +111,8 @@ class DiffusionDetector(BaseDetector):
                  dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_features=_D["patch_features"],
                  patch_size=_D["patch_size"], patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
                  patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], coreset=_D["coreset"],
-                 coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"]):
+                 coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"],
+                 bank_search=_D["bank_search"]):
         self.model = model
         self.base = base
         self.score = score
@@ -141,6 +144,7 @@ class DiffusionDetector(BaseDetector):
         self.coreset = coreset
         self.coreset_ratio = coreset_ratio
         self.bank_size = bank_size
+        self.bank_search = bank_search
 
     def use_runtime(self, runtime) -> "DiffusionDetector":
         """Run on `runtime` (a command's `Runtime`) instead of one started from `device`/`dtype`."""

@@ -54,17 +54,10 @@ class FitJob(Job):
 
     def write(self, results, folder: Path) -> DiffusionDetector:
         config, inp = self.config, self.inp
-        det = DiffusionDetector(
-            model=config.model, base=config.base, score=config.score, contamination=config.contamination,
-            normal_label=config.normal_label, draws=config.draws, t_range=tuple(config.t_range),
-            trajectory_start=config.trajectory_start, trajectory_steps=config.trajectory_steps,
-            finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr,
-            finetune_batch=config.finetune_batch, resolution=config.resolution, batch_size=config.batch_size,
-            seed=config.seed, work_dir=str(folder), progress=self.progress, n_neighbors=config.n_neighbors,
-            device=config.device, dtype=config.dtype, tile_stride=config.tile_stride,
-            patch_features=config.patch_features, patch_size=config.patch_size, patch_pool=config.patch_pool, patch_block=config.patch_block,
-            patch_t=config.patch_t, patch_draws=config.patch_draws, top_k=config.top_k, coreset=config.coreset,
-            coreset_ratio=config.coreset_ratio, bank_size=config.bank_size)
+        # every hyper-parameter the command and the detector share, under the same name (config.py)
+        params = {k: getattr(config, k) for k in DiffusionDetector().get_params() if hasattr(config, k)}
+        det = DiffusionDetector(**{**params, "t_range": tuple(config.t_range), "work_dir": str(folder),
+                                   "progress": self.progress})
         det.fit(inp.paths)
         shutil.rmtree(folder / "data", ignore_errors=True)  # the normal images as the finetuner read them
         save_detector(det, folder)

@@ -67,7 +67,7 @@ class Patches(ScoreKind):
         if self._bank is None:
             from diffmine.apps.anomaly.patches import MemoryBank
 
-            self._bank = MemoryBank(self.det.bank_features_, self.det.bank_owner_)
+            self._bank = MemoryBank(self.det.bank_features_, self.det.bank_owner_, self.det.bank_search)
         return self._bank
 
     def image_score(self, patch_scores: np.ndarray) -> float:
