@@ -12,7 +12,10 @@ bank by the exact scan and by the HNSW graph at each efSearch of --ef (the shipp
 * the search seconds of each, on --threads;
 * val image AUROC, local defects and weave changes, from the exact and from the graph's distances,
   and their paired difference (95 % bootstrap interval over images).
-Per-image val scores (exact and each efSearch) are the items. `--timing`: the shipped detector
+The fit's leave-one-out scores of the training images: every patch searched at the shipped
+efSearch, or screened at HNSW_EF_SCREEN and only each image's top-k searched again (what `fit`
+does), against the exact fit's own; how many agree and the seconds of each.
+Per-image scores (val: exact and each efSearch; train: the three leave-one-out scores) are the items. `--timing`: the shipped detector
 (`bank_search="hnsw"`) fits on --timing-n normal 256 px images and scores --timing-n more, on
 --threads, --timing-repeats times (benchmarks/anomaly_defects.py's timing: medians and ranges).
 Every run is appended to results/bank_search.json (benchmarks.records). Target: fit on 1,000 images
@@ -71,10 +74,10 @@ def main(argv=None) -> dict:
     queries = np.concatenate(per_image)
     which = np.concatenate([np.full(len(v), i) for i, v in enumerate(per_image)])
 
-    def searched(bank) -> tuple[np.ndarray, float]:
+    def searched(bank, ef=patches.HNSW_EF_SEARCH) -> tuple[np.ndarray, float]:
         faiss.omp_set_num_threads(args.threads)
         t0 = time.perf_counter()
-        d = bank.distances(queries)
+        d = bank.distances(queries, ef=ef)
         return d, time.perf_counter() - t0
 
     exact, exact_s = searched(patches.MemoryBank(det.bank_features_, det.bank_owner_, "exact"))
@@ -93,8 +96,7 @@ def main(argv=None) -> dict:
               "score_exact": f"{s_exact[i]:.6g}"} for i, r in enumerate(rows)]
     graph = patches.MemoryBank(det.bank_features_, det.bank_owner_, "hnsw")
     for ef in (int(v) for v in args.ef.split(",")):
-        graph.index.hnsw.efSearch = ef
-        d, s = searched(graph)
+        d, s = searched(graph, ef)
         match = np.isclose(d, exact, rtol=MATCH_RTOL)
         scores = image_scores(d)
         row = {"search_s": round(s, 2), "speedup": round(exact_s / s, 2),
@@ -112,6 +114,27 @@ def main(argv=None) -> dict:
         for i, item in enumerate(items):
             item[f"score_ef{ef}"] = f"{scores[i]:.6g}"
         print(f"efSearch {ef}: {json.dumps(row)}", flush=True)
+    # the fit's leave-one-out training scores (each image without its own patches): every patch at the
+    # shipped efSearch, or screened and only the image's top-k searched again (what fit does), against exact
+    train_vectors = [v.reshape(-1, v.shape[-1]).numpy()
+                     for v in det.kind.tile_patches(ImageInput(train), list(range(len(train))))]
+    loo = {}
+    for name, top in (("full", None), ("screened", int(det.top_k))):
+        t0 = time.perf_counter()
+        loo[name] = np.array([det.kind.image_score(graph.distances(v, exclude_owner=i, top=top))
+                              for i, v in enumerate(train_vectors)])
+        summary[f"loo_{name}_s"] = round(time.perf_counter() - t0, 2)
+    exact_loo = det.decision_scores_  # the exact fit's own
+    summary.update(
+        loo_screened_equals_full=int(np.sum(np.isclose(loo["screened"], loo["full"], rtol=1e-6))),
+        loo_images=len(train), loo_max_excess_over_exact=round(float((loo["screened"] / exact_loo - 1).max()), 5),
+        loo_screened_speedup=round(summary["loo_full_s"] / summary["loo_screened_s"], 2))
+    for i, item in enumerate(items):
+        item.setdefault("split", "val")
+    items += [{"image": Path(t).name, "split": "train", "label": GOOD, "group": "", "score_exact": f"{exact_loo[i]:.6g}",
+               "score_full": f"{loo['full'][i]:.6g}", "score_screened": f"{loo['screened'][i]:.6g}"}
+              for i, t in enumerate(train)]
+    print(json.dumps({k: v for k, v in summary.items() if k.startswith("loo")}), flush=True)
     if args.timing:
         summary.update(timing(Path(args.data).parent, {}, args.timing_n, args.threads, args.timing_repeats))
         summary["fit_target_s"] = FIT_TARGET_S

@@ -105,6 +105,12 @@ def test_hnsw_bank_finds_the_same_nearest_patches_as_the_full_scan():
                                np.sqrt(((x[:4, None] - x[None, 4:6]) ** 2).sum(-1).min(1)), rtol=1e-5)
     rebuilt = MemoryBank(x, owner, "hnsw")  # built on one thread: the same graph, the same answers
     np.testing.assert_array_equal(rebuilt.distances(q), d_graph)
+    # screened, then the top 5 searched again: the 5 largest as the full search's, the rest never below
+    for exclude in (None, 3):
+        rows = own if exclude is not None else q
+        full, screened = graph.distances(rows, exclude), graph.distances(rows, exclude, top=5)
+        np.testing.assert_array_equal(np.sort(screened)[-5:], np.sort(full)[-5:])
+        assert np.all(screened >= full - 1e-6)
 
 
 # -- the detector -------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class Patches(ScoreKind):
         det.bank_owner_ = owner[pick]
         self.restore()
         bank = self.bank()
-        return np.array([self.image_score(bank.distances(v.float().numpy(), exclude_owner=i))
+        top = int(det.top_k)  # an image score needs its top-k patches only (MemoryBank.distances)
+        return np.array([self.image_score(bank.distances(v.float().numpy(), exclude_owner=i, top=top))
                          for i, v in enumerate(per_image)])
 
     def restore(self):
