@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     if args.timing:
         summary.update(timing(Path(args.data).parent, {}, args.timing_n, args.threads, args.timing_repeats))
         summary["fit_target_s"] = FIT_TARGET_S
-        summary["fit_target_met"] = summary["fit_s_range"][1] <= FIT_TARGET_S
+        summary["fit_target_met"] = summary["fit_s"] <= FIT_TARGET_S  # the median, as every timing here
     save_run("bank_search", summary, items, protocol={k: v for k, v in vars(args).items()})
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("ef")}))
     return summary

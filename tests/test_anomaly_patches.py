@@ -80,7 +80,7 @@ def test_leave_one_out_distance_is_the_nearest_other_images_patch():
     g = np.random.default_rng(0)
     x = g.normal(size=(3000, 8)).astype(np.float32)
     owner = np.repeat(np.arange(30), 100)
-    bank = MemoryBank(x, owner)
+    bank = MemoryBank(x, owner, "exact")
     q = x[owner == 7] + 0.01 * g.normal(size=(100, 8)).astype(np.float32)  # nearest: its own rows
     brute = np.sqrt(((q[:, None] - x[owner != 7][None]) ** 2).sum(-1).min(1))
     assert np.allclose(bank.distances(q, exclude_owner=7), brute, atol=1e-5)
@@ -223,8 +223,8 @@ def test_vae_and_pixels_side_by_side_are_each_half_as_alone(weaves, tmp_path):
     from diffmine.apps.anomaly.patches import MemoryBank
 
     for cols in (slice(0, 64), slice(64, None)):
-        d = MemoryBank(unscaled[:, cols], joint.bank_owner_).distances(unscaled[joint.bank_owner_ == 0, cols],
-                                                                       exclude_owner=0)
+        bank = MemoryBank(unscaled[:, cols], joint.bank_owner_, "exact")
+        d = bank.distances(unscaled[joint.bank_owner_ == 0, cols], exclude_owner=0)
         assert 0.5 < scales[cols][0] / np.median(d) < 2.0
     X = np.stack([weaves[6], _plant_speckle(weaves[7], 90, 40)])
     for det, near in ((joint, True), (vae, False)):

@@ -174,10 +174,11 @@ def random_subset(n: int, k: int, seed: int = 0) -> np.ndarray:
 class MemoryBank:
     """Normal patch features in a FAISS L2 index; `owner` = the normal image each came from.
 
-    search="hnsw": an HNSW graph (a found neighbour is never nearer than the true nearest, rarely
-    farther); "exact": the flat scan. The graph is built on one thread, so it is the same every time."""
+    search (config.BANK_SEARCHES): "hnsw", an HNSW graph (a found neighbour is never nearer than the
+    true nearest, rarely farther), or "exact", the flat scan. The graph is built on one thread, so it
+    is the same every time."""
 
-    def __init__(self, features: np.ndarray, owner: np.ndarray, search: str = "exact"):
+    def __init__(self, features: np.ndarray, owner: np.ndarray, search: str):
         import faiss  # the anomaly extra's nearest-neighbour search
 
         order = np.argsort(owner, kind="stable")  # by owner: an image's patches are one id range
