@@ -25,15 +25,17 @@ def tiny_tokenizer() -> CLIPTokenizer:
 
 
 def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64,
-                      unet_channels: tuple[int, ...] = (32, 64, 128), seed: int = 0) -> SDBundle:
-    """Random-weight SD-architecture bundle for `resolution` px images (VAE downsamples by `vae_factor`)."""
+                      unet_channels: tuple[int, ...] = (32, 64, 128), seed: int = 0,
+                      latent_channels: int = 4) -> SDBundle:
+    """Random-weight SD-architecture bundle for `resolution` px images (VAE downsamples by `vae_factor`;
+    `latent_channels`: SD v1.5's 4, or wider, as SD3's and FLUX's 16; the UNet's in/out channels follow)."""
     if resolution % vae_factor or (vae_factor & (vae_factor - 1)):
         raise ValueError(f"resolution {resolution} must be a multiple of the power-of-two VAE factor {vae_factor}")
     n_vae_levels = vae_factor.bit_length()  # factor 4 -> 3 levels (2 downsamplings)
     torch.manual_seed(seed)  # the only place global RNG is used: module initialisers draw from it
     text_encoder = clip_text_encoder(width, layers=2, heads=4)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n_vae_levels,
         up_block_types=("UpDecoderBlock2D",) * n_vae_levels,
         block_out_channels=(32,) + (64,) * (n_vae_levels - 1),
@@ -41,7 +43,7 @@ def build_tiny_bundle(resolution: int = 64, vae_factor: int = 4, width: int = 64
     )
     n = len(unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=resolution // vae_factor, in_channels=4, out_channels=4,
+        sample_size=resolution // vae_factor, in_channels=latent_channels, out_channels=latent_channels,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         block_out_channels=unet_channels, layers_per_block=1, cross_attention_dim=width,
