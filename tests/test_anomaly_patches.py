@@ -5,6 +5,10 @@ Real model (the shipped tiny towns model, 64 px) on real generated textures; sma
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,8 @@ from diffmine.apps.anomaly.patches import MemoryBank, greedy_coreset, stitch, ti
 from diffmine.core.errors import DataError
 from diffmine.datasets.defects import DEFECTS, GOOD, generate_defects, read_split, render
 from diffmine.evaluation.anomaly import pixel_auroc, pro_curve, pro_score
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZE = 128  # 2 x 2 model tiles without overlap, 3 x 3 at half-tile stride
 QUICK = dict(model="tiny", score="patches", patch_draws=1, tile_stride=64, batch_size=64, coreset_ratio=0.5)
@@ -85,6 +91,17 @@ def test_leave_one_out_distance_is_the_nearest_other_images_patch():
     brute = np.sqrt(((q[:, None] - x[owner != 7][None]) ** 2).sum(-1).min(1))
     assert np.allclose(bank.distances(q, exclude_owner=7), brute, atol=1e-5)
     assert bank.distances(q).max() < 0.1  # without leaving out: its own rows
+
+
+def test_building_a_graph_leaves_the_process_threads_as_they_were():
+    """FAISS and torch share one OpenMP runtime: the graph's one-thread build must not leave the process
+    (a command run with OMP_NUM_THREADS=2) on one thread for the rest of its work."""
+    code = ("import numpy as np, torch; from diffmine.apps.anomaly.patches import MemoryBank; "
+            "MemoryBank(np.ones((64, 4), np.float32), np.zeros(64, int), 'hnsw'); print(torch.get_num_threads())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "2"
 
 
 def test_hnsw_bank_finds_the_same_nearest_patches_as_the_full_scan():
