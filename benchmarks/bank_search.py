@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     summary = {"queries": len(queries), "bank": len(det.bank_features_), "dims": int(queries.shape[1]),
                "exact_s": round(exact_s, 2), "shipped_ef": patches.HNSW_EF_SEARCH, "threads": args.threads,
                **{f"auroc_{g}_exact": round(group_auroc(rows, s_exact, g), 4) for g in groups}}
-    items = [{"image": r["file_name"], "label": r["label"], "group": r["group"] or "",
+    items = [{"image": r["file_name"], "split": "val", "label": r["label"], "group": r["group"] or "",
               "score_exact": f"{s_exact[i]:.6g}"} for i, r in enumerate(rows)]
     graph = patches.MemoryBank(det.bank_features_, det.bank_owner_, "hnsw")
     for ef in (int(v) for v in args.ef.split(",")):
@@ -129,8 +129,6 @@ def main(argv=None) -> dict:
         loo_screened_equals_full=int(np.sum(np.isclose(loo["screened"], loo["full"], rtol=1e-6))),
         loo_images=len(train), loo_max_excess_over_exact=round(float((loo["screened"] / exact_loo - 1).max()), 5),
         loo_screened_speedup=round(summary["loo_full_s"] / summary["loo_screened_s"], 2))
-    for i, item in enumerate(items):
-        item.setdefault("split", "val")
     items += [{"image": Path(t).name, "split": "train", "label": GOOD, "group": "", "score_exact": f"{exact_loo[i]:.6g}",
                "score_full": f"{loo['full'][i]:.6g}", "score_screened": f"{loo['screened'][i]:.6g}"}
               for i, t in enumerate(train)]

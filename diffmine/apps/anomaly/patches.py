@@ -225,9 +225,7 @@ class MemoryBank:
 
     def _nearest(self, x: np.ndarray, exclude_owner: int | None, ef: int) -> np.ndarray:
         """Squared distances of rows x to their nearest bank patch not `exclude_owner`'s (graph: efSearch ef)."""
-        import faiss
-
-        params = faiss.SearchParametersHNSW(efSearch=ef) if self.search == "hnsw" else None
+        params = self._params(ef)
         if exclude_owner is None:
             return self.index.search(x, 1, params=params)[0][:, 0]
         lo, hi = (int(v) for v in np.searchsorted(self.owner, [exclude_owner, exclude_owner + 1]))
@@ -244,15 +242,22 @@ class MemoryBank:
             d[~found] = self._nearest_outside(np.ascontiguousarray(x[~found]), lo, hi, ef)
         return d
 
+    def _params(self, ef: int, sel=None):
+        """FAISS search parameters: the graph's efSearch, and the ids a search may return (`sel`)."""
+        import faiss
+
+        only = {} if sel is None else {"sel": sel}
+        if self.search == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=ef, **only)
+        return faiss.SearchParameters(**only) if only else None
+
     def _nearest_outside(self, x: np.ndarray, lo: int, hi: int, ef: int) -> np.ndarray:
         """Squared distance of each row of x to its nearest bank patch outside ids [lo, hi)."""
         import faiss
 
         inside = faiss.IDSelectorRange(lo, hi)  # kept referenced while FAISS uses it
         sel = faiss.IDSelectorNot(inside)
-        params = (faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if self.search == "hnsw"
-                  else faiss.SearchParameters(sel=sel))
-        d, i = self.index.search(x, 1, params=params)
+        d, i = self.index.search(x, 1, params=self._params(ef, sel))
         d, lost = d[:, 0], i[:, 0] < 0
         if lost.any():  # the filtered graph walk found none: scan the others
             rest = np.concatenate([self.features[:lo], self.features[hi:]])
