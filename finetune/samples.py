@@ -20,9 +20,12 @@ def sample_grid(bundle: SDBundle, prompts: PromptTemplate, labels: list[str], pa
     rows = []
     for i, label in enumerate(labels):
         g = torch.Generator().manual_seed(seed + i)
+        # latents out, decoded here: the pipeline's own decoding knows KL autoencoders only
         out = pipe([prompts.prompt(label)] * per_label, negative_prompt=[prompts.null_prompt] * per_label,
-                   num_inference_steps=steps, guidance_scale=guidance, height=res, width=res, generator=g)
-        rows.append(out.images)
+                   num_inference_steps=steps, guidance_scale=guidance, height=res, width=res, generator=g,
+                   output_type="latent")
+        pixels = ((bundle.decode_latents(out.images) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        rows.append([Image.fromarray(p) for p in pixels])
     margin = 90
     grid = Image.new("RGB", (margin + per_label * res, len(labels) * res), "white")
     draw = ImageDraw.Draw(grid)

@@ -27,6 +27,7 @@ from diffmine.core.bundle import SDBundle
 from diffmine.core.settings import ConfigError, read_config_file, resume_keys, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
+from diffmine.core.autoencoders import fast_autoencoder
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
 from finetune.config import ADAPT_VAE_STEPS, SCRATCH_VAE_STEPS, TrainConfig, precision_of
@@ -247,6 +248,9 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime, progress: bool, again: str)
     if cfg.lora_rank:
         unet.requires_grad_(False)
         _add_lora(unet, cfg.lora_rank, cfg.seed)
+        if vae_key is not None:  # new latents: the fresh input and output layers must learn them whole
+            unet.conv_in.requires_grad_(True)
+            unet.conv_out.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant (docs/method.md §1), kept in state
@@ -364,14 +368,14 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
         recon = _reconstruction(cfg, bundle, data, size, rt, warn=False)
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
             steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
-            key = (cfg.base, size, cfg.seed, steps, decoded.key)
+            key = (cfg.base, size, cfg.seed, steps, decoded.key, vae_adapt.DESIGN)
             _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
-                   f"{recon['reconstruction_floor_db']:g} dB): adapting its VAE to them first ({steps} steps, "
-                   f"--adapt-vae {cfg.adapt_vae}; 'never' skips this)", progress)
+                   f"{recon['reconstruction_floor_db']:g} dB): training a fast autoencoder on them first ({steps} "
+                   f"steps, --adapt-vae {cfg.adapt_vae}; 'never' skips this)", progress)
             _, images = decoded(size)
-            bundle.vae.to(rt.device)  # trained in float32
+            fresh = fast_autoencoder(seed=cfg.seed).to(rt.device)  # trained in float32
             deadline = None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes
-            bundle.vae, seconds = vae_adapt.adapt(bundle.vae, torch.from_numpy(images), Path(cfg.out, "cache"), key,
+            bundle.vae, seconds = vae_adapt.adapt(fresh, torch.from_numpy(images), Path(cfg.out, "cache"), key,
                                                   steps, cfg.seed, progress, deadline)
             bundle.vae.to("cpu").eval().requires_grad_(False)
             before = recon["reconstruction_psnr_db"]
@@ -379,7 +383,8 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
             recon.update(vae_adapted_steps=steps, vae_adapt_seconds=round(seconds, 1),
                          reconstruction_before_adapt_psnr_db=before)
             _phase(f"VAE adapted: {before:.1f} dB -> {recon['reconstruction_psnr_db']:.1f} dB on "
-                   f"{recon['reconstruction_images']} of these images", progress)
+                   f"{recon['reconstruction_images']} of these images; the UNet learns its "
+                   f"{fresh.config.latent_channels}-channel latents", progress)
         else:
             from diffmine.core.reconstruction import warn_if_low
 
@@ -388,6 +393,7 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
         key = rt.broadcast(key)
         if key is not None and not rt.is_main:  # the main process cached it before this barrier
             bundle.vae = vae_adapt.load_adapted(Path(cfg.out, "cache"), key)
+    bundle.unet = vae_adapt.fit_unet(bundle.unet, bundle.vae.config.latent_channels, cfg.seed)
     return recon, (None if key is None else repr(key))
 
 

@@ -1,12 +1,16 @@
-"""Adapting the base's VAE to the user's images before the UNet learns them (`--adapt-vae`).
+"""Giving the UNet latents that keep the user's images, before it learns them (`--adapt-vae`).
 
 A latent diffusion model sees only what its VAE keeps. The shipped small base learned facades
 only: on other images it reconstructs 10-20 dB, and a label's small elements are gone before the
-UNet ever sees them. With `auto`, the finetuner measures the base on a sample of the user's
-images (the reconstruction guard, diffmine.core.reconstruction) and, below the guard's floor,
-first trains the VAE on those images; the UNet is then finetuned on the new latents. The adapted
-VAE is cached under a key of the data and the settings, checkpointed while it trains (a killed
-run continues it) and exported with the model, so every later command reads the same latents.
+UNet ever sees them. Further training of that VAE tops out near 22 dB on thin outlines within a
+CPU budget (benchmarks/vae_adaptation.py): a million weights, one layer a level, a 4-channel
+latent. So with `auto`, when the finetuner measures a small base below the guard's floor on the
+user's images (diffmine.core.reconstruction), it trains a fresh fast autoencoder on them
+(`diffmine.core.autoencoders.fast_autoencoder`: deep-compression design, 16-channel latent,
+benchmarks/vae_designs.py) and gives the UNet input and output layers of that width
+(`fit_unet`); the UNet is then finetuned on the new latents. The autoencoder is cached under a
+key of the data and the settings, checkpointed while it trains (a killed run continues it) and
+exported with the model, so every later command reads the same latents.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from finetune.vae_train import train_vae
 # `auto` adapts VAEs this small only: the tiny family trains in minutes on a CPU, while SD's
 # 83M-parameter VAE rarely falls below the floor and would need a GPU run of its own.
 SMALL_VAE_PARAMS = 10_000_000
-ADAPT_LR = 5e-4  # on shapes (400 user images): 16.1 dB at step 60 against 13.5 at 2e-3, 11.8 at 5e-3
+ADAPT_LR = 2e-3  # the fast autoencoder's peak rate (cosine decay), chosen on the broad corpus: benchmarks/vae_designs.py
+DESIGN = "dc-16"  # names the autoencoder trained (part of the cache key: a new design never reuses an old one)
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
@@ -55,9 +60,26 @@ def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: 
 
 def load_adapted(cache: Path, key: tuple):
     """The finished adaptation of `key` from the cache (the other processes of a launch read it)."""
-    from diffusers import AutoencoderKL
+    from diffmine.core.autoencoders import load_autoencoder
 
-    return AutoencoderKL.from_pretrained(_paths(cache, key)[0])
+    return load_autoencoder(_paths(cache, key)[0], subfolder=None)
+
+
+def fit_unet(unet, latent_channels: int, seed: int):
+    """`unet` with input and output convolutions of `latent_channels` (fresh, seeded) when its own differ;
+    the rest of its weights are kept. The UNet learns the new latents in the finetune that follows."""
+    if unet.config.in_channels == latent_channels and unet.config.out_channels == latent_channels:
+        return unet
+    width = unet.config.block_out_channels[0]
+    old_in, old_out = unet.conv_in, unet.conv_out
+    with torch.random.fork_rng(devices=[]):  # module initialisers draw from the global RNG
+        torch.manual_seed(seed)
+        unet.conv_in = torch.nn.Conv2d(latent_channels, width, old_in.kernel_size, padding=old_in.padding)
+        unet.conv_out = torch.nn.Conv2d(width, latent_channels, old_out.kernel_size, padding=old_out.padding)
+    unet.conv_in.to(old_in.weight.device, old_in.weight.dtype)
+    unet.conv_out.to(old_out.weight.device, old_out.weight.dtype)
+    unet.register_to_config(in_channels=latent_channels, out_channels=latent_channels)
+    return unet
 
 
 def _paths(cache: Path, key: tuple) -> tuple[Path, Path]:

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from diffmine.core import autoencoders
+
 KL_WEIGHT = 1e-6  # as in latent diffusion's KL-f autoencoders: a nearly deterministic code
 CHECKPOINT_EVERY = 100  # steps; at 1-4 s a step on a CPU, a kill loses a few minutes at most
 
@@ -56,10 +58,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
     for step in bar:
         x = images[torch.randint(len(images), (batch_size,), generator=g)].to(vae.device)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(x.device)
-        rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + KL_WEIGHT * post.kl().mean()
+        z, kl = autoencoders.encode_for_training(vae, x, g)
+        loss = F.mse_loss(autoencoders.decode(vae, z), x) + KL_WEIGHT * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -76,7 +76,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
             raise VAEStopped(step + 1, steps)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        z = torch.cat([vae.encode(images[i:i + 64].to(vae.device)).latent_dist.mean for i in range(0, len(images), 64)])
+        z = torch.cat([autoencoders.encode(vae, images[i:i + 64].to(vae.device))[0] for i in range(0, len(images), 64)])
     # SD scales latents to ~unit variance (0.18215 for its VAE); measure ours the same way.
     vae.register_to_config(scaling_factor=float(1.0 / z.std().clamp_min(1e-6)))
     return vae

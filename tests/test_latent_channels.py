@@ -1,4 +1,5 @@
-"""A model whose latent has other than SD v1.5's 4 channels runs every command that encodes images."""
+"""A model whose latent has other than SD v1.5's 4 channels, from either autoencoder family (SD's KL, the
+fast deep-compression one the finetuner trains on foreign images), runs every command that encodes images."""
 from __future__ import annotations
 
 import json
@@ -11,25 +12,41 @@ from diffmine.cli import main
 RES = 32
 
 
-@pytest.fixture(scope="module")
-def wide_model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[("kl", 8), ("dc", 16)], ids=["kl-8", "dc-16"])
+def wide_model(request, tmp_path_factory):
+    from diffmine.core.autoencoders import fast_autoencoder
     from diffmine.core.tiny import build_tiny_bundle
+    from finetune.vae_adapt import fit_unet
 
-    out = tmp_path_factory.mktemp("wide") / "model"
-    build_tiny_bundle(resolution=RES, latent_channels=8).save_pretrained(out)
-    return out
+    family, channels = request.param
+    out = tmp_path_factory.mktemp(f"wide-{family}") / "model"
+    if family == "kl":
+        build_tiny_bundle(resolution=RES, latent_channels=channels).save_pretrained(out)
+    else:
+        bundle = build_tiny_bundle(resolution=RES)
+        bundle.vae, bundle.unet = fast_autoencoder(channels), fit_unet(bundle.unet, channels, seed=0)
+        bundle.save_pretrained(out)
+    return out, family, channels
 
 
-def test_an_eight_channel_latent_runs_finetune_typicality_mine_and_anomaly(wide_model, color_dataset, tmp_path):
+def test_a_wide_latent_runs_finetune_typicality_mine_and_anomaly(wide_model, color_dataset, tmp_path):
     from diffusers import UNet2DConditionModel
 
+    from diffmine.core.autoencoders import load_autoencoder
     from typicality.store import TypicalityStore
+
+    wide_model, family, channels = wide_model
+    assert type(load_autoencoder(wide_model)).__name__ == {"kl": "AutoencoderKL", "dc": "AutoencoderDC"}[family]
 
     model = tmp_path / "finetuned"
     assert main(["finetune", "--base", str(wide_model), "--data", str(color_dataset), "--out", str(model),
-                 "--max-steps", "2", "--batch-size", "4", "--resolution", str(RES), "--adapt-vae", "never"]) == 0
+                 "--max-steps", "2", "--batch-size", "4", "--resolution", str(RES), "--adapt-vae", "never",
+                 "--samples-per-label", "1"]) == 0
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    assert (unet.config.in_channels, unet.config.out_channels) == (8, 8)
+    assert (unet.config.in_channels, unet.config.out_channels) == (channels, channels)
+    from PIL import Image
+
+    assert Image.open(model / "samples.png").size == (90 + RES, 2 * RES)  # one decoded sample per label
     typ = tmp_path / "typ"
     assert main(["typicality", "--model", str(model), "--data", str(color_dataset), "--out", str(typ),
                  "--draws", "2"]) == 0

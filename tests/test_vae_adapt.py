@@ -1,11 +1,12 @@
-"""--adapt-vae: the small base's VAE is trained on the user's images when it cannot reconstruct them."""
+"""--adapt-vae: a fast autoencoder is trained on the user's images when the small base cannot reconstruct them,
+and the UNet learns its latents."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderDC
 from safetensors.torch import load_file
 
 from conftest import make_digits_folder
@@ -53,10 +54,13 @@ def test_auto_adapts_a_foreign_folder_and_says_so(digits, tmp_path, capsys):
     assert info["vae_adapted_steps"] == 12
     assert not _same(_vae(out), load_file(str(SMALL_BASE_DIR / "vae" / "diffusion_pytorch_model.safetensors")))
     said = capsys.readouterr().out
-    assert "adapting its VAE to them first (12 steps" in said and f"VAE adapted: {before:.1f} dB ->" in said
-    # the exported folder's VAE is the one the run measured
-    vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
-    assert vae.config.scaling_factor != 1.0
+    assert "training a fast autoencoder on them first (12 steps" in said and f"VAE adapted: {before:.1f} dB ->" in said
+    assert "the UNet learns its 16-channel latents" in said
+    # the exported folder's VAE is the one the run measured, and its UNet reads and predicts those latents
+    vae = AutoencoderDC.from_pretrained(out, subfolder="vae")
+    assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 16
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == unet["out_channels"] == 16
 
 
 def test_auto_keeps_the_base_on_its_own_domain_and_never_keeps_it_anywhere(digits, towns, tmp_path):

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from diffmine.core import autoencoders
 from diffmine.core.bundle import scale_latents
 from diffmine.core.job import Job, run_job
 from diffmine.core.settings import defaults, load_config, resume_keys, save_config, to_dict
@@ -123,12 +124,12 @@ class TypicalityEstimator:
         images = torch.as_tensor(images)
         out = []
         for i in range(0, len(images), self.vae_batch):
-            dist = vae.encode(images[i:i + self.vae_batch].to(vae.device, vae.dtype)).latent_dist
-            z = dist.mean.float()
-            if self.sample_latents:
+            mean, std = autoencoders.encode(vae, images[i:i + self.vae_batch].to(vae.device, vae.dtype))
+            z = mean.float()
+            if self.sample_latents and std is not None:  # a deterministic autoencoder has no posterior
                 noise = torch.stack([torch.randn(z.shape[1:], generator=image_generator(self.seed, j, "vae"))
                                      for j in image_ids[i:i + self.vae_batch]])
-                z = z + dist.std.float() * noise.to(z.device)
+                z = z + std.float() * noise.to(z.device)
             out.append(z)
         return scale_latents(vae, torch.cat(out))
 

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from diffmine.core import autoencoders
 from diffmine.core.errors import DataError
 
 
@@ -30,18 +31,17 @@ def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor + shift
 
 
-def image_size(unet_sample_size, vae_block_out_channels) -> int:
-    """The image size a UNet of that latent `sample_size` was built for, under a VAE of those blocks (each
-    block after the first halves the side)."""
+def image_size(unet_sample_size, vae_config) -> int:
+    """The image size a UNet of that latent `sample_size` was built for, under a VAE of that config."""
     size = unet_sample_size[0] if isinstance(unet_sample_size, (list, tuple)) else unet_sample_size
-    return int(size) * 2 ** (len(vae_block_out_channels) - 1)
+    return int(size) * autoencoders.downsampling(vae_config)
 
 
 @dataclass
 class SDBundle:
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL  # or an AutoencoderDC (diffmine.core.autoencoders)
     unet: UNet2DConditionModel
     scheduler: DDPMScheduler
 
@@ -66,7 +66,7 @@ class SDBundle:
         bundle = cls(
             tokenizer=tok,
             text_encoder=enc,
-            vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
+            vae=autoencoders.load_autoencoder(src, "vae", **kw),
             unet=UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw),
             # SD v1.5 ships a PNDM config; its betas are the DDPM training schedule (docs/method.md §1).
             scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler"),
@@ -81,11 +81,21 @@ class SDBundle:
                             f"{self.unet.config.cross_attention_dim}")
 
     def pipeline(self) -> StableDiffusionPipeline:
-        return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+        """The components as a diffusers pipeline (for saving and sampling; with an AutoencoderDC,
+        sample with output_type="latent" and `decode_latents`: the pipeline decodes KL VAEs only)."""
+        kl = not autoencoders.is_deterministic(self.vae)
+        pipe = StableDiffusionPipeline(
+            vae=self.vae if kl else None, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
+        if not kl:  # the pipeline reads KL-only config keys when built with the VAE
+            from diffusers.image_processor import VaeImageProcessor
+
+            pipe.register_modules(vae=self.vae)
+            pipe.vae_scale_factor = self.vae_scale_factor
+            pipe.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        return pipe
 
     def save_pretrained(self, folder: str | Path) -> None:
         self.pipeline().save_pretrained(str(folder), safe_serialization=True)
@@ -104,12 +114,12 @@ class SDBundle:
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel, from the VAE config (8 for SD, not assumed)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return autoencoders.downsampling(self.vae.config)
 
     @property
     def resolution(self) -> int:
         """The image size the UNet was built for."""
-        return image_size(self.unet.config.sample_size, self.vae.config.block_out_channels)
+        return image_size(self.unet.config.sample_size, self.vae.config)
 
     @property
     def device(self) -> torch.device:
@@ -127,10 +137,13 @@ class SDBundle:
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None,
                       sample: bool = False) -> torch.Tensor:
         """Images in [-1, 1] (n, 3, H, W) -> scaled latents; posterior mean unless `sample`."""
-        dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
+        images = images.to(self.vae.device, self.vae.dtype)
+        if autoencoders.is_deterministic(self.vae):  # no posterior to sample
+            return scale_latents(self.vae, self.vae.encode(images).latent)
+        dist = self.vae.encode(images).latent_dist
         return scale_latents(self.vae, dist.sample(generator) if sample else dist.mean)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1] (the inverse of `encode_images`)."""
-        return self.vae.decode(unscale_latents(self.vae, latents)).sample.clamp(-1, 1)
+        return autoencoders.decode(self.vae, unscale_latents(self.vae, latents)).clamp(-1, 1)

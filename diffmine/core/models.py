@@ -117,6 +117,6 @@ def model_resolution(name: str | Path) -> int | None:
     folder = Path(resolve_model(name))
     try:
         unet, vae = (json.loads((folder / part / "config.json").read_text(encoding="utf-8")) for part in ("unet", "vae"))
-        return image_size(unet["sample_size"], vae["block_out_channels"])
-    except (OSError, ValueError, KeyError):
+        return image_size(unet["sample_size"], vae)
+    except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from diffmine.core import autoencoders
+
 FLOOR_DB = 24.0   # below it, small elements are visibly lost (a 64 px tiny model on facades: ~27 dB)
 SAMPLE_SIZE = 32  # images: enough for a mean within ~1 dB, cheap next to any command
 SAMPLE_SEED = 0
@@ -44,7 +46,7 @@ def reconstruct(vae, images: torch.Tensor | np.ndarray, batch: int = BATCH) -> n
     out = []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(vae.device, vae.dtype)
-        out.append(vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).cpu())
+        out.append(autoencoders.decode(vae, autoencoders.encode(vae, x)[0]).float().clamp(-1, 1).cpu())
     return torch.cat(out).numpy()
 
 
