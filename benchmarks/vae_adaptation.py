@@ -1,18 +1,25 @@
-"""How fast the small base's VAE adapts to a user's images on this CPU: held-out PSNR against CPU minutes.
+"""How fast a user's images get latents that keep them on this CPU: held-out PSNR against CPU minutes.
 
     python benchmarks/vae_adaptation.py [--domains shapes,textures,digits,radiographs,photos] [--n-train 400]
-                                        [--steps 600] [--every 100] [--designs JSON] [--threads 2]
+                                        [--steps 1500] [--every 250] [--designs JSON] [--threads 2]
 
 For each held-out domain of benchmarks/heldout_domains.py (none is in any corpus of the shipped base),
 a user's folder of --n-train images (indices after the test images; digits from sklearn's training
-split) adapts the shipped base's VAE through finetune.vae_adapt.adapt, the function `diffmine finetune
+split) trains an autoencoder through finetune.vae_adapt.adapt, the function `diffmine finetune
 --base tiny` calls when its guard finds the base below the floor (--adapt-vae auto). Every --every
 steps the held-out images (the first --n-test of the domain; digits: the held-out split) are
 reconstructed from the posterior mean: the curve is PSNR against steps and CPU seconds (measurement
-time excluded). --designs compares recipes ([{"name", "lr", "batch_size", "latent_channels"}]; default: the
-shipped one; "latent_channels" widens the latent first, keeping the trained weights: benchmarks/latent_width.py).
+time excluded). --designs compares recipes ([{"name", "family", "lr", "batch_size", "latent_channels"}]):
+family "dc" is the fresh fast autoencoder `diffmine finetune` trains (diffmine.core.autoencoders, the
+default design), "kl" the shipped base's own VAE trained further ("latent_channels" widens its latent
+first, keeping the trained weights: benchmarks/latent_width.py), "kl-fresh" a random-weight one of the
+shipped layout.
+
+Settings are chosen on `--domains broad`: the shipped base's own pretraining generators
+(diffmine.datasets.broad: procedural images and crops of the training photographs), a validation set
+of the same kinds; the held-out domains are then measured once with what was chosen.
 Each run appended to results/vae_adaptation.json with per-image final PSNR (benchmarks.records).
-Target: lower end of the 95 % interval >= 26 dB on at least four domains.
+Target: lower end of the 95 % interval >= 26 dB on at least four held-out domains.
 """
 from __future__ import annotations
 
@@ -34,6 +41,9 @@ def user_folder(domain: str, n_train: int, n_test: int, size: int) -> tuple[np.n
     """(the user's training images, the held-out ids, the held-out images), disjoint."""
     from benchmarks.heldout_domains import heldout_images
 
+    if domain == "broad":  # selection data: the base's own pretraining generators, never a held-out domain
+        return broad_folder(n_train, seed=1), *broad_folder(n_test, seed=2, ids=True)
+
     if domain == "digits":  # the held-out split is the test; the user's images come from the training split
         from sklearn.datasets import load_digits
 
@@ -48,17 +58,54 @@ def user_folder(domain: str, n_train: int, n_test: int, size: int) -> tuple[np.n
     return images[n_test:], ids[:n_test], images[:n_test]
 
 
+def broad_folder(n: int, seed: int, size: int = 64, ids: bool = False):
+    """n images alternating the broad corpus's procedural kinds and crops of its training photographs."""
+    from diffmine.core.images import to_tensor_array
+    from diffmine.datasets.broad import PROCEDURAL, photo_crop, photo_sources, procedural_image
+
+    photos = photo_sources()
+    names = sorted(photos)
+    images = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 4242, i])  # not the corpus's own (seed, domain, index) streams
+        if i % 2:
+            images.append(photo_crop(rng, photos[names[(i // 2) % len(names)]], size))
+        else:
+            images.append(procedural_image(rng, PROCEDURAL[(i // 2) % len(PROCEDURAL)], size))
+    arrays = np.stack([to_tensor_array(im.convert("RGB")) for im in images]).astype(np.float32)
+    return ([f"broad_{i:04d}" for i in range(n)], arrays) if ids else arrays
+
+
+def make_autoencoder(design: dict):
+    """The autoencoder a design starts from (see the module's docstring)."""
+    from diffusers import AutoencoderKL
+
+    from benchmarks.latent_width import widen_latents
+    from diffmine.core.autoencoders import FAST_LATENT_CHANNELS, fast_autoencoder
+    from diffmine.core.models import resolve_model
+    from diffmine.core.tiny import build_tiny_bundle
+
+    family = design.get("family", "kl")
+    if family == "dc":
+        return fast_autoencoder(int(design.get("latent_channels", FAST_LATENT_CHANNELS)), seed=0)
+    if family == "kl-fresh":
+        return build_tiny_bundle(latent_channels=int(design.get("latent_channels", 4))).vae
+    if family != "kl":
+        raise ValueError(f"unknown design family {family!r}: dc, kl or kl-fresh")
+    vae = AutoencoderKL.from_pretrained(resolve_model("tiny"), subfolder="vae")
+    if design.get("latent_channels"):  # a wider latent, same output at step 0 (benchmarks/latent_width.py)
+        vae = widen_latents(vae, int(design["latent_channels"]))
+    return vae
+
+
 def main(argv=None) -> dict:
     import torch
-    from diffusers import AutoencoderKL
 
     from benchmarks.records import save_run
     from benchmarks.vae_reconstruction import interval
-    from diffmine.core.models import resolve_model
     from diffmine.core.reconstruction import psnr_db, reconstruct
     from finetune import vae_adapt
     from finetune.config import ADAPT_VAE_STEPS
-    from benchmarks.latent_width import widen_latents
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", default="shapes,textures,digits,radiographs,photos")
@@ -67,7 +114,7 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=ADAPT_VAE_STEPS)
     p.add_argument("--every", type=int, default=100)
-    p.add_argument("--designs", default=json.dumps([{"name": "shipped", "lr": vae_adapt.ADAPT_LR,
+    p.add_argument("--designs", default=json.dumps([{"name": "fast", "family": "dc", "lr": vae_adapt.ADAPT_LR,
                                                       "batch_size": vae_adapt.ADAPT_BATCH}]))
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -76,9 +123,7 @@ def main(argv=None) -> dict:
     for design in json.loads(args.designs):
         for domain in args.domains.split(","):
             user, ids, test = user_folder(domain, args.n_train, args.n_test, args.size)
-            vae = AutoencoderKL.from_pretrained(resolve_model("tiny"), subfolder="vae")
-            if design.get("latent_channels"):  # a wider latent, same output at step 0 (benchmarks/latent_width.py)
-                vae = widen_latents(vae, int(design["latent_channels"]))
+            vae = make_autoencoder(design)
             clock = {"cpu": 0.0, "t": time.time()}
 
             def measure(step, model, final=False):

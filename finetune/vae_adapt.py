@@ -7,7 +7,7 @@ CPU budget (benchmarks/vae_adaptation.py): a million weights, one layer a level,
 latent. So with `auto`, when the finetuner measures a small base below the guard's floor on the
 user's images (diffmine.core.reconstruction), it trains a fresh fast autoencoder on them
 (`diffmine.core.autoencoders.fast_autoencoder`: deep-compression design, 16-channel latent,
-benchmarks/vae_designs.py) and gives the UNet input and output layers of that width
+benchmarks/vae_adaptation.py) and gives the UNet input and output layers of that width
 (`fit_unet`); the UNet is then finetuned on the new latents. The autoencoder is cached under a
 key of the data and the settings, checkpointed while it trains (a killed run continues it) and
 exported with the model, so every later command reads the same latents.
@@ -26,7 +26,7 @@ from finetune.vae_train import train_vae
 # `auto` adapts VAEs this small only: the tiny family trains in minutes on a CPU, while SD's
 # 83M-parameter VAE rarely falls below the floor and would need a GPU run of its own.
 SMALL_VAE_PARAMS = 10_000_000
-ADAPT_LR = 2e-3  # the fast autoencoder's peak rate (cosine decay), chosen on the broad corpus: benchmarks/vae_designs.py
+ADAPT_LR = 2e-3  # the fast autoencoder's peak rate (cosine decay), chosen on the broad corpus (benchmarks/vae_adaptation.py --domains broad)
 DESIGN = "dc-16"  # names the autoencoder trained (part of the cache key: a new design never reuses an old one)
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 

@@ -5,7 +5,7 @@
 - `AutoencoderDC`: the deep-compression autoencoder design (Chen et al. 2024, diffusers'
   `AutoencoderDC`), deterministic. Its space-to-channel shortcuts make a freshly initialised one
   start near a downsampled copy of the image, so it learns a new domain in minutes on a CPU where
-  a fresh AutoencoderKL is still at 12 dB (benchmarks/vae_designs.py). `fast_autoencoder` builds
+  a fresh AutoencoderKL is still near 12 dB (benchmarks/vae_adaptation.py, family kl-fresh). `fast_autoencoder` builds
   the small one the finetuner trains on a user's images when the base cannot reconstruct them.
 
 Everything that encodes, decodes or reads a VAE's geometry goes through here, so the rest of the
