@@ -37,12 +37,12 @@ sys.path.insert(0, str(ROOT))
 TARGET_DB = 26.0
 
 
-def user_folder(domain: str, n_train: int, n_test: int, size: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+def user_folder(domain: str, n_train: int, n_test: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(the user's training images, the held-out ids, the held-out images), disjoint."""
     from benchmarks.heldout_domains import heldout_images
 
     if domain == "broad":  # selection data: the base's own pretraining generators, never a held-out domain
-        return broad_folder(n_train, seed=1), *broad_folder(n_test, seed=2, ids=True)
+        return broad_folder(n_train, seed=1), *broad_folder(n_test, seed=2, ids=True)  # fixed: selection data
 
     if domain == "digits":  # the held-out split is the test; the user's images come from the training split
         from sklearn.datasets import load_digits
@@ -52,9 +52,9 @@ def user_folder(domain: str, n_train: int, n_test: int, size: int) -> tuple[np.n
 
         d, (train, _) = load_digits(), digits_split()
         user = np.stack([to_tensor_array(digit_image(d.images[k], size).convert("RGB")) for k in train[:n_train]])
-        ids, test = heldout_images(domain, n_test, size)
+        ids, test = heldout_images(domain, n_test, size, seed)
         return user.astype(np.float32), ids, test
-    ids, images = heldout_images(domain, n_test + n_train, size)
+    ids, images = heldout_images(domain, n_test + n_train, size, seed)
     return images[n_test:], ids[:n_test], images[:n_test]
 
 
@@ -101,7 +101,7 @@ def make_autoencoder(design: dict):
 def main(argv=None) -> dict:
     import torch
 
-    from benchmarks.records import save_run
+    from benchmarks.records import protocol_argument, save_run
     from benchmarks.vae_reconstruction import interval
     from diffmine.core.reconstruction import psnr_db, reconstruct
     from finetune import vae_adapt
@@ -117,12 +117,14 @@ def main(argv=None) -> dict:
     p.add_argument("--designs", default=json.dumps([{"name": "fast", "family": "dc", "lr": vae_adapt.ADAPT_LR,
                                                       "batch_size": vae_adapt.ADAPT_BATCH}]))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="the held-out domains' image seed (heldout_images); --domains broad is fixed")
+    protocol_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary, rows, curves = {}, [], []
     for design in json.loads(args.designs):
         for domain in args.domains.split(","):
-            user, ids, test = user_folder(domain, args.n_train, args.n_test, args.size)
+            user, ids, test = user_folder(domain, args.n_train, args.n_test, args.size, args.seed)
             vae = make_autoencoder(design)
             clock = {"cpu": 0.0, "t": time.time()}
 
@@ -157,7 +159,7 @@ def main(argv=None) -> dict:
         summary[f"domains_at_target_{design['name']}"] = sum(
             summary[f"psnr_{design['name']}_{d}_db_ci"][0] >= TARGET_DB for d in args.domains.split(","))
     summary.update(curves=curves, target_db=TARGET_DB, threads=args.threads)
-    save_run("vae_adaptation", summary, rows, protocol={k: v for k, v in vars(args).items()})
+    save_run("vae_adaptation", summary, rows, protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps({k: v for k, v in summary.items() if k != "curves"}))
     return summary
 

@@ -10,7 +10,7 @@ from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import NULL_RATE, PRESETS, PromptTemplate, resolve_prompts
 
 SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
-ADAPT_VAE_STEPS = 600     # adapting a small base's VAE (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
+ADAPT_VAE_STEPS = 600     # the fast autoencoder trained on the user's images (finetune/vae_adapt.py); benchmarks/vae_adaptation.py
 VAE_ADAPT_MODES = ("auto", "always", "never")
 EPOCHS = 100  # docs/method.md §1: ~100 epochs, when --max-steps is not given
 # --mixed-precision (accelerate's names) is an alias of --dtype: the trained UNet's autocast precision
@@ -59,11 +59,12 @@ class TrainConfig(RuntimeSettings):
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
                                "per sample)", source="docs/method.md §1")
-    adapt_vae: str = option("auto", "train the base's VAE on these images before the UNet: 'auto' when a small VAE "
-                            "reconstructs them below the guard's floor, 'always', or 'never'",
+    adapt_vae: str = option("auto", "train a fast autoencoder on these images before the UNet (which learns its "
+                            "latents): 'auto' when a small base's VAE reconstructs them below the guard's floor, "
+                            "'always', or 'never'",
                             choices=VAE_ADAPT_MODES, source="docs/method.md §1", resume_key=True)
     vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
-                                   f"{ADAPT_VAE_STEPS} adapting the base's VAE, when not given", resume_key=True)
+                                   f"{ADAPT_VAE_STEPS} for the autoencoder --adapt-vae trains, when not given", resume_key=True)
     mixed_precision: str | None = option(None, "alias of --dtype in accelerate's names: no = fp32, fp16, bf16 "
                                          "(default: --dtype's)", choices=tuple(MIXED_PRECISION))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
