@@ -54,9 +54,10 @@ from diffmine.evaluation.anomaly import pixel_auroc, pro_score
 
 RESULTS = Path(__file__).parent / "results"
 # Candidates, the cheaper first (a tie keeps the first): DIFT at its default block and timestep, denoising
-# errors at the default draws (for comparison, as the issue asks).
-GRID = {"patch_features": ("vae", "dift", "denoise"), "patch_pool": (1, 3), "tile_stride": (64, 32),
-        "top_k": (1, 4, 16)}
+# errors at the default draws (for comparison); raw pixel patches and the shipped default, VAE cells beside
+# pixel patches, so the selection can reach what ships.
+GRID = {"patch_features": ("vae", "dift", "denoise", "pixels", "vae+pixels"), "patch_pool": (1, 3),
+        "tile_stride": (64, 32), "top_k": (1, 4, 16)}
 # A costlier candidate must beat a cheaper one by more than this on the val mean: on 8 val images per
 # kind a difference below it is one or two images' worth (and a 3x slower stride is not worth that).
 SELECT_TOL = 0.005
