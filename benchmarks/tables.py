@@ -92,7 +92,7 @@ BENCHMARKS = [
      "`kl-fresh`, a random-weight VAE of the shipped layout. Settings were chosen with `--domains broad` (the "
      "base's own pretraining generators); the held-out domains are measured once per design. Target >= 26 dB "
      "at the interval's lower end on at least four domains.",
-     "python benchmarks/vae_adaptation.py --seed 1012 --threads 2 --protocol benchmarks/protocols/vae_adaptation.json"),
+     "python benchmarks/vae_adaptation.py --seed 1013 --steps 3000 --threads 2 --protocol benchmarks/protocols/vae_adaptation.json"),
     ("bank_search", "Anomaly detection: how the `patches` memory bank searches, and the default's fit time",
      "The shipped `patches` detector fitted on 100 normal 256 px weaves (diffmine/datasets/defects.py, train "
      "and val splits only): every val patch searched by the exact scan and by the HNSW graph per efSearch "

@@ -10,8 +10,9 @@ from diffmine.core.models import DEFAULT_BASE, SCRATCH_BASE
 from diffmine.core.prompts import NULL_RATE, PRESETS, PromptTemplate, resolve_prompts
 
 SCRATCH_VAE_STEPS = 1000  # tiny-scratch trains its VAE this long before the UNet
-ADAPT_VAE_STEPS = 2000    # the fast autoencoder on the user's images (finetune/vae_adapt.py): ~3-4 min on 2 cores;
-                          # on the broad generators 29.3 dB at step 2000 of 3000, +0.7 dB for the last 1000
+ADAPT_VAE_STEPS = 3000    # the fast autoencoder on the user's images (finetune/vae_adapt.py): ~5 min on 2 cores. On the
+                          # broad generators 29.3 dB at step 2000 of 3000 and 30.3 at 3000; at 2000 steps the held-out
+                          # shapes and textures fell just short of 26 dB (benchmarks/vae_adaptation.py, seed 1012)
 VAE_ADAPT_MODES = ("auto", "always", "never")
 EPOCHS = 100  # docs/method.md §1: ~100 epochs, when --max-steps is not given
 # --mixed-precision (accelerate's names) is an alias of --dtype: the trained UNet's autocast precision
