@@ -57,3 +57,17 @@ def test_fit_unet_replaces_only_the_latent_layers_and_is_seeded():
     assert out.shape == (1, 16, 16, 16)
     twin = fit_unet(build_tiny_bundle().unet, 16, seed=0)
     assert torch.equal(twin.conv_in.weight, unet.conv_in.weight)
+
+
+def test_the_placement_recorder_sees_either_familys_encoder_and_decoder():
+    from diffmine.core.placement import record_forwards
+    from diffmine.core.reconstruction import reconstruct
+
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for vae in (build_tiny_bundle(resolution=32).vae, autoencoders.fast_autoencoder()):
+        with record_forwards(("vae.encoder", "vae.decoder")) as seen:
+            reconstruct(vae, x)
+        assert [f.part for f in seen] == ["vae.encoder", "vae.decoder"], type(vae).__name__
+    from diffusers.models.autoencoders import autoencoder_dc
+
+    assert "spy" not in autoencoder_dc.Encoder.forward.__qualname__  # the originals are back

@@ -39,11 +39,14 @@ class Forward:
         return self.device, self.weights, self.inputs
 
 
-def _classes() -> dict[str, type]:
+def _classes() -> dict[str, tuple[type, ...]]:
+    """part -> the classes whose forward is that part (either autoencoder family, diffmine.core.autoencoders)."""
     from diffusers import UNet2DConditionModel
+    from diffusers.models.autoencoders import autoencoder_dc
     from diffusers.models.autoencoders.vae import Decoder, Encoder
 
-    return {"unet": UNet2DConditionModel, "vae.encoder": Encoder, "vae.decoder": Decoder}
+    return {"unet": (UNet2DConditionModel,), "vae.encoder": (Encoder, autoencoder_dc.Encoder),
+            "vae.decoder": (Decoder, autoencoder_dc.Decoder)}
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -59,19 +62,19 @@ class Recording(list):
     """The Forwards recorded so far (a list), and `paused()`: a block run with the plain forwards
     (torch.compile would otherwise trace the recorder into its graph)."""
 
-    def __init__(self, classes: dict[str, type], originals: dict[str, Callable], spies: dict[str, Callable]):
+    def __init__(self, originals: dict[type, Callable], spies: dict[type, Callable]):
         super().__init__()
-        self._classes, self._originals, self._spies = classes, originals, spies
+        self._originals, self._spies = originals, spies
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        for name, forward in self._originals.items():
-            self._classes[name].forward = forward
+        for cls, forward in self._originals.items():
+            cls.forward = forward
         try:
             yield
         finally:
-            for name, spy in self._spies.items():
-                self._classes[name].forward = spy
+            for cls, spy in self._spies.items():
+                cls.forward = spy
 
 
 @contextmanager
@@ -82,9 +85,10 @@ def record_forwards(parts: tuple[str, ...] = PARTS,
     unknown = sorted(set(parts) - set(classes))
     if unknown:
         raise ValueError(f"unknown parts {unknown}; known: {list(classes)}")
-    originals = {name: classes[name].forward for name in parts}
-    spies: dict[str, Callable] = {}
-    seen = Recording(classes, originals, spies)
+    part_of = {cls: name for name in parts for cls in classes[name]}
+    originals = {cls: cls.forward for cls in part_of}
+    spies: dict[type, Callable] = {}
+    seen = Recording(originals, spies)
 
     def wrap(name, forward):
         def spy(self, sample, *args, **kwargs):
@@ -96,14 +100,14 @@ def record_forwards(parts: tuple[str, ...] = PARTS,
             return forward(self, sample, *args, **kwargs)
         return spy
 
-    spies.update({name: wrap(name, forward) for name, forward in originals.items()})
+    spies.update({cls: wrap(part_of[cls], forward) for cls, forward in originals.items()})
     try:
-        for name, spy in spies.items():
-            classes[name].forward = spy
+        for cls, spy in spies.items():
+            cls.forward = spy
         yield seen
     finally:
-        for name, forward in originals.items():
-            classes[name].forward = forward
+        for cls, forward in originals.items():
+            cls.forward = forward
 
 
 def misplaced(seen: list[Forward], device: str, dtypes: dict[str, torch.dtype] | torch.dtype) -> list[Forward]:
