@@ -53,7 +53,7 @@ def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: 
         return load_adapted(cache, key), 0.0
     start = time.time()
     train_vae(vae, images, steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-              checkpoint=checkpoint, deadline=deadline, desc="adapting VAE", on_step=on_step)
+              checkpoint=checkpoint, deadline=deadline, desc="training the autoencoder", on_step=on_step)
     with output_folder(done, owned=None) as tmp:  # a cache entry: replaced whole
         vae.save_pretrained(tmp)
     checkpoint.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Train a small VAE from scratch (`--base tiny-scratch` only: SD's VAE is used frozen)."""
+"""Train a small autoencoder: tiny-scratch's VAE, or the fast one `--adapt-vae` trains on a user's images
+(finetune/vae_adapt.py). SD's VAE is always used frozen."""
 from __future__ import annotations
 
 import time

@@ -102,8 +102,8 @@ def warning_text(figures: dict, what: str = "") -> str | None:
     return (f"{where}the model reconstructs these images at {figures['reconstruction_psnr_db']:.1f} dB "
             f"(floor {figures['reconstruction_floor_db']:g} dB, {figures['reconstruction_images']} images at "
             f"{figures['reconstruction_resolution']} px): elements smaller than about "
-            f"{figures['reconstruction_smallest_kept_px']:g} px are lost; finetuning a small base on them adapts "
-            "its VAE first (--adapt-vae), or use a larger base")
+            f"{figures['reconstruction_smallest_kept_px']:g} px are lost; finetuning a small base on them trains "
+            "a fast autoencoder on them first (--adapt-vae), or use a larger base")
 
 
 class ReconstructionWarning(UserWarning):
