@@ -27,7 +27,6 @@ from diffmine.core.bundle import SDBundle
 from diffmine.core.settings import ConfigError, read_config_file, resume_keys, save_config, to_dict
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
-from diffmine.core.autoencoders import fast_autoencoder
 from diffmine.core.models import SCRATCH_BASE, load_bundle, resolve_model
 from diffmine.core.seeds import stable_seed
 from finetune.config import ADAPT_VAE_STEPS, SCRATCH_VAE_STEPS, TrainConfig, precision_of
@@ -369,11 +368,12 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
             steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
             key = (cfg.base, size, cfg.seed, steps, decoded.key, vae_adapt.DESIGN)
+            fresh = vae_adapt.starting_autoencoder(bundle.vae, cfg.seed).to(rt.device)  # trained in float32
+            what = "its VAE" if fresh is bundle.vae else "a fast autoencoder"
             _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
-                   f"{recon['reconstruction_floor_db']:g} dB): training a fast autoencoder on them first ({steps} "
+                   f"{recon['reconstruction_floor_db']:g} dB): training {what} on them first ({steps} "
                    f"steps, --adapt-vae {cfg.adapt_vae}; 'never' skips this)", progress)
             _, images = decoded(size)
-            fresh = fast_autoencoder(seed=cfg.seed).to(rt.device)  # trained in float32
             deadline = None if cfg.max_minutes is None else _T_RUN + 60 * cfg.max_minutes
             bundle.vae, seconds = vae_adapt.adapt(fresh, torch.from_numpy(images), Path(cfg.out, "cache"), key,
                                                   steps, cfg.seed, progress, deadline)

@@ -41,6 +41,16 @@ def wanted(mode: str, vae, figures: dict) -> bool:
     return small and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
 
 
+def starting_autoencoder(vae, seed: int):
+    """What --adapt-vae trains: a fresh fast autoencoder in place of a small VAE (the shipped base's, whose
+    capacity is the limit), or a large VAE itself (SD's, with `always`: its latent layout is the UNet's)."""
+    from diffmine.core.autoencoders import fast_autoencoder
+
+    if sum(p.numel() for p in vae.parameters()) <= SMALL_VAE_PARAMS:
+        return fast_autoencoder(seed=seed)
+    return vae
+
+
 def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: int,
           progress: bool = True, deadline: float | None = None, lr: float = ADAPT_LR, batch_size: int = ADAPT_BATCH,
           on_step=None):

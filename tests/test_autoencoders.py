@@ -71,3 +71,14 @@ def test_the_placement_recorder_sees_either_familys_encoder_and_decoder():
     from diffusers.models.autoencoders import autoencoder_dc
 
     assert "spy" not in autoencoder_dc.Encoder.forward.__qualname__  # the originals are back
+
+
+def test_adaptation_replaces_a_small_vae_and_keeps_training_a_large_one(monkeypatch):
+    from diffusers import AutoencoderDC
+
+    import finetune.vae_adapt as va
+
+    small = build_tiny_bundle().vae
+    assert isinstance(va.starting_autoencoder(small, seed=0), AutoencoderDC)
+    monkeypatch.setattr(va, "SMALL_VAE_PARAMS", 1000)  # the tiny VAE counted as SD-sized: its own layout kept
+    assert va.starting_autoencoder(small, seed=0) is small
