@@ -33,12 +33,16 @@ DESIGN = "dc-16"  # names the autoencoder trained (part of the cache key: a new 
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
+def is_small(vae) -> bool:
+    """A VAE of the tiny family's size (SMALL_VAE_PARAMS), not SD's."""
+    return sum(p.numel() for p in vae.parameters()) <= SMALL_VAE_PARAMS
+
+
 def wanted(mode: str, vae, figures: dict) -> bool:
     """Whether to adapt: always, never, or (auto) a small VAE measured below the guard's floor."""
     if mode != "auto":  # finetune.config.VAE_ADAPT_MODES
         return mode == "always"
-    small = sum(p.numel() for p in vae.parameters()) <= SMALL_VAE_PARAMS
-    return small and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
+    return is_small(vae) and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
 
 
 def starting_autoencoder(vae, seed: int):
@@ -46,9 +50,7 @@ def starting_autoencoder(vae, seed: int):
     capacity is the limit), or a large VAE itself (SD's, with `always`: its latent layout is the UNet's)."""
     from diffmine.core.autoencoders import fast_autoencoder
 
-    if sum(p.numel() for p in vae.parameters()) <= SMALL_VAE_PARAMS:
-        return fast_autoencoder(seed=seed)
-    return vae
+    return fast_autoencoder(seed=seed) if is_small(vae) else vae
 
 
 def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: int,

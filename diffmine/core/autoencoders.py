@@ -59,9 +59,7 @@ def family_of(folder: str | Path, subfolder: str = "vae"):
 def load_autoencoder(src: str | Path, subfolder: str | None = "vae", **kwargs):
     """The VAE of a local folder or hub id, of whichever family its config names."""
     cls = family_of(src, subfolder or "") if Path(str(src)).exists() else AutoencoderKL
-    if subfolder:
-        return cls.from_pretrained(str(src), subfolder=subfolder, **kwargs)
-    return cls.from_pretrained(str(src), **kwargs)
+    return cls.from_pretrained(str(src), subfolder=subfolder, **kwargs)
 
 
 def is_deterministic(vae) -> bool:

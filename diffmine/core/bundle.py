@@ -138,10 +138,9 @@ class SDBundle:
                       sample: bool = False) -> torch.Tensor:
         """Images in [-1, 1] (n, 3, H, W) -> scaled latents; posterior mean unless `sample`."""
         images = images.to(self.vae.device, self.vae.dtype)
-        if autoencoders.is_deterministic(self.vae):  # no posterior to sample
-            return scale_latents(self.vae, self.vae.encode(images).latent)
-        dist = self.vae.encode(images).latent_dist
-        return scale_latents(self.vae, dist.sample(generator) if sample else dist.mean)
+        if sample and not autoencoders.is_deterministic(self.vae):  # a deterministic one has no posterior
+            return scale_latents(self.vae, self.vae.encode(images).latent_dist.sample(generator))
+        return scale_latents(self.vae, autoencoders.encode(self.vae, images)[0])
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

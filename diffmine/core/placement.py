@@ -58,6 +58,11 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+def _set_forwards(forwards: dict[type, Callable]) -> None:
+    for cls, forward in forwards.items():
+        cls.forward = forward
+
+
 class Recording(list):
     """The Forwards recorded so far (a list), and `paused()`: a block run with the plain forwards
     (torch.compile would otherwise trace the recorder into its graph)."""
@@ -68,13 +73,11 @@ class Recording(list):
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        for cls, forward in self._originals.items():
-            cls.forward = forward
+        _set_forwards(self._originals)
         try:
             yield
         finally:
-            for cls, spy in self._spies.items():
-                cls.forward = spy
+            _set_forwards(self._spies)
 
 
 @contextmanager
@@ -102,12 +105,10 @@ def record_forwards(parts: tuple[str, ...] = PARTS,
 
     spies.update({cls: wrap(part_of[cls], forward) for cls, forward in originals.items()})
     try:
-        for cls, spy in spies.items():
-            cls.forward = spy
+        _set_forwards(spies)
         yield seen
     finally:
-        for cls, forward in originals.items():
-            cls.forward = forward
+        _set_forwards(originals)
 
 
 def misplaced(seen: list[Forward], device: str, dtypes: dict[str, torch.dtype] | torch.dtype) -> list[Forward]:
