@@ -1,12 +1,13 @@
 """Does the `patches` default transfer? Chosen on one generator, reported on defect families it never saw.
 
 Protocol:
-1. Choice, on diffmine.datasets.defects ONLY (its weave texture at --select-size px): every candidate
-   of CANDIDATES (patch features vae / vae+pixels / dift / pixels at 8 and 16 px, each unpooled and
-   3 x 3 pooled) is fitted on --select-train normal images of its train split and scored on its
-   labelled val split; the cheapest candidate whose val mean of image AUROC (local), image AUROC
-   (weave) and pixel AUROC is within SELECT_TOL of the best is chosen (anomaly_defects.pick). The
-   table and the choice are printed.
+1. Choice, on diffmine.datasets.defects ONLY (its weave texture at each of --select-sizes px, 128 and
+   256): every feature setting of CANDIDATES (patch features vae / vae+pixels / dift / pixels at 8 and
+   16 px, each unpooled and 3 x 3 pooled; --shortlist: the three of SHORTLIST) is fitted on
+   --select-train normal images of its train split and scored on its labelled val split with each image
+   score (the top-k mean, top-k-or-mean); the cheapest candidate whose mean, over the sizes, of image
+   AUROC per group (local, weave, global) and pixel AUROC is within SELECT_TOL of the best is chosen
+   (anomaly_defects.pick). The table and the choice are printed.
 2. Report, on diffmine.datasets.defect_families ONLY (never consulted for a choice): per texture
    family and image size (every family at 64 px, --big-textures at 256 px with fewer images), a
    detector fitted on --n-train normal images scores --n-test images of every defect kind and twice
@@ -32,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.anomaly_defects import SELECT_TOL, baselines, boot_ci, group_auroc, pick, pixel_estimates, split
+from diffmine.apps.anomaly.config import IMAGE_SCORES
 from diffmine.apps.anomaly.detector import DiffusionDetector
 from diffmine.apps.anomaly.patches import MemoryBank, random_subset, stitch
 from diffmine.apps.anomaly.pixel_features import pixel_patch_features
@@ -45,12 +48,18 @@ from diffmine.datasets.defects import GOOD, generate_defects
 from diffmine.evaluation.anomaly import pixel_auroc
 from diffmine.evaluation.metrics import auroc
 
-# the cheaper first within a feature source (a tie keeps the first)
+# the cheaper first within a feature source (a tie keeps the first); each fit is scored with every
+# image score of IMAGE_SCORES (one fit, the same patch distances)
 CANDIDATES = [dict(patch_features=f, patch_pool=p, **extra) for f, extra in
               (("pixels", dict(patch_size=8)), ("pixels", dict(patch_size=16)), ("vae", {}), ("vae+pixels", {}),
                ("dift", {}))
               for p in (1, 3)]
-CHOICE_KEYS = ("patch_features", "patch_pool", "patch_size")  # what step 1 chooses
+# --shortlist: the feature settings whose mean in the first choice (anomaly_transfer.json, 2026-12-06,
+# commit ba6e7d3) was within 0.03 of its best (vae+pixels 0.980, vae 0.965, pixels 8 px 0.952)
+SHORTLIST = [dict(patch_features="pixels", patch_pool=1, patch_size=8), dict(patch_features="vae", patch_pool=1),
+             dict(patch_features="vae+pixels", patch_pool=1)]
+CHOICE_KEYS = ("patch_features", "patch_pool", "patch_size", "image_score")  # what step 1 chooses
+GROUPS = ("local", "weave", "global")  # diffmine.datasets.defects' groups
 CLASSIC = ("iforest", "ocsvm", "copod", "ecod", "knn-pixels")
 BOOT = 1000
 PIXEL_BOOT = 100
@@ -58,23 +67,47 @@ SEED_OFFSET = 32  # the families' seeds: never used by the choice (which reads d
 
 
 # -- 1. the choice, on diffmine.datasets.defects ---------------------------------------------------
-def select(args) -> tuple[dict, list[dict]]:
-    data = generate_defects(args.select_data, n_train=args.select_train, n_val=args.select_val, n_test=1,
-                            size=args.select_size, seed=args.seed)
+def select_cell(args, size: int, features: dict) -> list[dict]:
+    """One feature setting fitted on the defects train split at `size` px, scored on its val split with every
+    image score: per image score, image AUROC per group, pixel AUROC (local and weave images: a global change's
+    mask is the whole image) and the seconds of the fit and its scoring."""
+    data = generate_defects(Path(args.select_data) / f"{size}px", n_train=args.select_train, n_val=args.select_val,
+                            n_test=1, size=size, seed=args.seed)
     train = sorted(str(p) for p in (data / "train" / "images").rglob("*.png"))
-    rows, paths = split(data, "val")
+    rows, paths = split(data, "val", GROUPS)
     masks = np.stack([r["mask"] for r in rows])
-    DiffusionDetector(model="tiny", score="patches").fit(train[:2])  # the model's first load, untimed
-    table = []
-    for settings in CANDIDATES:
+    has_mask = np.array([r["group"] != "global" for r in rows])
+    t0 = time.perf_counter()
+    det = DiffusionDetector(model="tiny", score="patches", **features).fit(train)
+    fit_s, out = time.perf_counter() - t0, []
+    for image_score in IMAGE_SCORES:  # the same fit, another way of reading its patch distances
         t0 = time.perf_counter()
-        det = DiffusionDetector(model="tiny", score="patches", **settings).fit(train)
+        det.set_params(image_score=image_score)
+        det.__dict__.pop("_memo", None)  # scores remembered for these images were the other image score's
         scores, maps = det.decision_function(paths), det.anomaly_maps(paths)
-        row = {**settings, "local": group_auroc(rows, scores, "local"), "weave": group_auroc(rows, scores, "weave"),
-               "pixel": pixel_auroc(maps, masks), "fit_and_val_s": round(time.perf_counter() - t0, 1)}
-        row["mean"] = (row["local"] + row["weave"] + row["pixel"]) / 3
-        table.append(row)
-        print("select", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        groups = {g: group_auroc(rows, scores, g) for g in GROUPS}
+        out.append({**features, "image_score": image_score, **groups,
+                    "pixel": pixel_auroc(maps[has_mask], masks[has_mask]),
+                    "fit_and_val_s": round(fit_s + time.perf_counter() - t0, 1)})
+    return out
+
+
+def select(args) -> tuple[dict, list[dict]]:
+    """Every candidate at every --select-sizes; its mean: over the sizes, of its groups' AUROC and pixel AUROC."""
+    DiffusionDetector(model="tiny", score="patches").fit(
+        np.zeros((2, 64, 64, 3), np.uint8))  # the model's first load, untimed
+    table = []
+    for features in (SHORTLIST if args.shortlist else CANDIDATES):
+        per_size = {size: select_cell(args, size, features) for size in args.select_sizes}
+        for i, image_score in enumerate(IMAGE_SCORES):
+            cells = [per_size[size][i] for size in args.select_sizes]
+            row = {**features, "image_score": image_score,
+                   **{f"{k}_{size}": c[k] for size, c in zip(args.select_sizes, cells) for k in (*GROUPS, "pixel")},
+                   "fit_and_val_s": round(sum(c["fit_and_val_s"] for c in cells), 1)}
+            row["mean"] = float(np.mean([np.mean([c[k] for k in (*GROUPS, "pixel")]) for c in cells]))
+            table.append(row)
+            print("select", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
     best = pick(table)
     return {k: v for k, v in best.items() if k in CHOICE_KEYS}, table
 
@@ -185,7 +218,8 @@ def table_lines(key: str, rep: dict) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--select-data", default="/tmp/diffmine-bench/defects-select")
-    ap.add_argument("--select-size", type=int, default=128, help="px of the choice's defects images")
+    ap.add_argument("--select-sizes", type=int, nargs="+", default=[128, 256], help="px of the choice's defects images")
+    ap.add_argument("--shortlist", action="store_true", help="choose among SHORTLIST's feature settings only")
     ap.add_argument("--select-train", type=int, default=60, help="normal images the candidates are fitted on")
     ap.add_argument("--select-val", type=int, default=6, help="val images per defect kind (2x good)")
     ap.add_argument("--n-train", type=int, default=100, help="normal training images per family (64 px)")

@@ -17,10 +17,11 @@ from PIL import Image
 
 from diffmine.apps.anomaly.config import AnomalyFitConfig
 from diffmine.apps.anomaly.detector import DiffusionDetector
-from diffmine.apps.anomaly.folder import PATCHES_FILE, load_detector
+from diffmine.apps.anomaly.folder import PATCHES_FILE, load_detector, save_detector
+from diffmine.apps.anomaly.kinds.patches import SCORE_STATS_FILE
 from diffmine.apps.anomaly.patches import MemoryBank, greedy_coreset, stitch, tile_boxes, tile_offsets
 from diffmine.core.errors import DataError
-from diffmine.datasets.defects import DEFECTS, GOOD, generate_defects, read_split, render
+from diffmine.datasets.defects import DEFECTS, GLOBAL_CHANGES, GOOD, defects_for, generate_defects, read_split, render
 from diffmine.evaluation.anomaly import pixel_auroc, pro_curve, pro_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,14 @@ QUICK = dict(model="tiny", score="patches", patch_draws=1, tile_stride=64, batch
 # -- the generator ----------------------------------------------------------------------------
 @pytest.mark.parametrize("texture", ["weave", "grid", "noise"])
 def test_masks_cover_the_planted_defects(texture):
-    for k, label in enumerate(DEFECTS):
+    for k, label in enumerate(defects_for(texture)):
         image, mask, clean = render(np.random.default_rng([7, k]), label, texture, 256)
         changed = np.abs(image.astype(int) - clean.astype(int)).max(axis=-1) > 16
         assert mask.any() and changed.any(), label
+        if label in GLOBAL_CHANGES:  # the whole texture changes: the mask is all of it, every quadrant differs
+            assert mask.all(), label
+            assert all(changed[y:y + 128, x:x + 128].mean() > 0.02 for y in (0, 128) for x in (0, 128)), label
+            continue
         assert not (changed & ~mask).any(), f"{label}: pixels changed outside the mask"
         assert changed[mask].mean() > (0.3 if label in ("speckle", "scratch", "hole", "colour_spot") else 0.05), label
         assert mask.mean() < (0.003 if label in ("speckle", "scratch", "hole", "colour_spot") else 0.2), label
@@ -48,7 +53,9 @@ def test_generator_layout_and_determinism(tmp_path):
     assert sorted(p.name for p in (out / "train" / "images").iterdir()) == [GOOD]  # train: normal images only
     rows = read_split(out / "test")
     assert [r["label"] for r in rows] == [GOOD, GOOD, *DEFECTS]
-    assert {r["group"] for r in rows} == {None, "local", "weave"}
+    assert {r["group"] for r in rows} == {None, "local", "weave", "global"}
+    noise = read_split(generate_defects(tmp_path / "n", n_train=1, n_val=1, n_test=1, size=64, texture="noise") / "test")
+    assert "rotated" not in {r["label"] for r in noise} and "rescaled" in {r["label"] for r in noise}
     for r in rows:
         assert r["mask"].shape == (64, 64) and r["mask"].any() == (r["label"] != GOOD)
         if r["box"]:
@@ -335,6 +342,42 @@ def test_cli_fit_score_with_maps_writes_stitched_maps(weaves, tmp_path):
     (det_dir / PATCHES_FILE).unlink()
     with pytest.raises(DataError, match=PATCHES_FILE):
         load_detector(det_dir)
+
+
+def test_local_or_global_scores_in_units_of_the_normal_images():
+    from diffmine.apps.anomaly.patches import local_or_global, score_statistics
+
+    # two normal images: maxima 2 and 4 (mean 3, sd 1), patch means 1 and 2 (mean 1.5, sd 0.5)
+    normal = [np.array([0.5, 0.5, 1.0, 2.0]), np.array([1.0, 1.0, 2.0, 4.0])]
+    np.testing.assert_allclose(score_statistics(normal, 1), [3.0, 1.0, 1.5, 0.5])
+    stats = score_statistics(normal, 1)
+    assert local_or_global(np.array([0.0, 0.0, 0.0, 9.0]), 1, stats) == pytest.approx(6.0)  # a spot: (9 - 3) / 1
+    assert local_or_global(np.array([3.5, 3.5, 3.5, 3.5]), 1, stats) == pytest.approx(4.0)  # all a little: (3.5 - 1.5) / 0.5
+    assert local_or_global(np.array([0.1, 0.1, 0.1, 3.0]), 1, stats) == pytest.approx(0.0)  # nearer than normal: max(0, -1.35)
+    same = score_statistics([np.ones(4), np.ones(4)], 1)  # no spread: a tiny one, never a division by 0
+    assert same[1] > 0 and same[3] > 0 and np.isfinite(local_or_global(np.full(4, 2.0), 1, same))
+
+
+def test_top_k_or_mean_finds_a_texture_rescaled_over_the_whole_image(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    # 256 px weaves in 64 px tiles: a rescaled weave's tiles each look like some normal tile, so its maximum
+    # stays among the normal images' (measured: AUROC about 0.5), while every patch a little farther moves
+    # the patch mean (0.89 with 16 normal images to fit)
+    normal = np.stack([render(np.random.default_rng([8, i]), GOOD, "weave", 256)[0] for i in range(22)])
+    rescaled = np.stack([render(np.random.default_rng([9, i]), "rescaled", "weave", 256)[0] for i in range(6)])
+    hole = _plant_hole(normal[16], 100, 150)
+    X, y = np.concatenate([normal[16:], rescaled, hole[None]]), np.array([0] * 6 + [1] * 6 + [1])
+    det = DiffusionDetector(model="tiny", score="patches", batch_size=64, image_score="top-k-or-mean").fit(normal[:16])
+    both = det.decision_function(X)
+    assert roc_auc_score(y[:12], both[:12]) >= 0.85
+    assert both[12] > both[:6].max()  # a hole still stands out
+    maxima = det.set_params(image_score="top-k").fit(normal[:16]).decision_function(X)
+    assert roc_auc_score(y[:12], maxima[:12]) < 0.7 and maxima[12] > maxima[:6].max()
+    det.set_params(image_score="top-k-or-mean").fit(normal[:16])
+    save_detector(det, tmp_path / "det")
+    assert (tmp_path / "det" / SCORE_STATS_FILE).is_file()
+    np.testing.assert_allclose(load_detector(tmp_path / "det").decision_function(X), both, rtol=1e-5)
 
 
 # -- pixel metrics ------------------------------------------------------------------------------

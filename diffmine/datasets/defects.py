@@ -11,8 +11,12 @@ variation of period, orientation, phase, colour, brightness and fine grain. Defe
 * colour_spot  a soft blob of another hue (radius 2-4 % of the side)
 * weave_finer / weave_coarser   a rectangle (25-40 % of the side) where the texture's period
                is halved / doubled: a change of texture rather than a local flaw
+* rotated      the whole texture turned by 20-40 degrees: every patch is plausible on its own
+               (weave and grid only: the noise texture has no direction to turn)
+* rescaled     the whole texture's period times 0.65-0.8 or 1.3-1.55
 
-The first four are "local" defects, the last two "weave" changes (column `group`).
+The first four are "local" defects, the next two "weave" changes and the last two "global" ones
+(column `group`).
 
 Layout written by `generate_defects(out)` (the towns generator's, one data folder per split):
 
@@ -39,11 +43,12 @@ from scipy import ndimage
 from diffmine.datasets.generated import DONE_FILE, already_generated
 from diffmine.core.files import output_folder
 
-GENERATOR_VERSION = 1  # bump when rendering changes: invalidates reused outputs
+GENERATOR_VERSION = 2  # bump when rendering changes: invalidates reused outputs
 GOOD = "good"
 LOCAL_DEFECTS = ("speckle", "scratch", "hole", "colour_spot")
 WEAVE_CHANGES = ("weave_finer", "weave_coarser")
-DEFECTS = LOCAL_DEFECTS + WEAVE_CHANGES
+GLOBAL_CHANGES = ("rotated", "rescaled")
+DEFECTS = LOCAL_DEFECTS + WEAVE_CHANGES + GLOBAL_CHANGES  # appended: the earlier labels keep their seeds
 TEXTURES = ("weave", "grid", "noise")
 SPLITS = ("train", "val", "test")
 MASK_ALPHA = 0.05  # a pixel belongs to the mask where the defect's opacity exceeds this
@@ -53,9 +58,15 @@ _PERIOD = {"weave": (14.0, 17.0), "grid": (18.0, 22.0), "noise": (3.0, 3.6)}
 _COLOUR = {"weave": (196, 172, 138), "grid": (150, 160, 170), "noise": (120, 84, 60)}
 
 
+def defects_for(texture: str) -> tuple[str, ...]:
+    """The defect labels `texture` can show (an isotropic texture has no orientation to change)."""
+    return tuple(d for d in DEFECTS if d != "rotated" or texture != "noise")
+
+
 def defect_group(label: str) -> str | None:
-    """"local", "weave", or None for a good image."""
-    return "local" if label in LOCAL_DEFECTS else "weave" if label in WEAVE_CHANGES else None
+    """"local", "weave", "global", or None for a good image."""
+    return ("local" if label in LOCAL_DEFECTS else "weave" if label in WEAVE_CHANGES
+            else "global" if label in GLOBAL_CHANGES else None)
 
 
 def _smooth_edge(d: np.ndarray) -> np.ndarray:
@@ -162,7 +173,15 @@ def render(rng: np.random.Generator, label: str, texture: str = "weave", size: i
     clean, params = _texture(rng, texture, size)
     mask = np.zeros((size, size), bool)
     img = clean
-    if label in WEAVE_CHANGES:
+    if label in GLOBAL_CHANGES:  # the whole image changes: the mask is all of it
+        changed = dict(params)
+        if label == "rotated":
+            changed["angle"] = params["angle"] + float(rng.choice([-1, 1]) * rng.uniform(20, 40))
+        else:
+            changed["period"] = params["period"] * float(rng.choice([rng.uniform(0.65, 0.8), rng.uniform(1.3, 1.55)]))
+        img, _ = _texture(rng, texture, size, params=changed)
+        mask = np.ones((size, size), bool)
+    elif label in WEAVE_CHANGES:
         side = rng.uniform(0.25, 0.4, 2) * size
         x0, y0 = rng.uniform(0, size - side[0]), rng.uniform(0, size - side[1])
         y, x = np.mgrid[0:size, 0:size]
@@ -232,8 +251,8 @@ def generate_defects(out: str | Path, n_train: int = 100, n_val: int = 4, n_test
     if already_generated(out, params, "defects"):
         return out
     splits = {"train": {GOOD: n_train},
-              "val": {GOOD: 2 * n_val, **{d: n_val for d in DEFECTS}},
-              "test": {GOOD: 2 * n_test, **{d: n_test for d in DEFECTS}}}
+              "val": {GOOD: 2 * n_val, **{d: n_val for d in defects_for(texture)}},
+              "test": {GOOD: 2 * n_test, **{d: n_test for d in defects_for(texture)}}}
     with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
         for split, counts in splits.items():
             _write_split(tmp / split, split, counts, texture, size, seed, progress)

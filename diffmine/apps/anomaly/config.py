@@ -16,6 +16,8 @@ SCORES = ("reconstruction", "atypicality", "trajectory", "features", "patches")
 CORESETS = ("greedy", "random")
 # how a patch finds its nearest bank patch (patches.MemoryBank): a FAISS HNSW graph, or the exact flat scan
 BANK_SEARCHES = ("hnsw", "exact")
+# how a patch detector turns its patch scores into an image score (patches.image_score)
+IMAGE_SCORES = ("top-k", "top-k-or-mean")
 # encoder_features.py / mining.features.DiftExtractor / denoise_features.py / pixel_features.py / the
 # first and the last side by side (patches.joint_vectors)
 PATCH_FEATURES = ("vae", "dift", "denoise", "pixels", "vae+pixels")
@@ -71,6 +73,10 @@ class AnomalyFitConfig(RuntimeSettings):
                               "its own feature components)")
     top_k: int = option(1, "patches: the image score is the mean of its top-k patch scores (1: the maximum, "
                         "as PatchCore)")
+    image_score: str = option("top-k", "patches: the image score: the mean of its top-k patch scores (top-k), or "
+                              "the larger of that and the mean of all its patch scores, each in standard "
+                              "deviations of the normal images' (top-k-or-mean: a texture changed over the "
+                              "whole image moves every patch a little and none much)", choices=IMAGE_SCORES)
     coreset: str = option("greedy", "patches: how the memory bank is subsampled (greedy k-center, as "
                           "PatchCore, or random)", choices=CORESETS)
     coreset_ratio: float = option(0.1, "patches: share of the normal patches the memory bank keeps "
@@ -109,6 +115,7 @@ def parameter_constraints() -> dict:
         "batch_size": positive, "n_neighbors": positive, "tile_stride": positive + [None],
         "patch_features": _one_of(PATCH_FEATURES), "patch_size": at_least(2), "patch_pool": [odd()],
         "patch_block": at_least(0), "patch_t": at_least(0), "patch_draws": positive, "top_k": positive,
+        "image_score": _one_of(IMAGE_SCORES),
         "coreset": _one_of(CORESETS), "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
         "bank_size": positive, "bank_search": _one_of(BANK_SEARCHES),
     }

@@ -35,7 +35,9 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   normal images. A patch's score is its distance to the nearest bank patch, found by an HNSW graph
   (`bank_search="hnsw"`; a found patch is never nearer than the nearest, rarely farther) or by the
   exact scan (`"exact"`); the image score is the mean of its `top_k` highest (1: the maximum, as
-  PatchCore); the map is the patch scores upsampled per tile and averaged where tiles overlap, at the
+  PatchCore) or, with `image_score="top-k-or-mean"`, the larger of that and the mean of all its patch
+  scores, each standardised by the normal images' (a global change of the texture moves every patch a
+  little, the maximum hardly: patches.image_scores); the map is the patch scores upsampled per tile and averaged where tiles overlap, at the
   image's own size. A training
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
@@ -110,7 +112,8 @@ class DiffusionDetector(BaseDetector):
                  seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
                  dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_features=_D["patch_features"],
                  patch_size=_D["patch_size"], patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
-                 patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], coreset=_D["coreset"],
+                 patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], image_score=_D["image_score"],
+                 coreset=_D["coreset"],
                  coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"],
                  bank_search=_D["bank_search"]):
         self.model = model
@@ -141,6 +144,7 @@ class DiffusionDetector(BaseDetector):
         self.patch_t = patch_t
         self.patch_draws = patch_draws
         self.top_k = top_k
+        self.image_score = image_score
         self.coreset = coreset
         self.coreset_ratio = coreset_ratio
         self.bank_size = bank_size

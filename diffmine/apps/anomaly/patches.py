@@ -274,3 +274,24 @@ def top_k_mean(scores: np.ndarray, k: int) -> float:
     """The image score: the mean of its k highest patch scores (k = 1: PatchCore's maximum)."""
     k = min(int(k), scores.size)
     return float(np.partition(scores.ravel(), scores.size - k)[-k:].mean())
+
+
+def score_statistics(normal: list[np.ndarray], k: int) -> np.ndarray:
+    """(mean, sd) of the normal images' top-k means and of their patch means: [mu_top, sd_top, mu_all, sd_all].
+    A spread of 0 (one image, identical images) becomes a tiny one: the units stay finite."""
+    top = np.array([top_k_mean(d, k) for d in normal])
+    everything = np.array([float(np.mean(d)) for d in normal])
+    stats = []
+    for v in (top, everything):
+        mu = float(v.mean())
+        stats += [mu, max(float(v.std()), 1e-6 * max(abs(mu), 1.0))]
+    return np.array(stats)
+
+
+def local_or_global(scores: np.ndarray, k: int, stats: np.ndarray) -> float:
+    """The larger of the top-k mean and the mean of all patch scores, each in standard deviations of the
+    normal images' (score_statistics): a local defect raises the first, a change over the whole image the
+    second (every patch a little farther, none much). One-sided, as PatchCore's distances: the normal
+    images' own scores leave their patches out, so a new normal image's patch mean sits a little below theirs."""
+    mu_top, sd_top, mu_all, sd_all = (float(s) for s in stats)
+    return max((top_k_mean(scores, k) - mu_top) / sd_top, (float(np.mean(scores)) - mu_all) / sd_all)

@@ -11,6 +11,7 @@ from diffmine.apps.anomaly.kinds.base import DRAW_KEY, ScoreKind
 PATCHES_FILE = "patches.npy"
 PATCH_OWNERS_FILE = "patch_owners.npy"
 PATCH_SCALES_FILE = "patch_scales.npy"  # vae+pixels: each half's divisor (patches.half_scales)
+SCORE_STATS_FILE = "image_score_stats.npy"  # top-k-or-mean: the normal images' (patches.score_statistics)
 JOINT = "vae+pixels"
 
 
@@ -25,13 +26,18 @@ class Patches(ScoreKind):
     @property
     def saved(self) -> dict[str, str]:
         files = {PATCHES_FILE: "bank_features_", PATCH_OWNERS_FILE: "bank_owner_"}
-        return {**files, PATCH_SCALES_FILE: "patch_scales_"} if self.det.patch_features == JOINT else files
+        if self.det.patch_features == JOINT:
+            files[PATCH_SCALES_FILE] = "patch_scales_"
+        if self.det.image_score != "top-k":
+            files[SCORE_STATS_FILE] = "image_score_stats_"
+        return files
 
     def fit(self, inp):
         """Build the patch memory bank from the normal images; their scores, each without its own patches."""
         from tqdm.auto import tqdm
 
-        from diffmine.apps.anomaly.patches import bank_size_for, greedy_coreset, half_scales, random_subset
+        from diffmine.apps.anomaly.patches import (bank_size_for, greedy_coreset, half_scales, random_subset,
+                                                   score_statistics)
 
         det = self.det
         det.__dict__.pop("patch_scales_", None)  # a refit measures its own scales from unscaled features
@@ -57,8 +63,11 @@ class Patches(ScoreKind):
         self.restore()
         bank = self.bank()
         top = int(det.top_k)  # an image score needs its top-k patches only (MemoryBank.distances)
-        return np.array([self.image_score(bank.distances(v.float().numpy(), exclude_owner=i, top=top))
-                         for i, v in enumerate(per_image)])
+        # the other rows are the screening walk's distances: upper bounds, nearly always the nearest's,
+        # close enough for the patch mean of top-k-or-mean
+        normal = [bank.distances(v.float().numpy(), exclude_owner=i, top=top) for i, v in enumerate(per_image)]
+        det.image_score_stats_ = score_statistics(normal, top)
+        return np.array([self.image_score(d) for d in normal])
 
     def restore(self):
         self._bank = None
@@ -72,9 +81,12 @@ class Patches(ScoreKind):
         return self._bank
 
     def image_score(self, patch_scores: np.ndarray) -> float:
-        from diffmine.apps.anomaly.patches import top_k_mean
+        from diffmine.apps.anomaly.patches import local_or_global, top_k_mean
 
-        return top_k_mean(patch_scores, int(self.det.top_k))
+        det = self.det
+        if det.image_score == "top-k":
+            return top_k_mean(patch_scores, int(det.top_k))
+        return local_or_global(patch_scores, int(det.top_k), det.image_score_stats_)
 
     def rows_per_image(self):
         learned = self.det.patch_features in ("dift", "denoise")
