@@ -69,9 +69,9 @@ PIXEL_POOL = 4  # pixel metrics on 4 x 4 mean-pooled maps: 200 bootstrap resampl
 PATCH_PIXELS = 8  # px of a pixel patch: the detector's default patch_size
 PIXEL_KNN_K = 5
 PATCH_BASELINES = {"patchcore-pixels": dict(patch_features="pixels", patch_size=PATCH_PIXELS, patch_pool=1,
-                                            top_k=1),
+                                            top_k=1, image_score="top-k"),
                    "knn-pixel-patches": dict(patch_features="pixels", patch_size=PATCH_PIXELS, patch_pool=1),
-                   "patchcore-dift": dict(patch_features="dift", patch_pool=3, top_k=1)}
+                   "patchcore-dift": dict(patch_features="dift", patch_pool=3, top_k=1, image_score="top-k")}
 PIXEL_INTERVALS = ("patchcore-pixels", "knn-pixel-patches")  # pixel AUROC / PRO with intervals; DIFT: points
 
 

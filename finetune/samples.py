@@ -8,6 +8,7 @@ from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
 from diffmine.core.bundle import SDBundle
+from diffmine.core.images import from_tensor_array
 from diffmine.core.prompts import PromptTemplate
 
 
@@ -24,7 +25,7 @@ def sample_grid(bundle: SDBundle, prompts: PromptTemplate, labels: list[str], pa
         out = pipe([prompts.prompt(label)] * per_label, negative_prompt=[prompts.null_prompt] * per_label,
                    num_inference_steps=steps, guidance_scale=guidance, height=res, width=res, generator=g,
                    output_type="latent")
-        pixels = ((bundle.decode_latents(out.images) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        pixels = from_tensor_array(bundle.decode_latents(out.images).float().cpu().numpy())
         rows.append([Image.fromarray(p) for p in pixels])
     margin = 90
     grid = Image.new("RGB", (margin + per_label * res, len(labels) * res), "white")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
+from diffmine.core.images import from_tensor_array
 from diffmine.core.partial import PartialResults, compute_groups, fixed_groups
 from diffmine.core.settings import defaults
 
@@ -205,7 +206,7 @@ class FeatureWork:
             f = pool_boxes(fmaps, img_local, boxes, res).numpy()
         else:
             f = self.extractor(torch.from_numpy(arr), img_local, boxes).numpy()
-        pixels = np.round((arr.transpose(0, 2, 3, 1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+        pixels = from_tensor_array(arr)
         return {i: {"features": np.ascontiguousarray(f[img_local == n], dtype=np.float32), "pixels": pixels[n]}
                 for n, i in enumerate(group)}
 
@@ -252,7 +253,7 @@ def assemble_features(sel: PatchSelection, dataset: LabeledImages, cfg: MineConf
         if len(recs) != len(ids):
             raise DataError(f"{dataset.root}: an image became unreadable between the passes")
         for n, i in enumerate(ids):
-            pixels[slot[i]] = np.round((arr[n].transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            pixels[slot[i]] = from_tensor_array(arr[n])
     return PatchFeatures(features, {int(r): n for n, r in enumerate(all_rows)}, pixels, slot)
 
 

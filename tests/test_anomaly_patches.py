@@ -164,7 +164,11 @@ def test_patches_pyod_contract(patch_detector, weaves):
     det = patch_detector
     assert isinstance(det, BaseDetector)
     assert det.decision_scores_.shape == (6,) and np.isfinite(det.decision_scores_).all()
-    assert (det.decision_scores_ > 0).all()  # each training image is scored without its own patches
+    # each training image is scored without its own patches (leave-one-out distances above 0), in standard
+    # deviations of the normal images' own scores (the default image score, top-k-or-mean)
+    mu_top, sd_top, mu_all, sd_all = det.image_score_stats_
+    assert det.image_score == "top-k-or-mean" and min(mu_top, sd_top, mu_all, sd_all) > 0 and mu_top > mu_all
+    assert det.decision_scores_.max() < 6  # a normal image is not many standard deviations out
     assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 80))
     assert np.array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
     # the bank (the default vae+pixels): coreset_ratio of the 6 x 4 tiles x 16 x 16 cells, each a unit-norm
@@ -233,7 +237,8 @@ def test_vae_and_pixels_side_by_side_are_each_half_as_alone(weaves, tmp_path):
     either source alone; its map points at a speckle the VAE alone misplaces; saved and loaded, it scores alike."""
     from diffmine.apps.anomaly.folder import save_detector
 
-    every = dict(QUICK, coreset_ratio=1.0)  # the whole bank, in the images' order: comparable row by row
+    every = dict(QUICK, coreset_ratio=1.0, image_score="top-k")  # the whole bank, in the images' order; distances
+    # as image scores (their ratios compare the sources)
     joint = DiffusionDetector(**every, patch_features="vae+pixels", contamination=0.2).fit(weaves[:6])
     vae = DiffusionDetector(**every, patch_features="vae").fit(weaves[:6])
     pixels = DiffusionDetector(**every, patch_features="pixels", patch_size=8).fit(weaves[:6])

@@ -36,7 +36,8 @@ def test_pixel_patchcore_is_the_detectors_and_knn_the_mean_distance_to_the_k_nea
     imgs = np.stack([render(np.random.default_rng([3, i]), GOOD, "weave", 128)[0] for i in range(5)])
     spotted = imgs[4].copy()
     spotted[40:46, 90:96] = 255
-    quick = dict(model="tiny", score="patches", patch_features="pixels", patch_size=8, tile_stride=64, coreset_ratio=0.5)
+    quick = dict(model="tiny", score="patches", patch_features="pixels", patch_size=8, tile_stride=64, coreset_ratio=0.5,
+                 image_score="top-k")  # PatchCore's image score, the maximum
     test = np.stack([imgs[4], spotted])
     scores, maps = pixel_patch_scores(DiffusionDetector(**quick).fit(imgs[:1]), imgs[:4], test)
     # PatchCore: the detector's own scores and maps on the same images

@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffmine.core.dataset import LabeledImages
 from diffmine.core.errors import DataError
-from diffmine.core.images import load_rgb, resize_crop
+from diffmine.core.images import from_tensor_array, load_rgb, resize_crop, to_tensor_array
 from diffmine.core.prompts import PRESETS, PromptTemplate, resolve_prompts
 
 
@@ -151,3 +151,12 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
                            "--out", str(tmp_path / "out"), "--base", "tiny"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"diffmine finetune: error: {tmp_path / 'empty'}: no images found"
+
+
+def test_tensor_arrays_round_trip_to_the_same_pixels():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    arr = to_tensor_array(Image.fromarray(rgb))
+    assert arr.shape == (3, 5, 7) and np.array_equal(from_tensor_array(arr), rgb)
+    assert np.array_equal(from_tensor_array(np.stack([arr, arr])), np.stack([rgb, rgb]))  # a batch too
+    # a decoder's overshoot is clipped, not wrapped around
+    assert from_tensor_array(np.array([[[1.2]], [[-1.3]], [[0.0]]])).ravel().tolist() == [255, 0, 128]

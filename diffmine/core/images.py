@@ -173,3 +173,10 @@ def to_tensor_array(img: Image.Image) -> np.ndarray:
     """HxWx3 uint8 image -> 3xHxW float32 in [-1, 1], the range the VAE expects."""
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     return arr.transpose(2, 0, 1).copy()
+
+
+def from_tensor_array(arr) -> np.ndarray:
+    """to_tensor_array's inverse: (..., 3, H, W) in [-1, 1] (one image or a batch) -> (..., H, W, 3) uint8,
+    rounded, values outside the range clipped (a decoder can overshoot it)."""
+    a = np.moveaxis(np.asarray(arr, dtype=np.float32), -3, -1)
+    return np.round((a + 1.0) * 127.5).clip(0, 255).astype(np.uint8)

@@ -134,10 +134,6 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, cell: int = 64, 
     return path
 
 
-def to_uint8(image) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    a = np.asarray(image, dtype=np.float32).transpose(1, 2, 0)
-    return np.round((a + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -14,9 +14,10 @@ from diffmine.core.autoencoders import feature_module
 
 
 @torch.no_grad()
-def vae_encoder_features(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def vae_encoder_features(vae, images: torch.Tensor, batch_size: int = 64, module=None) -> torch.Tensor:
     """(n, C, h, w) float32 on the CPU: the encoder's last feature map (`vae.encoder.mid_block`'s output for
-    SD's VAE, the last down block's for an AutoencoderDC) for images (n, 3, R, R) in [-1, 1]."""
+    SD's VAE, the last down block's for an AutoencoderDC), or `module`'s output (a shallower block of the
+    encoder: benchmarks/anomaly_sources.py), for images (n, 3, R, R) in [-1, 1]."""
     from mining.features import StopForward
 
     captured: list[torch.Tensor] = []
@@ -25,7 +26,7 @@ def vae_encoder_features(vae, images: torch.Tensor, batch_size: int = 64) -> tor
         captured.append(out.float().cpu())
         raise StopForward  # the encoder's output layers are not needed
 
-    handle = feature_module(vae).register_forward_hook(hook)
+    handle = (feature_module(vae) if module is None else module).register_forward_hook(hook)
     try:
         for i in range(0, len(images), max(1, int(batch_size))):
             try:

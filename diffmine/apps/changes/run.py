@@ -48,7 +48,8 @@ from mining.stages import ClusterSettings, cluster_patches
 from diffmine.apps.changes.config import ChangesConfig
 from diffmine.apps.changes.cotypicality import cotypicality_scores
 from typicality.fingerprints import model_fingerprint
-from diffmine.report.pictures import save_png, to_uint8
+from diffmine.core.images import from_tensor_array
+from diffmine.report.pictures import save_png
 from diffmine.apps.changes.report import write_report
 from diffmine.core.handoffs import TRANSLATIONS_META as META
 
@@ -235,7 +236,7 @@ class ChangesJob(Job):
                 if not got:
                     raise DataError(f"{dataset.root}: an image became unreadable")
                 stack = _label_stack([records[n]], src, columns, folder, files, res)[0]
-                pixels[n] = np.stack([to_uint8(x) for x in stack])
+                pixels[n] = np.stack([from_tensor_array(x) for x in stack])
             return pixels[n]
 
         # -- 5. outputs ---------------------------------------------------------------------------

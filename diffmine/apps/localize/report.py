@@ -17,6 +17,7 @@ from diffmine.report.page import Cell, Html, empty, esc, figures, page, para, se
 from diffmine.report.page import figure as kit_figure
 from diffmine.report.pictures import display_heatmap, overlay, safe_name
 from diffmine.core.files import write_text
+from diffmine.core.images import from_tensor_array
 
 TRUE, PRED = (0, 230, 0), (255, 40, 40)
 SCALE = 4  # 64 px images are drawn at 256 px
@@ -72,7 +73,7 @@ def write_report(out: Path, metrics: dict, rows: list[dict], records, images: np
         ranked = sorted((r for r in rows if r["finding"] == finding), key=lambda r: -np.nan_to_num(r["auc_pr"], nan=-1))
         figs = []
         for r in ranked[:show or None]:
-            image = np.round((images[index[r["image_id"]]].transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            image = from_tensor_array(images[index[r["image_id"]]])
             maps = [(store.map(r["image_id"], finding, res), r["pred_box"])]
             if base:
                 maps.append((base_store.map(r["image_id"], finding, res), r["base_pred_box"]))

@@ -32,7 +32,8 @@ from diffmine.apps.translate.config import TranslateConfig
 from diffmine.core.models import model_labels, resolve_model
 from typicality.fingerprints import model_fingerprint
 from diffmine.apps.translate.outputs import grid_file, labeled_row, translation_file, write_csv, write_index
-from diffmine.report.pictures import save_png, to_uint8
+from diffmine.core.images import from_tensor_array
+from diffmine.report.pictures import save_png
 
 from diffmine.core.handoffs import TRANSLATIONS_META as META
 
@@ -135,7 +136,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                 for t, img in zip(tg, imgs):
                     path = out / translation_file(r.image_id, t)
                     if not path.is_file():  # a finished file is left as it is
-                        save_png(path, to_uint8(img))
+                        save_png(path, from_tensor_array(img))
                 bar.update(len(tg))
         bar.close()
 
@@ -148,7 +149,7 @@ def run_translate(config: TranslateConfig, progress: bool = True) -> Path:
                 _, src = dataset.load_arrays(res, [r])
             except DataError:
                 continue
-            tiles = [to_uint8(src[0])] + [np.asarray(_read_png(f)) for f in files]
+            tiles = [from_tensor_array(src[0])] + [np.asarray(_read_png(f)) for f in files]
             caps = [f"source: {r.labels[0]}"] + [f"to {t}" for t in targets[r.image_id]]
             save_png(out / grid_file(r.image_id), labeled_row(tiles, caps))
         rt.wait()
