@@ -69,6 +69,15 @@ BENCHMARKS = [
      "PatchCore on raw 16 px pixel patches and PyOD on 64 x 64 pixels, same images; pixel AUROC and PRO over "
      "the good and local-defect images. Intervals by bootstrap over images.",
      "python -m benchmarks.anomaly_transfer --threads 1"),
+    ("anomaly_sources", "Anomaly detection: why `patches` finds or misses a defect, feature source by depth",
+     "A diagnosis, no setting chosen: one PatchCore (10 % greedy coreset, exact search, unpooled cells) over "
+     "each feature source of the tiny base (the VAE encoder after each down block and its mid block, the "
+     "UNet's DIFT up blocks, raw 8 and 16 px pixel patches) and the shipped detector (tiles side by side and "
+     "every 32 px), on the choice's generator (`defects-128`) and on defect families drawn with a "
+     "diagnosis-only seed (77). Image AUROC per group for the maximum (`max_`) and top-k-or-mean "
+     "(`or-mean_`) image scores, pixel AUROC over good and local-defect images (`pixel_local`). Intervals by "
+     "bootstrap over images.",
+     "python -m benchmarks.anomaly_sources --threads 1"),
     ("anomaly_classify_towns", "Classification and the label audit on towns",
      "The shipped model classifies the 160 held-out towns images; 8 of them carry another town's label. "
      "Accuracy, audit precision and recall with Clopper-Pearson intervals.",
