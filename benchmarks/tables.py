@@ -115,6 +115,12 @@ BENCHMARKS = [
      "images of 4 labels, timed by phase; held-out pointing game and pixel AUROC per label (percentile "
      "bootstrap over 100 held-out images). Targets >= 0.9 per label, <= 30 min.",
      "python benchmarks/planted_elements.py --seed 1011 --recipe --threads 2 --protocol benchmarks/protocols/planted.json"),
+    ("label_use", "Does a finetuned model use its labels on images it never saw?",
+     "A diagnosis of typicality: per image of the training folder and of a held-out one (12 per label), at "
+     "t = 0.2 / 0.4 / 0.6 of T, the own label's gain over the null prompt (% of the null error) and whether "
+     "the own label gives the lowest error of all (`own_lowest`), with bootstrap intervals over images. The "
+     "latest run is shown; the file holds one run per model (the shipped towns model, the planted models).",
+     "python benchmarks/label_use.py --model MODEL --train DATA/train --heldout DATA/test"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
