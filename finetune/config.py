@@ -61,6 +61,8 @@ class TrainConfig(RuntimeSettings):
     max_minutes: float | None = option(None, "stop (with a checkpoint) after this many minutes")
     random_crop: bool = option(False, "augment with random crops (images decoded 1/8 larger, a random window "
                                "per sample)", source="docs/method.md §1")
+    random_flip: bool = option(False, "augment with horizontal flips (each image's mirror encoded once beside it; "
+                               "each sample of a step is mirrored with probability 1/2)", resume_key=True)
     adapt_vae: str = option("auto", "train a fast autoencoder on these images before the UNet (which learns its "
                             "latents): 'auto' when a small base's VAE reconstructs them below the guard's floor, "
                             "'always', or 'never'",

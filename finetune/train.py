@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -89,20 +90,25 @@ def _cache(cfg: TrainConfig, data: LabeledImages, decoded, bundle: SDBundle, rt:
     path = Path(cfg.out, "cache", "inputs.pt")
     prompts_t = cfg.prompt_template()
     key = stable_seed([r.image_id for r in data], [r.labels for r in data], resolution, cfg.base, vae_key,
-                      prompts_t.template, prompts_t.null_prompt, str(rt.dtype))
+                      prompts_t.template, prompts_t.null_prompt, str(rt.dtype), cfg.random_flip)
     blob = torch.load(path) if rt.is_main and path.exists() else None
     if rt.is_main and (blob is None or blob["key"] != key):
         _phase(f"encoding {len(data)} images and their prompts once (cached in {path.parent})", progress)
         records, images = decoded(resolution)
         bundle.vae.to(rt.device, rt.dtype)
         bundle.text_encoder.to(rt.device, rt.dtype)
-        latents = torch.cat([bundle.encode_images(torch.from_numpy(images[i:i + 32])).float().cpu()
-                             for i in tqdm(range(0, len(images), 32), desc="encoding latents",
-                                           disable=not progress)])
+        def encode(arrays):
+            return torch.cat([bundle.encode_images(torch.from_numpy(arrays[i:i + 32])).float().cpu()
+                              for i in tqdm(range(0, len(arrays), 32), desc="encoding latents",
+                                            disable=not progress)])
+
+        latents = encode(images)
+        # the mirror's own latents: an encoder is not mirror-symmetric, so flipping latents is not the same
+        mirrored = encode(np.ascontiguousarray(images[..., ::-1])) if cfg.random_flip else None
         prompts = [prompts_t.null_prompt] + sorted({prompts_t.prompt(r.labels) for r in records})
         index = {p: i for i, p in enumerate(prompts)}
         blob = {
-            "key": key, "image_ids": [r.image_id for r in records], "latents": latents,
+            "key": key, "image_ids": [r.image_id for r in records], "latents": latents, "mirrored": mirrored,
             "prompts": prompts, "embeddings": bundle.encode_prompts(prompts).float().cpu(),
             "prompt_index": torch.tensor([index[prompts_t.prompt(r.labels)] for r in records]),
         }
@@ -283,6 +289,7 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime, progress: bool, again: str)
     dev = rt.device
     alphas = sched.alphas_cumprod.to(dev)
     emb, latents_dev = emb.to(dev), latents.to(dev)
+    mirrored_dev = inputs["mirrored"].to(dev) if cfg.random_flip else None
     latent_size = size // factor
     start, losses = time.time(), []
     _phase(f"finetuning the UNet: steps {step} -> {total}, batch {cfg.batch_size}, {size} px", progress)
@@ -291,6 +298,9 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime, progress: bool, again: str)
         idx = _batch(step, cfg, n, rt).to(dev)
         g = torch.Generator().manual_seed(stable_seed(cfg.seed, "step", step, rt.rank))
         z0 = latents_dev[idx]
+        if cfg.random_flip:
+            mirror = (torch.rand(len(idx), generator=g) < 0.5).to(dev)
+            z0 = torch.where(mirror[:, None, None, None], mirrored_dev[idx], z0)
         if cfg.random_crop:
             z0 = _crop_latents(z0, latent_size, g)
         noise = torch.randn(z0.shape, generator=g).to(dev)

@@ -105,3 +105,29 @@ def test_mixed_precision_is_an_alias_of_the_runtimes_dtype(color_dataset, tiny_m
     assert precision_of({"mixed_precision": "no"}) == "fp32"  # a config.json written before --dtype
     with pytest.raises(ConfigError, match="give one of them"):
         _cfg(tmp_path, tmp_path / "m", mixed_precision="bf16", dtype="fp32").validate()
+
+
+def test_random_flip_trains_on_each_images_own_mirror_and_resumes_exactly(color_dataset, tiny_model_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffmine.core.images import to_tensor_array
+    from diffmine.core.models import load_bundle
+
+    base = str(tiny_model_dir)
+    whole, split, plain = tmp_path / "whole", tmp_path / "split", tmp_path / "plain"
+    train(_cfg(color_dataset, whole, base=base, max_steps=6, random_flip=True), progress=False)
+    train(_cfg(color_dataset, split, base=base, max_steps=3, random_flip=True))
+    train(_cfg(color_dataset, split, base=base, max_steps=6, random_flip=True, resume=True), progress=False)
+    a, b = _unet_weights(whole), _unet_weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the flips are drawn from the step's seed: resumable
+    train(_cfg(color_dataset, plain, base=base, max_steps=6), progress=False)
+    assert not all(torch.equal(a[k], v) for k, v in _unet_weights(plain).items())
+    # the cache holds the latents of each image's mirror, encoded (an encoder is not mirror-symmetric)
+    blob = torch.load(whole / "cache" / "inputs.pt")
+    pixels = np.stack([to_tensor_array(Image.open(color_dataset / f"{i}.png").convert("RGB")) for i in blob["image_ids"]])
+    with torch.no_grad():
+        mirrored = load_bundle(base).encode_images(torch.from_numpy(np.ascontiguousarray(pixels[..., ::-1])))
+    assert blob["mirrored"].shape == blob["latents"].shape
+    torch.testing.assert_close(blob["mirrored"], mirrored.float(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(blob["mirrored"], blob["latents"].flip(-1), atol=1e-3)
