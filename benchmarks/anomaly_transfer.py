@@ -82,8 +82,7 @@ def select_cell(args, size: int, features: dict) -> list[dict]:
     fit_s, out = time.perf_counter() - t0, []
     for image_score in IMAGE_SCORES:  # the same fit, another way of reading its patch distances
         t0 = time.perf_counter()
-        det.set_params(image_score=image_score)
-        det.__dict__.pop("_memo", None)  # scores remembered for these images were the other image score's
+        det.set_params(image_score=image_score)  # drops the scores remembered for these images
         scores, maps = det.decision_function(paths), det.anomaly_maps(paths)
         groups = {g: group_auroc(rows, scores, g) for g in GROUPS}
         out.append({**features, "image_score": image_score, **groups,

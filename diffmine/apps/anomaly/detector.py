@@ -296,6 +296,12 @@ class DiffusionDetector(BaseDetector):
         self.remember(inp, scores, maps)
         return scores, maps
 
+    def set_params(self, **params):
+        """scikit-learn's set_params; scores remembered for the last images are dropped (another image score
+        or setting reads the same patches differently)."""
+        self.__dict__.pop("_memo", None)
+        return super().set_params(**params)
+
     def remember(self, inp: ImageInput, scores: np.ndarray, maps: torch.Tensor) -> None:
         """Keep (scores, maps) of `inp`: decision_function, predict_proba, anomaly_maps reuse them."""
         self._memo = (inp.digest(), scores, maps)
