@@ -67,13 +67,14 @@ def contrast_summary(rows: list[dict], digits: int) -> dict:
     """The baseline's pointing game and pixel AUROC over `rows` (each with "pointing", "pixel_auroc" and the
     baseline's "contrast_pointing", "contrast_pixel_auroc" for one item), and ours minus it, paired by item;
     each with its percentile-bootstrap interval."""
-    from benchmarks.planted_elements import interval
+    from benchmarks.records import mean_interval
 
     out = {}
     for figure, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
         base = np.array([r[f"contrast_{figure}"] for r in rows], np.float64)
         diff = np.array([r[figure] for r in rows], np.float64) - base
-        out[f"contrast_{name}"], out[f"contrast_{name}_ci"] = round(float(base.mean()), digits), interval(base)
+        out[f"contrast_{name}"] = round(float(base.mean()), digits)
+        out[f"contrast_{name}_ci"] = mean_interval(base, 3)
         out[f"{name}_minus_contrast"] = round(float(diff.mean()), digits)
-        out[f"{name}_minus_contrast_ci"] = interval(diff)  # paired: the same items
+        out[f"{name}_minus_contrast_ci"] = mean_interval(diff, 3)  # paired: the same items
     return out

@@ -27,14 +27,6 @@ sys.path.insert(0, str(ROOT))
 T_FRACTIONS = (0.2, 0.4, 0.6)
 
 
-def interval(values) -> list[float]:
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((np.asarray(values, np.float64),), np.mean, confidence_level=0.95, n_resamples=2000,
-                   method="percentile", random_state=np.random.default_rng(0)).confidence_interval
-    return [round(float(ci.low), 4), round(float(ci.high), 4)]
-
-
 @torch.no_grad()
 def label_errors(bundle, prompts, labels: list[str], folder: str, per_label: int, seed: int = 0) -> list[dict]:
     """Per image of `folder`: its label, and per t its null error, own-label gain and own_lowest."""
@@ -66,7 +58,7 @@ def label_errors(bundle, prompts, labels: list[str], folder: str, per_label: int
 
 
 def main(argv=None) -> dict:
-    from benchmarks.records import save_run
+    from benchmarks.records import mean_interval, save_run
     from diffmine.core.models import load_bundle, model_labels
     from diffmine.core.prompts import PromptTemplate
 
@@ -90,7 +82,7 @@ def main(argv=None) -> dict:
             for key in ("gain_pct", "own_lowest"):
                 vals = [r[f"{key}_t{frac}"] for r in rows]
                 summary[f"{split}_{key}_t{frac}"] = round(float(np.mean(vals)), 4)
-                summary[f"{split}_{key}_t{frac}_ci"] = interval(vals)
+                summary[f"{split}_{key}_t{frac}_ci"] = mean_interval(vals, 4)
             summary[f"{split}_null_err_t{frac}"] = round(float(np.mean([r[f"null_err_t{frac}"] for r in rows])), 5)
     save_run("label_use", summary, items, protocol=vars(args))
     print(json.dumps(summary))

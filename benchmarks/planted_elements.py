@@ -38,15 +38,6 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def interval(values, seed: int = 0) -> list[float]:
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, np.float64)
-    ci = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                   random_state=np.random.default_rng(seed)).confidence_interval
-    return [round(float(ci.low), 3), round(float(ci.high), 3)]
-
-
 def main(argv=None) -> dict:
     import torch
 
@@ -60,7 +51,7 @@ def main(argv=None) -> dict:
     from typicality.store import TypicalityStore
 
     from benchmarks.label_contrast import contrast_summary, label_contrast_maps
-    from benchmarks.records import protocol_argument, save_run
+    from benchmarks.records import mean_interval, protocol_argument, save_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="tiny")
@@ -125,19 +116,19 @@ def main(argv=None) -> dict:
                      "label_gain_pct": float(100 * store.latent_map(r.image_id, label).mean() / np.mean(err_null)),
                      "pixel_auroc": auroc(tmap, mask), "contrast_pointing": float(pointing_hit(bmap, mask)),
                      "contrast_pixel_auroc": auroc(bmap, mask)})
-    summary = {"pointing_game": round(float(np.mean([x["pointing"] for x in rows])), 3),
-               "pointing_game_ci": interval([x["pointing"] for x in rows]),
-               "pixel_auroc": round(float(np.mean([x["pixel_auroc"] for x in rows])), 3),
-               "pixel_auroc_ci": interval([x["pixel_auroc"] for x in rows])}
+    summary = {"pointing_game": round(float(np.mean([x["pointing"] for x in rows]), 3), 3),
+               "pointing_game_ci": mean_interval([x["pointing"] for x in rows], 3),
+               "pixel_auroc": round(float(np.mean([x["pixel_auroc"] for x in rows]), 3), 3),
+               "pixel_auroc_ci": mean_interval([x["pixel_auroc"] for x in rows], 3)}
     summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
-    summary.update(label_gain_pct=round(float(np.mean([x["label_gain_pct"] for x in rows])), 3),
-                   label_gain_pct_ci=interval([x["label_gain_pct"] for x in rows]))
+    summary.update(label_gain_pct=round(float(np.mean([x["label_gain_pct"] for x in rows]), 3), 3),
+                   label_gain_pct_ci=mean_interval([x["label_gain_pct"] for x in rows], 3))
     for lab in LABELS:
         sub = [x for x in rows if x["label"] == lab]
         summary[f"{lab}_pointing_game"] = round(float(np.mean([x["pointing"] for x in sub])), 3)
-        summary[f"{lab}_pointing_game_ci"] = interval([x["pointing"] for x in sub])
+        summary[f"{lab}_pointing_game_ci"] = mean_interval([x["pointing"] for x in sub], 3)
         summary[f"{lab}_pixel_auroc"] = round(float(np.mean([x["pixel_auroc"] for x in sub])), 3)
-        summary[f"{lab}_pixel_auroc_ci"] = interval([x["pixel_auroc"] for x in sub])
+        summary[f"{lab}_pixel_auroc_ci"] = mean_interval([x["pixel_auroc"] for x in sub], 3)
     info = json.loads((model / "diffmine_train.json").read_text())
     summary.update(phases)
     summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
@@ -146,8 +137,9 @@ def main(argv=None) -> dict:
                    draws=args.draws, t_range=args.t_range, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
-    save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc", "label_gain_pct",
-                                                              "contrast_pointing", "contrast_pixel_auroc")}
+    save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc",
+                                                              "label_gain_pct", "contrast_pointing",
+                                                              "contrast_pixel_auroc")}
                                            for x in rows], protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps(summary))
     return summary

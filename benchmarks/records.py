@@ -80,6 +80,16 @@ def protocol_argument(parser) -> None:
                              "command sets the data seed; the record names the file and its commit)")
 
 
+def mean_interval(values, digits: int, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of `values` (2000 resamples), rounded to `digits`."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ci = bootstrap((np.asarray(values, np.float64),), np.mean, confidence_level=0.95, n_resamples=2000,
+                   method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return [round(float(ci.low), digits), round(float(ci.high), digits)]
+
+
 def previous_runs(name: str) -> list[dict]:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else []

@@ -101,8 +101,7 @@ def make_autoencoder(design: dict):
 def main(argv=None) -> dict:
     import torch
 
-    from benchmarks.records import protocol_argument, save_run
-    from benchmarks.vae_reconstruction import interval
+    from benchmarks.records import mean_interval, protocol_argument, save_run
     from diffmine.core.reconstruction import psnr_db, reconstruct
     from finetune import vae_adapt
     from finetune.config import ADAPT_VAE_STEPS
@@ -152,7 +151,7 @@ def main(argv=None) -> dict:
             psnr = clock["psnr"]
             key = f"{design['name']}_{domain}"
             summary[f"psnr_{key}_db"] = round(float(psnr.mean()), 2)
-            summary[f"psnr_{key}_db_ci"] = interval(psnr)
+            summary[f"psnr_{key}_db_ci"] = mean_interval(psnr, 2)
             summary[f"train_s_{key}"] = curves[-1]["train_s"]
             rows += [{"design": design["name"], "domain": domain, "image_id": i, "psnr_db": round(float(v), 3)}
                      for i, v in zip(ids, psnr)]

@@ -43,16 +43,6 @@ def load_vae(model: str, checkpoint: str | None):
     return vae.eval(), f"{checkpoint} (VAE step {state['step']})"
 
 
-def interval(values: np.ndarray, seed: int = 0) -> list[float]:
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                   random_state=np.random.default_rng(seed)).confidence_interval
-    return [round(float(ci.low), 2), round(float(ci.high), 2)]
-
-
-
-
 def main(argv=None) -> dict:
     import torch
     from tqdm.auto import tqdm
@@ -76,12 +66,12 @@ def main(argv=None) -> dict:
         psnr = psnr_db(images, recon)
         rows += [{"domain": domain, "image_id": i, "psnr_db": round(float(v), 3)} for i, v in zip(ids, psnr)]
         summary[f"psnr_{domain}_db"] = round(float(psnr.mean()), 2)
-        summary[f"psnr_{domain}_db_ci"] = interval(psnr)
+        summary[f"psnr_{domain}_db_ci"] = mean_interval(psnr, 2)
         summary[f"smallest_kept_{domain}_px"] = smallest_kept_px(images, recon)
     summary["domains_at_target"] = sum(summary[f"psnr_{d}_db_ci"][0] >= TARGET_DB for d in HELDOUT_DOMAINS)
     summary.update(target_db=TARGET_DB, n_per_domain=args.n, size=args.size, model=name)
 
-    from benchmarks.records import save_run
+    from benchmarks.records import mean_interval, save_run
 
     save_run("vae_reconstruction", summary, rows, protocol={"n": args.n, "size": args.size, "model": name})
     print("| domain | PSNR dB | 95 % CI | smallest kept px |\n|---|---|---|---|")

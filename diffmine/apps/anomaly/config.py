@@ -73,10 +73,10 @@ class AnomalyFitConfig(RuntimeSettings):
                               "its own feature components)")
     top_k: int = option(1, "patches: the image score is the mean of its top-k patch scores (1: the maximum, "
                         "as PatchCore)")
-    image_score: str = option("top-k-or-mean", "patches: the image score: the mean of its top-k patch scores (top-k), or "
-                              "the larger of that and the mean of all its patch scores, each in standard "
-                              "deviations of the normal images' (top-k-or-mean: a texture changed over the "
-                              "whole image moves every patch a little and none much)", choices=IMAGE_SCORES)
+    image_score: str = option("top-k-or-mean", "patches: the image score: the mean of its top-k patch scores "
+                              "(top-k), or the larger of that and the mean of all its patch scores, each in "
+                              "standard deviations of the normal images' (top-k-or-mean: a texture changed over "
+                              "the whole image moves every patch a little and none much)", choices=IMAGE_SCORES)
     coreset: str = option("greedy", "patches: how the memory bank is subsampled (greedy k-center, as "
                           "PatchCore, or random)", choices=CORESETS)
     coreset_ratio: float = option(0.1, "patches: share of the normal patches the memory bank keeps "

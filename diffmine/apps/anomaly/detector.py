@@ -37,8 +37,8 @@ where `IForest()` was. Score kinds (higher = more anomalous, each the spatial me
   exact scan (`"exact"`); the image score is the mean of its `top_k` highest (1: the maximum, as
   PatchCore) or, with `image_score="top-k-or-mean"`, the larger of that and the mean of all its patch
   scores, each standardised by the normal images' (a global change of the texture moves every patch a
-  little, the maximum hardly: patches.image_scores); the map is the patch scores upsampled per tile and averaged where tiles overlap, at the
-  image's own size. A training
+  little, the maximum hardly: patches.local_or_global); the map is the patch scores upsampled per tile
+  and averaged where tiles overlap, at the image's own size. A training
   image's score leaves its own patches out of the bank (not 0 for itself). The defaults were chosen
   on the training and validation splits of diffmine.datasets.defects (benchmarks/anomaly_defects.py
   repeats the choice of features, pooling, stride and top-k on its validation split;
@@ -112,10 +112,9 @@ class DiffusionDetector(BaseDetector):
                  seed=_D["seed"], work_dir=None, progress=False, n_neighbors=_D["n_neighbors"], device=_D["device"],
                  dtype=_D["dtype"], tile_stride=_D["tile_stride"], patch_features=_D["patch_features"],
                  patch_size=_D["patch_size"], patch_pool=_D["patch_pool"], patch_block=_D["patch_block"],
-                 patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"], image_score=_D["image_score"],
-                 coreset=_D["coreset"],
-                 coreset_ratio=_D["coreset_ratio"], bank_size=_D["bank_size"],
-                 bank_search=_D["bank_search"]):
+                 patch_t=_D["patch_t"], patch_draws=_D["patch_draws"], top_k=_D["top_k"],
+                 image_score=_D["image_score"], coreset=_D["coreset"], coreset_ratio=_D["coreset_ratio"],
+                 bank_size=_D["bank_size"], bank_search=_D["bank_search"]):
         self.model = model
         self.base = base
         self.score = score
