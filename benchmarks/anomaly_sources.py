@@ -1,6 +1,6 @@
 """Why `patches` finds or misses a defect: one PatchCore over each feature source of the tiny base, depth by depth.
 
-    OMP_NUM_THREADS=2 python -m benchmarks.anomaly_sources --threads 2 [--seed 77] [--cells ...]
+    OMP_NUM_THREADS=2 python -m benchmarks.anomaly_sources --threads 2 [--seed 77] [--cells ...] [--sources ...]
 
 A diagnosis, not a choice: nothing here sets a default (benchmarks/anomaly_transfer.py chooses, on
 diffmine.datasets.defects only). Feature sources, each a per-cell map of the detector's 64 px tiles
@@ -11,6 +11,9 @@ diffmine.datasets.defects only). Feature sources, each a per-cell map of the det
     dift-up0/1/2    the UNet's up blocks at t = 161, the null prompt, 2 draws: `dift` with --patch-block
     pixels-8/16     raw 8 / 16 px RGB squares, one every half square: `pixels` with --patch-size
     vae+pixels      the shipped default (the detector itself), and vae+pixels@32 its tiles every 32 px
+    vae-adapted, vae+pixels-adapted   `vae` and the detector with the base's VAE replaced by the fast
+                    autoencoder `finetune --adapt-vae` trains, trained here on the cell's normal tiles
+                    (finetune.vae_adapt.adapt: 3000 steps, as the finetuner; once per cell, timed apart)
 
 Every source but the detector's own rows runs the same PatchCore here: learned cells L2-normalised
 (pixels not), unpooled; a bank of 10 % of the normal cells (at most 16384) by greedy k-center
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,7 +52,8 @@ TILE = 64
 CELLS = ("defects-128", "twill-64", "mesh-64", "twill-256")
 SOURCES = ("vae-down0", "vae-down1", "vae-down2", "vae", "dift-up0", "dift-up1", "dift-up2", "pixels-8",
            "pixels-16", "vae+pixels", "vae+pixels@32")
-DETECTOR_ROWS = {"vae+pixels": {}, "vae+pixels@32": {"tile_stride": 32}}  # the detector itself
+ADAPTED = ("vae-adapted", "vae+pixels-adapted")  # not in the default run: each cell trains an autoencoder first
+DETECTOR_ROWS = {"vae+pixels": {}, "vae+pixels@32": {"tile_stride": 32}, "vae+pixels-adapted": {}}  # the detector
 BOOT = 500
 
 
@@ -61,7 +66,7 @@ def load_cell(name: str, seed: int) -> dict:
                           for p in sorted((data / "train" / "images").rglob("*.png"))])
         rows = read_split(data / "val")
         test = np.stack([np.asarray(Image.open(data / "val" / r["file_name"]).convert("RGB")) for r in rows])
-        return {"train": train, "test": test, "masks": np.stack([r["mask"] for r in rows]),
+        return {"name": name, "train": train, "test": test, "masks": np.stack([r["mask"] for r in rows]),
                 "label": np.array([r["label"] for r in rows]),
                 "group": np.array([defect_group(r["label"]) or "" for r in rows])}
     texture, size = name.split("-")
@@ -72,7 +77,7 @@ def load_cell(name: str, seed: int) -> dict:
     parts = [fam.sample(texture, lb, size, 24 if lb == GOOD else 12, seed, start=n_train if lb == GOOD else 0)
              for lb in labels]
     label = np.concatenate([[lb] * len(p[0]) for lb, p in zip(labels, parts)])
-    return {"train": train, "test": np.concatenate([p[0] for p in parts]),
+    return {"name": name, "train": train, "test": np.concatenate([p[0] for p in parts]),
             "masks": np.concatenate([p[1] for p in parts]), "label": label,
             "group": np.array([fam.group(lb) or "" for lb in label])}
 
@@ -104,6 +109,28 @@ class SourceFeatures:
         return patch_vectors(self.dift(tiles, [self.null] * len(tiles)), 1)
 
 
+def adapted_model(cell: dict, work: Path, steps: int) -> tuple[Path, float]:
+    """(the tiny base's folder with its VAE replaced by a fast autoencoder trained on the cell's normal
+    tiles, as `finetune --adapt-vae` trains one; the training's seconds). The UNet gets input and output
+    layers of the new width (unused by VAE features)."""
+    import shutil
+
+    from diffmine.core.models import load_bundle, resolve_model
+    from finetune import vae_adapt
+
+    tiles = np.concatenate([cut_tiles(Image.fromarray(a), TILE, TILE) for a in cell["train"]])
+    bundle = load_bundle("tiny")
+    key = ("anomaly-sources", cell["name"], len(tiles), steps, vae_adapt.DESIGN)
+    vae, seconds = vae_adapt.adapt(vae_adapt.starting_autoencoder(bundle.vae, 0), torch.from_numpy(tiles),
+                                   work / "cache", key, steps, 0, progress=False)
+    folder = work / f"model-{cell['name']}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(resolve_model("tiny"), folder, ignore=shutil.ignore_patterns("vae", "unet"))
+    vae.save_pretrained(folder / "vae")
+    vae_adapt.fit_unet(bundle.unet, vae.config.latent_channels, 0).save_pretrained(folder / "unet")
+    return folder, seconds
+
+
 def patchcore(cell: dict, features: SourceFeatures) -> tuple[dict, np.ndarray]:
     """({"max": scores, "or-mean": scores}, maps (n, S, S)) of the cell's test images."""
     size = cell["train"].shape[1]
@@ -133,9 +160,9 @@ def patchcore(cell: dict, features: SourceFeatures) -> tuple[dict, np.ndarray]:
     return {k: np.array(s) for k, s in scores.items()}, np.stack(maps)
 
 
-def detector_rows(cell: dict, settings: dict) -> tuple[dict, np.ndarray]:
+def detector_rows(cell: dict, settings: dict, model="tiny") -> tuple[dict, np.ndarray]:
     """The shipped detector fitted once, its test images read with either image score (the maps are the same)."""
-    det = DiffusionDetector(model="tiny", score="patches", **settings).fit(cell["train"])
+    det = DiffusionDetector(model=str(model), score="patches", **settings).fit(cell["train"])
     out = {name: det.set_params(image_score=image_score).decision_function(cell["test"])
            for name, image_score in (("max", "top-k"), ("or-mean", "top-k-or-mean"))}
     return out, np.asarray(det.anomaly_maps(cell["test"]))
@@ -157,12 +184,15 @@ def summarise(cell: dict, scores: dict, maps: np.ndarray) -> dict:
 
 def main(argv=None) -> None:
     from benchmarks.records import save_run
+    from finetune.config import ADAPT_VAE_STEPS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=77, help="the families' seed (a diagnosis-only seed)")
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
-    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES + ADAPTED)
+    ap.add_argument("--adapt-steps", type=int, default=ADAPT_VAE_STEPS, help="the autoencoder's steps (the finetuner's)")
+    ap.add_argument("--work", default="/tmp/diffmine-bench/sources-adapted", help="the adapted autoencoders' cache")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from diffmine.core.models import load_bundle
@@ -172,10 +202,17 @@ def main(argv=None) -> None:
     for name in args.cells:
         cell = load_cell(name, args.seed)
         report[name] = {}
+        adapted = None
         for source in args.sources:
+            if source.endswith("-adapted") and adapted is None:
+                adapted = adapted_model(cell, Path(args.work), args.adapt_steps)
+                report[name]["adapt_seconds"] = round(adapted[1], 1)
+                adapted = load_bundle(str(adapted[0])).eval(), adapted[0]
             t0 = time.perf_counter()
-            scores, maps = (detector_rows(cell, DETECTOR_ROWS[source]) if source in DETECTOR_ROWS
-                            else patchcore(cell, SourceFeatures(source, bundle)))
+            base, model = (adapted if source.endswith("-adapted") else (bundle, "tiny"))
+            source_name = source.removesuffix("-adapted")
+            scores, maps = (detector_rows(cell, DETECTOR_ROWS[source], model) if source in DETECTOR_ROWS
+                            else patchcore(cell, SourceFeatures(source_name, base)))
             report[name][source] = {**summarise(cell, scores, maps), "seconds": round(time.perf_counter() - t0, 1)}
             print(name, source, json.dumps({k: (v["value"] if isinstance(v, dict) else v)
                                             for k, v in report[name][source].items()}), flush=True)

@@ -121,11 +121,21 @@ BENCHMARKS = [
      "the own label gives the lowest error of all (`own_lowest`), with bootstrap intervals over images. The "
      "latest run is shown; the file holds one run per model (the shipped towns model, the planted models).",
      "python benchmarks/label_use.py --model MODEL --train DATA/train --heldout DATA/test"),
+    ("label_learning", "When does finetuning teach the small model its labels?",
+     "Learning curves of the diagnosis above: the planted images (100 or 1,000 training images per label, 25 "
+     "held-out per label) finetuned with the laptop recipe (the VAE adaptation included) and the settings "
+     "shown, stopped at each step; per point, own-label read-back (chance 0.25) and the own label's gain "
+     "over the null prompt (% of the null error) at t = 0.4 T on 100 training and 100 held-out images, "
+     "bootstrap intervals over images. Every run is a row (oldest first).",
+     "python benchmarks/label_learning.py --n-train 100 --finetune JSON"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
 META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine", "dirty",
              "protocol_file", "protocol_commit", "confirmation"}
+# benchmarks whose every run is a point of a curve: a row per run, these figures as columns
+CURVES = {"label_learning": ("n_train", "finetune", "step", "train_own_lowest_t0.4", "heldout_own_lowest_t0.4",
+                             "train_gain_pct_t0.4", "heldout_gain_pct_t0.4", "unet_minutes")}
 DIRTY = "\u2020"  # a dagger beside a commit: the record was made from a tree with uncommitted changes
 DIRTY_NOTE = (f"{DIRTY} made from a tree with uncommitted changes to tracked files: the commit alone may not "
               "reproduce it.")
@@ -280,7 +290,18 @@ def section(name: str, title: str, what: str, command: str) -> list[str]:
         lines.append("- protocol: `" + json.dumps(last["protocol"]) + "`")
     if is_dirty(last):
         lines.append(f"- {DIRTY_NOTE}")
-    return lines + [""] + table(summary) + [""]
+    return lines + [""] + (curve_table(runs, CURVES[name]) if name in CURVES else table(summary)) + [""]
+
+
+def curve_table(runs: list[dict], columns: tuple[str, ...]) -> list[str]:
+    """A row per run: `columns` of its summary (a value with its interval where the run has one)."""
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for run in runs:
+        summary = run.get("summary") or run
+        cells = [json.dumps(v, sort_keys=True) if isinstance(v := summary.get(c), dict) else _cell(v, summary.get(f"{c}_ci"))
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def runs_of(name: str) -> list[dict]:
