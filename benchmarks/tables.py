@@ -75,8 +75,9 @@ BENCHMARKS = [
      "UNet's DIFT up blocks, raw 8 and 16 px pixel patches) and the shipped detector (tiles side by side and "
      "every 32 px), on the choice's generator (`defects-128`) and on defect families drawn with a "
      "diagnosis-only seed (77). Image AUROC per group for the maximum (`max_`) and top-k-or-mean "
-     "(`or-mean_`) image scores, pixel AUROC over good and local-defect images (`pixel_local`). Intervals by "
-     "bootstrap over images.",
+     "(`or-mean_`) image scores, pixel AUROC over good and local-defect images (`pixel_local`). `-adapted`: "
+     "the same with the base's VAE replaced by the fast autoencoder `finetune --adapt-vae` trains, fitted on "
+     "each cell's normal tiles (`adapt_seconds`: its 3000 steps). Intervals by bootstrap over images.",
      "python -m benchmarks.anomaly_sources --threads 1"),
     ("anomaly_classify_towns", "Classification and the label audit on towns",
      "The shipped model classifies the 160 held-out towns images; 8 of them carry another town's label. "

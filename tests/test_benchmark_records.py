@@ -149,6 +149,16 @@ def test_headline_rules():
             _met(275.2, None, 600, "<"), _met(1, None, None, None)] == ["yes", "**no**", "not established", "yes", ""]
 
 
+def test_a_curve_benchmark_shows_every_run_as_a_row():
+    from benchmarks.tables import curve_table
+
+    runs = [{"summary": {"step": 500, "finetune": {}, "acc": 0.25, "acc_ci": [0.2, 0.3]}},
+            {"summary": {"step": 1000, "finetune": {"lr": 0.0005}, "acc": 0.5}}]
+    assert curve_table(runs, ("step", "finetune", "acc")) == [
+        "| step | finetune | acc |", "|---|---|---|", "| 500 | {} | 0.25 [0.2, 0.3] |",
+        '| 1000 | {"lr": 0.0005} | 0.5 |']
+
+
 def test_dirty_records_are_marked_in_the_tables():
     from benchmarks import tables
 
