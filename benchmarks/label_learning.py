@@ -24,7 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> list[dict]:
-    from benchmarks.label_use import T_FRACTIONS, label_errors
-    from benchmarks.records import mean_interval, save_run
+    from benchmarks.label_use import folder_figures
+    from benchmarks.records import save_run
     from diffmine.core.models import load_bundle
     from diffmine.core.prompts import PromptTemplate
     from diffmine.datasets.planted import LABELS, generate_planted
@@ -60,18 +59,14 @@ def main(argv=None) -> list[dict]:
         train(TrainConfig(data=str(data / "train"), out=str(model), base="tiny", max_steps=steps,
                           resume=model.exists(), samples_per_label=0, checkpoint_every=min(args.steps),
                           **overrides))
+        trained = json.loads((model / "diffmine_train.json").read_text())["steps"]
+        if trained != steps:  # a folder left by a longer run: this point of the curve is gone
+            raise SystemExit(f"{model}: already trained to step {trained}, past {steps}; give another --work")
         bundle = load_bundle(str(model)).eval()
         prompts = PromptTemplate.load(str(model))
-        summary = {"n_train": args.n_train, "finetune": overrides, "step": steps, "seed": args.seed}
-        items = []
-        for split, folder in (("train", data / "train"), ("heldout", data / "test")):
-            rows = label_errors(bundle, prompts, labels, str(folder), args.per_label)
-            items += [{"split": split, **r} for r in rows]
-            for frac in T_FRACTIONS:
-                for key in ("own_lowest", "gain_pct"):
-                    vals = [r[f"{key}_t{frac}"] for r in rows]
-                    summary[f"{split}_{key}_t{frac}"] = round(float(np.mean(vals)), 4)
-                    summary[f"{split}_{key}_t{frac}_ci"] = mean_interval(vals, 4)
+        figures, items = folder_figures(bundle, prompts, labels, {"train": data / "train", "heldout": data / "test"},
+                                        args.per_label)
+        summary = {"n_train": args.n_train, "finetune": overrides, "step": steps, "seed": args.seed, **figures}
         info = json.loads((model / "diffmine_train.json").read_text())
         summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                        unet_minutes=round(info["train_seconds"] / 60, 1))

@@ -57,8 +57,26 @@ def label_errors(bundle, prompts, labels: list[str], folder: str, per_label: int
     return rows
 
 
+def folder_figures(bundle, prompts, labels: list[str], folders: dict, per_label: int) -> tuple[dict, list[dict]]:
+    """({"<split>_<figure>_t<frac>": mean, ..._ci: its interval, "<split>_null_err_t<frac>"}, per-image rows)
+    of label_errors on each folder of `folders` (split name -> folder)."""
+    from benchmarks.records import mean_interval
+
+    summary, items = {}, []
+    for split, folder in folders.items():
+        rows = label_errors(bundle, prompts, labels, str(folder), per_label)
+        items += [{"split": split, **r} for r in rows]
+        for frac in T_FRACTIONS:
+            for key in ("gain_pct", "own_lowest"):
+                vals = [r[f"{key}_t{frac}"] for r in rows]
+                summary[f"{split}_{key}_t{frac}"] = round(float(np.mean(vals)), 4)
+                summary[f"{split}_{key}_t{frac}_ci"] = mean_interval(vals, 4)
+            summary[f"{split}_null_err_t{frac}"] = round(float(np.mean([r[f"null_err_t{frac}"] for r in rows])), 5)
+    return summary, items
+
+
 def main(argv=None) -> dict:
-    from benchmarks.records import mean_interval, save_run
+    from benchmarks.records import save_run
     from diffmine.core.models import load_bundle, model_labels
     from diffmine.core.prompts import PromptTemplate
 
@@ -74,16 +92,9 @@ def main(argv=None) -> dict:
     bundle = load_bundle(args.model).eval()
     prompts = PromptTemplate.load(args.model)
     labels = sorted(model_labels(args.model) or [])
-    summary, items = {"model": args.name or Path(args.model).name, "labels": labels}, []
-    for split, folder in (("train", args.train), ("heldout", args.heldout)):
-        rows = label_errors(bundle, prompts, labels, folder, args.per_label)
-        items += [{"split": split, **r} for r in rows]
-        for frac in T_FRACTIONS:
-            for key in ("gain_pct", "own_lowest"):
-                vals = [r[f"{key}_t{frac}"] for r in rows]
-                summary[f"{split}_{key}_t{frac}"] = round(float(np.mean(vals)), 4)
-                summary[f"{split}_{key}_t{frac}_ci"] = mean_interval(vals, 4)
-            summary[f"{split}_null_err_t{frac}"] = round(float(np.mean([r[f"null_err_t{frac}"] for r in rows])), 5)
+    figures, items = folder_figures(bundle, prompts, labels, {"train": args.train, "heldout": args.heldout},
+                                    args.per_label)
+    summary = {"model": args.name or Path(args.model).name, "labels": labels, **figures}
     save_run("label_use", summary, items, protocol=vars(args))
     print(json.dumps(summary))
     return summary
