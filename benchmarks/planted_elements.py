@@ -1,7 +1,7 @@
 """Does a base let mining find small planted elements? Finetune, typicality, held-out pointing and pixel AUROC.
 
     python benchmarks/planted_elements.py [--base tiny] [--steps 1000] [--draws 16] [--work runs/bench-planted]
-        [--seed N] [--protocol benchmarks/protocols/planted.json] [--recipe] [--finetune JSON]
+        [--seed N] [--protocol benchmarks/protocols/planted.json] [--recipe] [--finetune JSON] [--domain-steps N]
 
 Data: diffmine/datasets/planted.py (4 labels, one small characteristic element each: a thin ring,
 a thin cross, a filled wedge, a filled tile, about a fifth of the side; distractors shared by all
@@ -19,6 +19,11 @@ With --recipe the run follows the README's laptop recipe on train/ (400 images o
 user would: `finetune` (the VAE adaptation included), `typicality` at its default draws and `mine`
 with its defaults, each phase timed (`phase_<name>_s`, `recipe_minutes`); the held-out maps above
 are computed after it and not counted.
+With --domain-steps N the finetuning runs in two stages: first N steps on train/ with the null prompt
+only (`--null-rate 1`: a model of the folder's images that never sees a label, the autoencoder
+adapted as the recipe does), then --steps with the labels from that model (`--base` the first
+stage's folder, the --finetune settings, e.g. {"lora_rank": 4}), so that the labels only have to
+add what tells the labels apart to a model that already denoises these images (phase `domain`).
 Runs appended to results/planted_elements.json, per-image results beside each (benchmarks.records).
 Last line: {"pointing_game", "pointing_game_ci", "pixel_auroc", "pixel_auroc_ci",
 "<label>_pointing_game", ..., "reconstruction_psnr_db", "base"}.
@@ -62,6 +67,8 @@ def main(argv=None) -> dict:
     p.add_argument("--work", default="runs/bench-planted")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the generator's 0)")
+    p.add_argument("--domain-steps", type=int, default=0,
+                   help="first train this many steps without labels (null prompt only), then the labels from there")
     p.add_argument("--recipe", action="store_true", help="also time the README's laptop recipe on train/")
     p.add_argument("--finetune", default=None, metavar="JSON",
                    help='finetune settings over the recipe\'s (e.g. {"lr": 5e-4, "batch_size": 16}); the model '
@@ -75,7 +82,8 @@ def main(argv=None) -> dict:
                             **({} if args.seed is None else {"seed": args.seed}))
     overrides = json.loads(args.finetune) if args.finetune else {}
     tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-    model = work / f"model-{Path(args.base).name}-{args.steps}{tag}"
+    domain_tag = f"-domain{args.domain_steps}" if args.domain_steps else ""
+    model = work / f"model-{Path(args.base).name}{domain_tag}-{args.steps}{tag}"
     phases = {}
 
     def timed(name, fn, *a, **kw):
@@ -85,7 +93,13 @@ def main(argv=None) -> dict:
         print(f"[planted] {name}: {phases[f'phase_{name}_s']} s", flush=True)
         return out
 
-    timed("finetune", train, TrainConfig(data=str(data / "train"), out=str(model), base=args.base,
+    base = args.base
+    if args.domain_steps:  # stage one: the folder's images without labels (its own model folder, resumable)
+        base = str(work / f"domain-{Path(args.base).name}-{args.domain_steps}")
+        timed("domain", train, TrainConfig(data=str(data / "train"), out=base, base=args.base, null_rate=1.0,
+                                           max_steps=args.domain_steps, resume=Path(base).exists(),
+                                           samples_per_label=0))
+    timed("finetune", train, TrainConfig(data=str(data / "train"), out=str(model), base=base,
                                          max_steps=args.steps, resume=model.exists(), samples_per_label=1,
                                          **overrides))
     if args.recipe:  # typicality and mine as the README's laptop recipe runs them: defaults, on the user's folder
@@ -130,10 +144,14 @@ def main(argv=None) -> dict:
         summary[f"{lab}_pixel_auroc"] = round(float(np.mean([x["pixel_auroc"] for x in sub])), 3)
         summary[f"{lab}_pixel_auroc_ci"] = mean_interval([x["pixel_auroc"] for x in sub], 3)
     info = json.loads((model / "diffmine_train.json").read_text())
+    if args.domain_steps:  # the autoencoder was adapted in stage one
+        first = json.loads((Path(base) / "diffmine_train.json").read_text())
+        info.update({k: first.get(k) for k in ("reconstruction_before_adapt_psnr_db", "vae_adapted_steps")})
     summary.update(phases)
     summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                    reconstruction_before_adapt_psnr_db=info.get("reconstruction_before_adapt_psnr_db"),
                    vae_adapted_steps=info.get("vae_adapted_steps"), base=args.base, steps=args.steps,
+                   domain_steps=args.domain_steps,
                    draws=args.draws, t_range=args.t_range, chance_pointing=round(float(np.mean(
                        [(lambda g: g.union(g.characteristic([r.labels[0]])).mean())(record_elements(r, 64, test.root))
                         for r in test])), 3))
