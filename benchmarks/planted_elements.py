@@ -43,6 +43,30 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def summarise(rows: list[dict], labels) -> dict:
+    """Per-image `rows` (pointing, pixel_auroc, label_gain_pct, the baseline's contrast_*) to the run's
+    figures: overall and per label, each mean with its 95 % bootstrap interval over images."""
+    from benchmarks.label_contrast import contrast_summary
+    from benchmarks.records import mean_interval
+
+    def mean(values) -> float:
+        return round(float(np.mean(values)), 3)
+
+    summary = {}
+    for key, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
+        summary[name] = mean([x[key] for x in rows])
+        summary[f"{name}_ci"] = mean_interval([x[key] for x in rows], 3)
+    summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
+    summary.update(label_gain_pct=mean([x["label_gain_pct"] for x in rows]),
+                   label_gain_pct_ci=mean_interval([x["label_gain_pct"] for x in rows], 3))
+    for lab in labels:
+        sub = [x for x in rows if x["label"] == lab]
+        for key, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
+            summary[f"{lab}_{name}"] = mean([x[key] for x in sub])
+            summary[f"{lab}_{name}_ci"] = mean_interval([x[key] for x in sub], 3)
+    return summary
+
+
 def main(argv=None) -> dict:
     import torch
 
@@ -55,8 +79,8 @@ def main(argv=None) -> dict:
     from typicality.engine import run_typicality
     from typicality.store import TypicalityStore
 
-    from benchmarks.label_contrast import contrast_summary, label_contrast_maps
-    from benchmarks.records import mean_interval, protocol_argument, save_run
+    from benchmarks.label_contrast import label_contrast_maps
+    from benchmarks.records import protocol_argument, save_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="tiny")
@@ -130,19 +154,7 @@ def main(argv=None) -> dict:
                      "label_gain_pct": float(100 * store.latent_map(r.image_id, label).mean() / np.mean(err_null)),
                      "pixel_auroc": auroc(tmap, mask), "contrast_pointing": float(pointing_hit(bmap, mask)),
                      "contrast_pixel_auroc": auroc(bmap, mask)})
-    summary = {"pointing_game": round(float(np.mean([x["pointing"] for x in rows]), 3), 3),
-               "pointing_game_ci": mean_interval([x["pointing"] for x in rows], 3),
-               "pixel_auroc": round(float(np.mean([x["pixel_auroc"] for x in rows]), 3), 3),
-               "pixel_auroc_ci": mean_interval([x["pixel_auroc"] for x in rows], 3)}
-    summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
-    summary.update(label_gain_pct=round(float(np.mean([x["label_gain_pct"] for x in rows]), 3), 3),
-                   label_gain_pct_ci=mean_interval([x["label_gain_pct"] for x in rows], 3))
-    for lab in LABELS:
-        sub = [x for x in rows if x["label"] == lab]
-        summary[f"{lab}_pointing_game"] = round(float(np.mean([x["pointing"] for x in sub])), 3)
-        summary[f"{lab}_pointing_game_ci"] = mean_interval([x["pointing"] for x in sub], 3)
-        summary[f"{lab}_pixel_auroc"] = round(float(np.mean([x["pixel_auroc"] for x in sub])), 3)
-        summary[f"{lab}_pixel_auroc_ci"] = mean_interval([x["pixel_auroc"] for x in sub], 3)
+    summary = summarise(rows, LABELS)
     info = json.loads((model / "diffmine_train.json").read_text())
     if args.domain_steps:  # the autoencoder was adapted in stage one
         first = json.loads((Path(base) / "diffmine_train.json").read_text())

@@ -202,3 +202,20 @@ def test_defects_pixel_intervals_contain_their_points():
         lo, hi = est[f"{name}_ci"]
         assert lo <= est[name] <= hi, (name, est[name], lo, hi)
     assert est["pixel_auroc"] != pixel_auroc(maps, masks)  # full-resolution maps give another number
+
+
+def test_planted_elements_summary_is_the_per_label_means_with_intervals_that_hold_them():
+    from benchmarks.planted_elements import summarise
+
+    rows = [{"label": lab, "pointing": p, "pixel_auroc": a, "label_gain_pct": g, "contrast_pointing": 0.0,
+             "contrast_pixel_auroc": 0.5}
+            for lab, p, a, g in (("a", 1.0, 0.8, 1.0), ("a", 0.0, 0.6, 2.0), ("b", 1.0, 0.9, 3.0), ("b", 1.0, 0.7, 4.0))]
+    s = summarise(rows, ("a", "b"))
+    assert (s["pointing_game"], s["pixel_auroc"], s["label_gain_pct"]) == (0.75, 0.75, 2.5)
+    assert (s["a_pointing_game"], s["b_pointing_game"], s["a_pixel_auroc"], s["b_pixel_auroc"]) == (0.5, 1.0, 0.7, 0.8)
+    assert (s["pointing_game_minus_contrast"], s["pixel_auroc_minus_contrast"]) == (0.75, 0.25)
+    for key in ("pointing_game", "pixel_auroc", "a_pointing_game", "b_pixel_auroc", "label_gain_pct"):
+        low, high = s[f"{key}_ci"]
+        assert low <= s[key] <= high
+    assert s["b_pointing_game_ci"] == [1.0, 1.0]  # every b image hit
+    json.dumps(s)  # a record holds plain numbers
