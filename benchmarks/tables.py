@@ -114,7 +114,9 @@ BENCHMARKS = [
     ("planted_elements", "Planted elements: the laptop recipe on a foreign folder",
      "The README's laptop recipe (finetune --base tiny with VAE adaptation, typicality, mine) on 400 planted "
      "images of 4 labels, timed by phase; held-out pointing game and pixel AUROC per label (percentile "
-     "bootstrap over 100 held-out images). Targets >= 0.9 per label, <= 30 min.",
+     "bootstrap over 100 held-out images). Targets >= 0.9 per label, <= 30 min. `phase_*_s`: the run's "
+     "own seconds (a run that resumed a model trained before counts only what it did itself); `domain_steps`: "
+     "steps without labels before the labelled finetuning (two stages, `--domain-steps`).",
      "python benchmarks/planted_elements.py --seed 1011 --recipe --threads 2 --protocol benchmarks/protocols/planted.json"),
     ("label_use", "Does a finetuned model use its labels on images it never saw?",
      "A diagnosis of typicality: per image of the training folder and of a held-out one (12 per label), at "
