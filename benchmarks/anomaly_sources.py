@@ -202,12 +202,12 @@ def main(argv=None) -> None:
     for name in args.cells:
         cell = load_cell(name, args.seed)
         report[name] = {}
-        adapted = None
+        adapted = None  # (bundle, folder) of the cell's adapted model, trained at its first -adapted source
         for source in args.sources:
             if source.endswith("-adapted") and adapted is None:
-                adapted = adapted_model(cell, Path(args.work), args.adapt_steps)
-                report[name]["adapt_seconds"] = round(adapted[1], 1)
-                adapted = load_bundle(str(adapted[0])).eval(), adapted[0]
+                folder, seconds = adapted_model(cell, Path(args.work), args.adapt_steps)
+                report[name]["adapt_seconds"] = round(seconds, 1)
+                adapted = load_bundle(str(folder)).eval(), folder
             t0 = time.perf_counter()
             base, model = (adapted if source.endswith("-adapted") else (bundle, "tiny"))
             source_name = source.removesuffix("-adapted")

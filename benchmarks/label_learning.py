@@ -59,15 +59,14 @@ def main(argv=None) -> list[dict]:
         train(TrainConfig(data=str(data / "train"), out=str(model), base="tiny", max_steps=steps,
                           resume=model.exists(), samples_per_label=0, checkpoint_every=min(args.steps),
                           **overrides))
-        trained = json.loads((model / "diffmine_train.json").read_text())["steps"]
-        if trained != steps:  # a folder left by a longer run: this point of the curve is gone
-            raise SystemExit(f"{model}: already trained to step {trained}, past {steps}; give another --work")
+        info = json.loads((model / "diffmine_train.json").read_text())
+        if info["steps"] != steps:  # a folder left by a longer run: this point of the curve is gone
+            raise SystemExit(f"{model}: already trained to step {info['steps']}, past {steps}; give another --work")
         bundle = load_bundle(str(model)).eval()
         prompts = PromptTemplate.load(str(model))
         figures, items = folder_figures(bundle, prompts, labels, {"train": data / "train", "heldout": data / "test"},
                                         args.per_label)
         summary = {"n_train": args.n_train, "finetune": overrides, "step": steps, "seed": args.seed, **figures}
-        info = json.loads((model / "diffmine_train.json").read_text())
         summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                        unet_minutes=round(info["train_seconds"] / 60, 1))
         records.append(save_run("label_learning", summary, items, protocol=vars(args)))

@@ -52,18 +52,19 @@ def summarise(rows: list[dict], labels) -> dict:
     def mean(values) -> float:
         return round(float(np.mean(values)), 3)
 
-    summary = {}
-    for key, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
-        summary[name] = mean([x[key] for x in rows])
-        summary[f"{name}_ci"] = mean_interval([x[key] for x in rows], 3)
+    def maps(prefix: str, sub: list[dict]) -> dict:  # pointing game and pixel AUROC over `sub`, each with its interval
+        out = {}
+        for key, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
+            values = [x[key] for x in sub]
+            out[f"{prefix}{name}"], out[f"{prefix}{name}_ci"] = mean(values), mean_interval(values, 3)
+        return out
+
+    summary = maps("", rows)
     summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
     summary.update(label_gain_pct=mean([x["label_gain_pct"] for x in rows]),
                    label_gain_pct_ci=mean_interval([x["label_gain_pct"] for x in rows], 3))
     for lab in labels:
-        sub = [x for x in rows if x["label"] == lab]
-        for key, name in (("pointing", "pointing_game"), ("pixel_auroc", "pixel_auroc")):
-            summary[f"{lab}_{name}"] = mean([x[key] for x in sub])
-            summary[f"{lab}_{name}_ci"] = mean_interval([x[key] for x in sub], 3)
+        summary.update(maps(f"{lab}_", [x for x in rows if x["label"] == lab]))
     return summary
 
 

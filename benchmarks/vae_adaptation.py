@@ -129,17 +129,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     summary, rows, curves = {}, [], []
     domains = args.domains.split(",")
-    # what each autoencoder trains on -> the domains it is measured on
-    plans = ([(broad_folder(args.n_train, seed=1, size=args.size), domains)] if args.train_on == "broad"
-             else [(None, [d]) for d in domains])
+    broad = broad_folder(args.n_train, seed=1, size=args.size) if args.train_on == "broad" else None
+
+    def plans():
+        """(the images an autoencoder trains on, {domain: (held-out ids, held-out images)} it is measured on)."""
+        if broad is not None:  # one autoencoder for every domain; of each user folder only its held-out part
+            yield broad, {d: user_folder(d, 1, args.n_test, args.size, args.seed)[1:] for d in domains}
+            return
+        for domain in domains:
+            user, ids, test = user_folder(domain, args.n_train, args.n_test, args.size, args.seed)
+            yield user, {domain: (ids, test)}
+
     for design in json.loads(args.designs):
-        for user, measured in plans:
-            tests = {}
-            for domain in measured:
-                own, ids, test = user_folder(domain, args.n_train if user is None else 1, args.n_test, args.size,
-                                             args.seed)
-                tests[domain] = (ids, test)
-            user = own if user is None else user
+        for user, tests in plans():
             vae = make_autoencoder(design)
             clock = {"cpu": 0.0, "t": time.time(), "psnr": {}}
 
@@ -160,7 +162,7 @@ def main(argv=None) -> dict:
             measure(0, vae, final=True)
             with tempfile.TemporaryDirectory() as cache:
                 vae.train()
-                vae, _ = vae_adapt.adapt(vae, torch.from_numpy(user), Path(cache), (",".join(measured), design["name"]),
+                vae, _ = vae_adapt.adapt(vae, torch.from_numpy(user), Path(cache), (",".join(tests), design["name"]),
                                          args.steps, seed=0, progress=False, lr=design["lr"],
                                          batch_size=design["batch_size"], on_step=measure)
             if args.steps % args.every:
