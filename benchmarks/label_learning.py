@@ -1,12 +1,13 @@
 """When does finetuning teach a small model its labels? Label read-back on training and held-out images, per step.
 
     python benchmarks/label_learning.py [--n-train 100] [--steps 500 1000 1500 2000 2500 3000]
-        [--finetune JSON] [--seed 0] [--per-label 25] [--work runs/bench-label-learning]
+        [--base tiny] [--finetune JSON] [--seed 0] [--per-label 25] [--work runs/bench-label-learning]
 
 A learning curve of benchmarks/label_use.py's diagnosis. The planted-element images
 (diffmine/datasets/planted.py: 4 labels whose only difference is one small element; --n-train per
 label, 25 held-out per label, 64 px) are finetuned with the README's laptop recipe (`diffmine
-finetune --base tiny`, the VAE adaptation included) and the --finetune settings over it. The
+finetune --base tiny`, the VAE adaptation included; --base another model folder, such as the broad
+small base) and the --finetune settings over it. The
 finetuner runs to each --steps value in turn, resuming its own checkpoint, so every point of the
 curve is the model a user would get by stopping there. At each point, per image (the first
 --per-label of each label of both folders): the own label's gain over the null prompt and whether
@@ -42,6 +43,7 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=100, help="training images per label")
     p.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 1500, 2000, 2500, 3000])
+    p.add_argument("--base", default="tiny", help="model to finetune (the recipe's: the shipped tiny)")
     p.add_argument("--finetune", default=None, metavar="JSON", help="finetune settings over the recipe's")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--per-label", type=int, default=25)
@@ -52,11 +54,13 @@ def main(argv=None) -> list[dict]:
     work = Path(args.work) / f"seed{args.seed}-n{args.n_train}"
     data = generate_planted(work / "data", n_train=args.n_train, n_test=25, seed=args.seed, progress=True)
     overrides = json.loads(args.finetune) if args.finetune else {}
-    model = work / ("model" + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())))
+    # another base or setting, another folder: a model is never resumed under other settings
+    base_tag = "" if args.base == "tiny" else f"-{Path(args.base).name}"
+    model = work / ("model" + base_tag + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())))
     labels = sorted(LABELS)
     records = []
     for steps in sorted(args.steps):
-        train(TrainConfig(data=str(data / "train"), out=str(model), base="tiny", max_steps=steps,
+        train(TrainConfig(data=str(data / "train"), out=str(model), base=args.base, max_steps=steps,
                           resume=model.exists(), samples_per_label=0, checkpoint_every=min(args.steps),
                           **overrides))
         info = json.loads((model / "diffmine_train.json").read_text())
@@ -66,7 +70,8 @@ def main(argv=None) -> list[dict]:
         prompts = PromptTemplate.load(str(model))
         figures, items = folder_figures(bundle, prompts, labels, {"train": data / "train", "heldout": data / "test"},
                                         args.per_label)
-        summary = {"n_train": args.n_train, "finetune": overrides, "step": steps, "seed": args.seed, **figures}
+        summary = {"n_train": args.n_train, "base": args.base, "finetune": overrides, "step": steps, "seed": args.seed,
+                   **figures}
         summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                        unet_minutes=round(info["train_seconds"] / 60, 1))
         records.append(save_run("label_learning", summary, items, protocol=vars(args)))

@@ -130,18 +130,20 @@ BENCHMARKS = [
     ("label_learning", "When does finetuning teach the small model its labels?",
      "Learning curves of the diagnosis above: the planted images (100 or 1,000 training images per label, 25 "
      "held-out per label) finetuned with the laptop recipe (the VAE adaptation included) and the settings "
-     "shown, stopped at each step; per point, own-label read-back (chance 0.25) and the own label's gain "
+     "shown (from the shipped towns base unless `base` names another), stopped at each step; per point, own-label read-back (chance 0.25) and the own label's gain "
      "over the null prompt (% of the null error) at t = 0.4 T on 100 training and 100 held-out images, "
      "bootstrap intervals over images. Every run is a row (oldest first).",
-     "python benchmarks/label_learning.py --n-train 100 --finetune JSON"),
+     "python benchmarks/label_learning.py --n-train 100 [--base MODEL] --finetune JSON"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
 META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine", "dirty",
              "protocol_file", "protocol_commit", "confirmation"}
 # benchmarks whose every run is a point of a curve: a row per run, these figures as columns
-CURVES = {"label_learning": ("n_train", "finetune", "step", "train_own_lowest_t0.4", "heldout_own_lowest_t0.4",
+CURVES = {"label_learning": ("n_train", "base", "finetune", "step", "train_own_lowest_t0.4", "heldout_own_lowest_t0.4",
                              "train_gain_pct_t0.4", "heldout_gain_pct_t0.4", "unet_minutes")}
+# what runs made before a column was recorded ran with (label_learning took no --base then: the shipped tiny)
+CURVE_DEFAULTS = {"label_learning": {"base": "tiny"}}
 DIRTY = "\u2020"  # a dagger beside a commit: the record was made from a tree with uncommitted changes
 DIRTY_NOTE = (f"{DIRTY} made from a tree with uncommitted changes to tracked files: the commit alone may not "
               "reproduce it.")
@@ -296,14 +298,15 @@ def section(name: str, title: str, what: str, command: str) -> list[str]:
         lines.append("- protocol: `" + json.dumps(last["protocol"]) + "`")
     if is_dirty(last):
         lines.append(f"- {DIRTY_NOTE}")
-    return lines + [""] + (curve_table(runs, CURVES[name]) if name in CURVES else table(summary)) + [""]
+    return lines + [""] + (curve_table(runs, CURVES[name], CURVE_DEFAULTS.get(name)) if name in CURVES else table(summary)) + [""]
 
 
-def curve_table(runs: list[dict], columns: tuple[str, ...]) -> list[str]:
-    """A row per run: `columns` of its summary (a value with its interval where the run has one)."""
+def curve_table(runs: list[dict], columns: tuple[str, ...], defaults: dict | None = None) -> list[str]:
+    """A row per run: `columns` of its summary (a value with its interval where the run has one; `defaults`
+    for a column an older run did not record)."""
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for run in runs:
-        summary = run.get("summary") or run
+        summary = {**(defaults or {}), **(run.get("summary") or run)}
         cells = [json.dumps(v, sort_keys=True) if isinstance(v := summary.get(c), dict) else _cell(v, summary.get(f"{c}_ci"))
                  for c in columns]
         lines.append("| " + " | ".join(cells) + " |")

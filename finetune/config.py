@@ -33,7 +33,9 @@ class TrainConfig(RuntimeSettings):
     data: str = option(None, "image folder: a folder per label, or metadata.csv/jsonl", required=True, resume_key=True)
     out: str = option(None, "output folder (a diffusers SD folder at the end)", required=True)
     base: str = option(DEFAULT_BASE, "model to finetune: diffusers SD folder, hub id, 'tiny' (the shipped pretrained "
-                       "small SD) or 'tiny-scratch' (small SD from random weights: trains its VAE first, slow)",
+                       "small SD), 'tiny-broad' (the small SD pretrained on the broad corpus: its autoencoder "
+                       "keeps most images as they are) or 'tiny-scratch' (small SD from random weights: trains "
+                       "its VAE first, slow)",
                        source="docs/method.md §1", resume_key=True)
     text_encoder: str | None = option(None, "swap in another CLIP text tower (hub id or folder)",
                                       source="docs/method.md §1", resume_key=True)

@@ -159,6 +159,14 @@ def test_a_curve_benchmark_shows_every_run_as_a_row():
         '| 1000 | {"lr": 0.0005} | 0.5 |']
 
 
+def test_a_curve_row_shows_the_default_for_a_column_older_runs_did_not_record():
+    from benchmarks.tables import curve_table
+
+    runs = [{"summary": {"step": 500}}, {"summary": {"step": 1000, "base": "assets/tiny-broad-model"}}]
+    assert curve_table(runs, ("base", "step"), {"base": "tiny"})[2:] == [
+        "| tiny | 500 |", "| assets/tiny-broad-model | 1000 |"]
+
+
 def test_dirty_records_are_marked_in_the_tables():
     from benchmarks import tables
 

@@ -73,7 +73,12 @@ def test_broad_recipe_stops_in_vae_training_and_resumes_to_the_same_weights(tmp_
     assert model == tmp_path / "a" / "tiny-broad-model"
     info = json.loads((model / "diffmine_train.json").read_text())
     assert info["steps"] == 2 and info["prompt"] == "{label}" and "photo of astronaut" in info["labels"]
-    assert "reconstruction_psnr_db" in info
+    assert "reconstruction_psnr_db" in info and info["vae_adapted_steps"] == 3
+    # the recipe's base: the fast autoencoder in place of the towns VAE, the UNet on its 16-channel latents
+    from diffmine.core.autoencoders import FAST_LATENT_CHANNELS, family_of
+    assert family_of(model).__name__ == "AutoencoderDC"
+    unet = json.loads((model / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == unet["out_channels"] == FAST_LATENT_CHANNELS
     straight = build_assets(AssetsConfig(out=str(tmp_path / "b"), work=str(tmp_path / "w2"), recipe="broad"), **kw)
     a = load_file(model / "vae" / "diffusion_pytorch_model.safetensors")
     b = load_file(straight / "vae" / "diffusion_pytorch_model.safetensors")

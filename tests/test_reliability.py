@@ -221,7 +221,7 @@ def test_mistyped_paths_fail_at_once(tmp_path, monkeypatch):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
             f"diffmine typicality: error: model {name}: no such folder, and not a hub id (owner/name) or a small "
-            "base (tiny, tiny-scratch)"]
+            "base (tiny, tiny-broad, tiny-scratch)"]
 
 
 def test_mine_skip_bad_is_passed_on(tiny_model_dir, color_dataset, tmp_path):

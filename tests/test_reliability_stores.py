@@ -88,7 +88,7 @@ def test_a_mistyped_model_is_asked_of_the_hub_once_and_fails_in_one_line(color_d
         proc = _cli(["typicality", "--model", name, "--data", color_dataset, "--out", "o"], tmp_path, env)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
             f"diffmine typicality: error: model {name}: no such folder, and not a hub id (owner/name) or a small "
-            "base (tiny, tiny-scratch)"]
+            "base (tiny, tiny-broad, tiny-scratch)"]
     assert not (tmp_path / "o").exists()
 
 
@@ -103,6 +103,20 @@ def test_mine_with_a_missing_model_says_so(tiny_model_dir, color_dataset, tmp_pa
     with pytest.raises(DataError, match=r"^model runs/nosuch: not a local folder; the hub answered") as err:
         run_mining(cfg, progress=False)
     assert "another model" not in str(err.value)
+
+
+def test_each_small_base_name_means_its_folder_and_a_missing_one_names_its_recipe(tmp_path, monkeypatch):
+    from diffmine.core import models
+
+    assert models.resolve_model("tiny") == str(models.SMALL_BASE_DIR)
+    monkeypatch.setitem(models.SMALL_BASES, "tiny-broad", (tmp_path / "tiny-broad-model", "broad"))
+    with pytest.raises(DataError) as err:
+        models.resolve_model("tiny-broad", "base")
+    assert str(err.value) == (f"base tiny-broad: the shipped small model {tmp_path / 'tiny-broad-model'} is missing "
+                              "(rebuild it with `make assets RECIPE=broad`)")
+    (tmp_path / "tiny-broad-model").mkdir()
+    (tmp_path / "tiny-broad-model" / "model_index.json").write_text("{}")
+    assert models.resolve_model("tiny-broad") == str(tmp_path / "tiny-broad-model")
 
 
 # -- 2. changed pixels, same file size ------------------------------------------------------------

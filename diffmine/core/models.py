@@ -1,8 +1,10 @@
-"""Which model a name means: one loader for "tiny", "tiny-scratch", a local folder or a hub id.
+"""Which model a name means: one loader for "tiny", "tiny-broad", "tiny-scratch", a local folder or a hub id.
 
     load_bundle("stable-diffusion-v1-5/stable-diffusion-v1-5")  # docs/method.md §1, on a GPU
     load_bundle("runs/my-model")                                # a diffusers SD folder
     load_bundle("tiny")          # the shipped, pretrained small SD (assets/tiny-towns-model)
+    load_bundle("tiny-broad")    # the small SD pretrained on the broad corpus (assets/tiny-broad-model,
+                                 # `make assets RECIPE=broad`): a fast autoencoder that keeps most images
     load_bundle("tiny-scratch")  # the same architecture with random weights (the trainer
                                  # trains its VAE first: slow, only on purpose)
 
@@ -25,6 +27,8 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's asse
 SMALL_BASE = "tiny"
 SCRATCH_BASE = "tiny-scratch"
 SMALL_BASE_DIR = ASSETS / "tiny-towns-model"
+# the small bases a name stands for, each with the `make assets` recipe that builds it
+SMALL_BASES = {SMALL_BASE: (SMALL_BASE_DIR, "towns"), "tiny-broad": (ASSETS / "tiny-broad-model", "broad")}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -37,11 +41,12 @@ def resolve_model(name: str | Path, what: str = "model") -> str:
 
     `what` names the option in messages ("base", "model")."""
     spec = str(name).strip()
-    if spec == SMALL_BASE:
-        if not (SMALL_BASE_DIR / "model_index.json").exists():
-            raise DataError(f"{what} tiny: the shipped small model {SMALL_BASE_DIR} is missing "
-                            "(rebuild it with `make assets`)")
-        return str(SMALL_BASE_DIR)
+    if spec in SMALL_BASES:
+        folder, recipe = SMALL_BASES[spec]
+        if not (folder / "model_index.json").exists():
+            make = "make assets" + ("" if recipe == "towns" else f" RECIPE={recipe}")
+            raise DataError(f"{what} {spec}: the shipped small model {folder} is missing (rebuild it with `{make}`)")
+        return str(folder)
     if spec == SCRATCH_BASE:
         return spec
     path = Path(spec).expanduser()
@@ -52,7 +57,7 @@ def resolve_model(name: str | Path, what: str = "model") -> str:
                        or spec.count("/") != 1 or Path(spec).parent.is_dir())
     if looks_like_path or not _HUB_ID.match(spec):
         raise DataError(f"{what} {spec}: no such folder, and not a hub id (owner/name) or a small base "
-                        f"({SMALL_BASE}, {SCRATCH_BASE})")
+                        f"({', '.join([*SMALL_BASES, SCRATCH_BASE])})")
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
