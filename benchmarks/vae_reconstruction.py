@@ -1,6 +1,6 @@
 """How well a small base's VAE reconstructs domains it never saw: PSNR with 95 % bootstrap intervals.
 
-    python benchmarks/vae_reconstruction.py [--model assets/tiny-towns-model] [--vae-checkpoint F.pt]
+    python benchmarks/vae_reconstruction.py [--model tiny|tiny-broad|FOLDER] [--vae-checkpoint F.pt]
                                             [--n 64] [--size 64]
 
 Held-out images of five domains (benchmarks/heldout_domains.py: shapes and textures from a
@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,12 +28,12 @@ TARGET_DB = 26.0
 
 def load_vae(model: str, checkpoint: str | None):
     import torch
-    from diffusers import AutoencoderKL
 
-    if checkpoint is None:
+    if checkpoint is None:  # either autoencoder family (the broad base's is the fast AutoencoderDC)
+        from diffmine.core.autoencoders import load_autoencoder
         from diffmine.core.models import resolve_model
 
-        return AutoencoderKL.from_pretrained(resolve_model(model), subfolder="vae").eval(), model
+        return load_autoencoder(resolve_model(model)).eval(), model
     from diffmine.core.tiny import build_tiny_bundle
 
     vae = build_tiny_bundle(resolution=64).vae
@@ -48,6 +47,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     from benchmarks.heldout_domains import HELDOUT_DOMAINS, heldout_images
+    from benchmarks.records import mean_interval, save_run
     from diffmine.core.reconstruction import psnr_db, reconstruct, smallest_kept_px
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,8 +70,6 @@ def main(argv=None) -> dict:
         summary[f"smallest_kept_{domain}_px"] = smallest_kept_px(images, recon)
     summary["domains_at_target"] = sum(summary[f"psnr_{d}_db_ci"][0] >= TARGET_DB for d in HELDOUT_DOMAINS)
     summary.update(target_db=TARGET_DB, n_per_domain=args.n, size=args.size, model=name)
-
-    from benchmarks.records import mean_interval, save_run
 
     save_run("vae_reconstruction", summary, rows, protocol={"n": args.n, "size": args.size, "model": name})
     print("| domain | PSNR dB | 95 % CI | smallest kept px |\n|---|---|---|---|")
