@@ -14,6 +14,8 @@ ADAPT_VAE_STEPS = 3000    # the fast autoencoder on the user's images (finetune/
                           # broad generators 29.3 dB at step 2000 of 3000 and 30.3 at 3000; at 2000 steps the held-out
                           # shapes and textures fell just short of 26 dB (benchmarks/vae_adaptation.py, seed 1012)
 VAE_ADAPT_MODES = ("auto", "always", "never")
+# diffmine.core.autoencoders.FAST_DOWNSAMPLINGS, written out: that module imports torch, a config must not
+ADAPT_VAE_DOWNSAMPLINGS = (4, 2)
 EPOCHS = 100  # docs/method.md §1: ~100 epochs, when --max-steps is not given
 # --mixed-precision (accelerate's names) is an alias of --dtype: the trained UNet's autocast precision
 MIXED_PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -69,6 +71,10 @@ class TrainConfig(RuntimeSettings):
                             "latents): 'auto' when a small base's VAE reconstructs them below the guard's floor, "
                             "'always', or 'never'",
                             choices=VAE_ADAPT_MODES, source="docs/method.md §1", resume_key=True)
+    adapt_vae_downsampling: int = option(4, "pixels per latent pixel of the autoencoder --adapt-vae trains: 4 "
+                                         "(the small base's) or 2 (latents twice as fine for elements of a few "
+                                         "pixels; about 4x the UNet's compute)", choices=ADAPT_VAE_DOWNSAMPLINGS,
+                                         source="benchmarks/planted_elements.py", resume_key=True)
     vae_steps: int | None = option(None, f"VAE training steps: {SCRATCH_VAE_STEPS} from scratch (tiny-scratch), "
                                    f"{ADAPT_VAE_STEPS} for the autoencoder --adapt-vae trains, when not given", resume_key=True)
     mixed_precision: str | None = option(None, "alias of --dtype in accelerate's names: no = fp32, fp16, bf16 "
@@ -118,5 +124,6 @@ class TrainConfig(RuntimeSettings):
         check(self.prompt is None or "{label}" in self.prompt, "prompt",
               f"must contain the placeholder {{label}}, got {self.prompt!r}")
         check_choice(self, "adapt_vae")
+        check_choice(self, "adapt_vae_downsampling")
         check(self.vae_steps is None or self.base == SCRATCH_BASE or self.adapt_vae != "never", "vae_steps",
               f"only applies to --base {SCRATCH_BASE} or an adapted VAE, not with --adapt-vae never")

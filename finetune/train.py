@@ -377,8 +377,8 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
         recon = _reconstruction(cfg, bundle, data, size, rt, warn=False)
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
             steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
-            key = (cfg.base, size, cfg.seed, steps, decoded.key, vae_adapt.DESIGN)
-            fresh = vae_adapt.starting_autoencoder(bundle.vae, cfg.seed).to(rt.device)  # trained in float32
+            key = (cfg.base, size, cfg.seed, steps, decoded.key, vae_adapt.design(cfg.adapt_vae_downsampling))
+            fresh = vae_adapt.starting_autoencoder(bundle.vae, cfg.seed, cfg.adapt_vae_downsampling).to(rt.device)
             what = "its VAE" if fresh is bundle.vae else "a fast autoencoder"
             _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
                    f"{recon['reconstruction_floor_db']:g} dB): training {what} on them first ({steps} "

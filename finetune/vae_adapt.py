@@ -30,6 +30,11 @@ SMALL_VAE_PARAMS = 10_000_000
 # vae_adaptation.py --domains broad, 3000 steps): 30.3 dB against 29.5 at 1e-3; 3e-3 trailed at 1000 steps.
 ADAPT_LR = 5e-4
 DESIGN = "dc-16"  # names the autoencoder trained (part of the cache key: a new design never reuses an old one)
+
+
+def design(downsampling: int) -> str:
+    """The cache key's name of the fast autoencoder downsampling by `downsampling` (4: DESIGN, as before)."""
+    return DESIGN if downsampling == 4 else f"{DESIGN}-f{downsampling}"
 ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
@@ -45,12 +50,13 @@ def wanted(mode: str, vae, figures: dict) -> bool:
     return is_small(vae) and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
 
 
-def starting_autoencoder(vae, seed: int):
+def starting_autoencoder(vae, seed: int, downsampling: int = 4):
     """What --adapt-vae trains: a fresh fast autoencoder in place of a small VAE (the shipped base's, whose
-    capacity is the limit), or a large VAE itself (SD's, with `always`: its latent layout is the UNet's)."""
+    capacity is the limit; `downsampling` pixels per latent pixel), or a large VAE itself (SD's, with
+    `always`: its latent layout is the UNet's)."""
     from diffmine.core.autoencoders import fast_autoencoder
 
-    return fast_autoencoder(seed=seed) if is_small(vae) else vae
+    return fast_autoencoder(seed=seed, downsampling=downsampling) if is_small(vae) else vae
 
 
 def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: int,

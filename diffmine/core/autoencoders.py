@@ -28,18 +28,24 @@ FAMILIES = {"AutoencoderKL": AutoencoderKL, "AutoencoderDC": AutoencoderDC}
 FAST_CHANNELS = (32, 64, 64)
 FAST_LAYERS = (0, 1, 1)
 FAST_LATENT_CHANNELS = 16
+# pixels per latent pixel: 4 as the small base; 2 drops the last level (latents twice as fine, so an element
+# of a dozen pixels spans six latent pixels, and the UNet's cross-attention levels see it; 4x its compute)
+FAST_DOWNSAMPLINGS = (4, 2)
 
 
-def fast_autoencoder(latent_channels: int = FAST_LATENT_CHANNELS, seed: int = 0) -> AutoencoderDC:
-    """A random-weight small `AutoencoderDC` downsampling by 4 (the small base's factor), seeded."""
-    n = len(FAST_CHANNELS)
+def fast_autoencoder(latent_channels: int = FAST_LATENT_CHANNELS, seed: int = 0,
+                     downsampling: int = FAST_DOWNSAMPLINGS[0]) -> AutoencoderDC:
+    """A random-weight small `AutoencoderDC` downsampling by `downsampling` (4: the small base's factor), seeded."""
+    if downsampling not in FAST_DOWNSAMPLINGS:
+        raise ValueError(f"downsampling must be one of {FAST_DOWNSAMPLINGS}, got {downsampling}")
+    n = len(FAST_CHANNELS) - FAST_DOWNSAMPLINGS.index(downsampling)
     with torch.random.fork_rng(devices=[]):  # module initialisers draw from the global RNG
         torch.manual_seed(seed)
         return AutoencoderDC(
             in_channels=3, latent_channels=latent_channels, attention_head_dim=8,
             encoder_block_types="ResBlock", decoder_block_types="ResBlock",
-            encoder_block_out_channels=FAST_CHANNELS, decoder_block_out_channels=FAST_CHANNELS,
-            encoder_layers_per_block=FAST_LAYERS, decoder_layers_per_block=FAST_LAYERS,
+            encoder_block_out_channels=FAST_CHANNELS[:n], decoder_block_out_channels=FAST_CHANNELS[:n],
+            encoder_layers_per_block=FAST_LAYERS[:n], decoder_layers_per_block=FAST_LAYERS[:n],
             encoder_qkv_multiscales=((),) * n, decoder_qkv_multiscales=((),) * n,
             upsample_block_type="pixel_shuffle", downsample_block_type="pixel_unshuffle",
             decoder_norm_types="rms_norm", decoder_act_fns="silu")
