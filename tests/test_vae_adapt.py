@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import make_digits_folder
 from diffmine.core.models import SMALL_BASE_DIR
 from diffmine.core.reconstruction import FLOOR_DB
+from diffmine.core.settings import ConfigError
 from finetune.config import TrainConfig
 from finetune.train import train
 
@@ -61,6 +62,23 @@ def test_auto_adapts_a_foreign_folder_and_says_so(digits, tmp_path, capsys):
     assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 16
     unet = json.loads((out / "unet" / "config.json").read_text())
     assert unet["in_channels"] == unet["out_channels"] == 16
+
+
+def test_a_finer_autoencoder_gives_the_unet_latents_of_half_the_side_and_typicality_maps(digits, tmp_path):
+    """--adapt-vae-downsampling 2: 32 x 32 latents at 64 px; the exported model runs typicality to full-size maps."""
+    from diffmine.core.autoencoders import downsampling
+    from typicality.engine import run_typicality
+    from typicality.store import TypicalityStore
+
+    out = train(_cfg(digits, tmp_path / "ft", adapt_vae_downsampling=2))
+    vae = AutoencoderDC.from_pretrained(out, subfolder="vae")
+    assert downsampling(vae.config) == 2 and vae.config.latent_channels == 16
+    assert json.loads((out / "unet" / "config.json").read_text())["sample_size"] == 32
+    store = TypicalityStore.open(run_typicality(model=str(out), data=str(digits), draws=1, out=str(tmp_path / "typ")))
+    image = store.image_ids[0]
+    assert store.map(image, LABELS[0], 64).shape == (64, 64) and store.latent_map(image, LABELS[0]).shape == (32, 32)
+    with pytest.raises(ConfigError, match="^adapt_vae_downsampling"):  # a resumed run keeps its latents
+        train(_cfg(digits, tmp_path / "ft", max_steps=2, resume=True))
 
 
 def test_auto_keeps_the_base_on_its_own_domain_and_never_keeps_it_anywhere(digits, towns, tmp_path):
