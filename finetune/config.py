@@ -71,7 +71,7 @@ class TrainConfig(RuntimeSettings):
                             "latents): 'auto' when a small base's VAE reconstructs them below the guard's floor, "
                             "'always', or 'never'",
                             choices=VAE_ADAPT_MODES, source="docs/method.md §1", resume_key=True)
-    adapt_vae_downsampling: int = option(4, "pixels per latent pixel of the autoencoder --adapt-vae trains: 4 "
+    adapt_vae_downsampling: int = option(ADAPT_VAE_DOWNSAMPLINGS[0], "pixels per latent pixel of the autoencoder --adapt-vae trains: 4 "
                                          "(the small base's) or 2 (latents twice as fine for elements of a few "
                                          "pixels; about 4x the UNet's compute)", choices=ADAPT_VAE_DOWNSAMPLINGS,
                                          source="benchmarks/planted_elements.py", resume_key=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from diffmine.core.autoencoders import FAST_DOWNSAMPLINGS
 from diffmine.core.files import output_folder
 from diffmine.core.seeds import stable_seed
 from finetune.vae_train import train_vae
@@ -30,12 +31,13 @@ SMALL_VAE_PARAMS = 10_000_000
 # vae_adaptation.py --domains broad, 3000 steps): 30.3 dB against 29.5 at 1e-3; 3e-3 trailed at 1000 steps.
 ADAPT_LR = 5e-4
 DESIGN = "dc-16"  # names the autoencoder trained (part of the cache key: a new design never reuses an old one)
+ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
 
 
 def design(downsampling: int) -> str:
-    """The cache key's name of the fast autoencoder downsampling by `downsampling` (4: DESIGN, as before)."""
-    return DESIGN if downsampling == 4 else f"{DESIGN}-f{downsampling}"
-ADAPT_BATCH = 8  # small batches, more steps: on a CPU the step count buys more than the batch
+    """The cache key's name of the fast autoencoder downsampling by `downsampling` (the default factor keeps
+    DESIGN, so the caches made before the factor was a setting stay valid)."""
+    return DESIGN if downsampling == FAST_DOWNSAMPLINGS[0] else f"{DESIGN}-f{downsampling}"
 
 
 def is_small(vae) -> bool:
@@ -50,7 +52,7 @@ def wanted(mode: str, vae, figures: dict) -> bool:
     return is_small(vae) and figures["reconstruction_psnr_db"] < figures["reconstruction_floor_db"]
 
 
-def starting_autoencoder(vae, seed: int, downsampling: int = 4):
+def starting_autoencoder(vae, seed: int, downsampling: int = FAST_DOWNSAMPLINGS[0]):
     """What --adapt-vae trains: a fresh fast autoencoder in place of a small VAE (the shipped base's, whose
     capacity is the limit; `downsampling` pixels per latent pixel), or a large VAE itself (SD's, with
     `always`: its latent layout is the UNet's)."""

@@ -81,6 +81,15 @@ def test_a_finer_autoencoder_gives_the_unet_latents_of_half_the_side_and_typical
         train(_cfg(digits, tmp_path / "ft", max_steps=2, resume=True))
 
 
+def test_the_config_offers_the_factors_the_autoencoder_builds():
+    """finetune.config writes the factors out (it must not import torch); they stay those of the autoencoder."""
+    from diffmine.core.autoencoders import FAST_DOWNSAMPLINGS
+    from finetune.config import ADAPT_VAE_DOWNSAMPLINGS
+
+    assert ADAPT_VAE_DOWNSAMPLINGS == FAST_DOWNSAMPLINGS
+    assert TrainConfig(data="d", out="o").adapt_vae_downsampling == FAST_DOWNSAMPLINGS[0]
+
+
 def test_auto_keeps_the_base_on_its_own_domain_and_never_keeps_it_anywhere(digits, towns, tmp_path):
     shipped = load_file(str(SMALL_BASE_DIR / "vae" / "diffusion_pytorch_model.safetensors"))
     on_towns = train(_cfg(towns, tmp_path / "towns"), progress=False)
