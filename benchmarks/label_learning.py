@@ -1,7 +1,7 @@
 """When does finetuning teach a small model its labels? Label read-back on training and held-out images, per step.
 
     python benchmarks/label_learning.py [--n-train 100] [--steps 500 1000 1500 2000 2500 3000]
-        [--base tiny] [--finetune JSON] [--seed 0] [--per-label 25] [--work runs/bench-label-learning]
+        [--base tiny] [--finetune JSON] [--seed 0] [--per-label 25] [--element-size 0.2] [--work runs/bench-label-learning]
 
 A learning curve of benchmarks/label_use.py's diagnosis. The planted-element images
 (diffmine/datasets/planted.py: 4 labels whose only difference is one small element; --n-train per
@@ -36,7 +36,7 @@ def main(argv=None) -> list[dict]:
     from benchmarks.records import save_run
     from diffmine.core.models import load_bundle
     from diffmine.core.prompts import PromptTemplate
-    from diffmine.datasets.planted import LABELS, generate_planted
+    from diffmine.datasets.planted import ELEMENT_SIZE, LABELS, generate_planted
     from finetune.config import TrainConfig
     from finetune.train import train
 
@@ -46,13 +46,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--base", default="tiny", help="model to finetune (the recipe's: the shipped tiny)")
     p.add_argument("--finetune", default=None, metavar="JSON", help="finetune settings over the recipe's")
     p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--element-size", type=float, default=ELEMENT_SIZE,
+                   help=f"side of the label's element over the image's (the generator's {ELEMENT_SIZE}; larger: a "
+                        "control of whether the recipe learns labels at all when their evidence is larger)")
     p.add_argument("--per-label", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="runs/bench-label-learning")
     args = p.parse_args(argv)
+    if not 0 < args.element_size <= 0.5:
+        p.error(f"--element-size: a fraction of the image side in (0, 0.5], got {args.element_size}")
     torch.set_num_threads(args.threads)
-    work = Path(args.work) / f"seed{args.seed}-n{args.n_train}"
-    data = generate_planted(work / "data", n_train=args.n_train, n_test=25, seed=args.seed, progress=True)
+    work = Path(args.work) / (f"seed{args.seed}-n{args.n_train}"
+                              + (f"-e{args.element_size:g}" if args.element_size != ELEMENT_SIZE else ""))
+    data = generate_planted(work / "data", n_train=args.n_train, n_test=25, seed=args.seed, progress=True,
+                            element_size=args.element_size)
     overrides = json.loads(args.finetune) if args.finetune else {}
     # another base or setting, another folder: a model is never resumed under other settings
     base_tag = "" if args.base == "tiny" else f"-{Path(args.base).name}"
@@ -70,7 +77,8 @@ def main(argv=None) -> list[dict]:
         prompts = PromptTemplate.load(str(model))
         figures, items = folder_figures(bundle, prompts, labels, {"train": data / "train", "heldout": data / "test"},
                                         args.per_label)
-        summary = {"n_train": args.n_train, "base": args.base, "finetune": overrides, "step": steps, "seed": args.seed,
+        summary = {"n_train": args.n_train, "element_size": args.element_size, "base": args.base, "finetune": overrides,
+                   "step": steps, "seed": args.seed,
                    **figures}
         summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                        unet_minutes=round(info["train_seconds"] / 60, 1))

@@ -16,6 +16,9 @@ A confirmation run names its protocol, `benchmarks/protocols/<claim>.json`, comm
 (data seeds never used before, settings, metric, target, baselines, the command; see
 benchmarks/protocols/README.md): the record keeps the file's path and the commit that last touched it
 (`"confirmation": true`), and a protocol file that is not committed as it stands is refused.
+
+A run made in another checkout (a clean worktree of the commit it measures) comes home with
+`python benchmarks/records.py adopt ../wt/benchmarks/results`: its new runs are appended here.
 """
 from __future__ import annotations
 
@@ -142,7 +145,56 @@ def save_run(name: str, summary: dict, items: list[dict], protocol: dict | None 
               "command": " ".join(["python", *sys.argv]), "runs_before": len(runs),
               "protocol": protocol or {}, **claimed, **({"dirty": True} if changed else {}), "summary": summary,
               "items": os.path.relpath(items_file, RESULTS.parent.parent)}
-    tmp = RESULTS / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(runs + [record], indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(RESULTS / f"{name}.json")
+    _write(name, runs + [record])
     return record
+
+
+def _write(name: str, runs: list[dict]) -> None:
+    tmp = RESULTS / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(runs, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(RESULTS / f"{name}.json")
+
+
+def _identity(record: dict) -> str:
+    """A run as it was measured: all but where it stands in a file (`runs_before`, the items table's name)."""
+    return json.dumps({k: v for k, v in record.items() if k not in ("runs_before", "items")}, sort_keys=True)
+
+
+def adopt(source: str | Path) -> dict[str, int]:
+    """Append to RESULTS the runs recorded in another results folder (a worktree's benchmarks/results) that
+    RESULTS lacks, in their order: `runs_before` counted anew and each items table copied under its new run
+    number. Copying that folder's files over these instead would drop the runs recorded here meanwhile.
+    Returns {benchmark: runs appended}."""
+    source = Path(source)
+    added = {}
+    for path in sorted(source.glob("*.json")):
+        name, runs = path.stem, previous_runs(path.stem)
+        known = {_identity(r) for r in runs}
+        new = [r for r in json.loads(path.read_text()) if _identity(r) not in known]
+        for record in new:
+            table = source.parent.parent / record["items"]
+            target = RESULTS / name / f"items-{len(runs) + 1:03d}-{table.name.split('-', 2)[2]}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(table.read_bytes())
+            runs.append({**record, "runs_before": len(runs), "items": os.path.relpath(target, RESULTS.parent.parent)})
+        if new:
+            _write(name, runs)
+            added[name] = len(new)
+    return added
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="python benchmarks/records.py adopt FOLDER: append the runs "
+                                     "another checkout's benchmarks/results holds and this one lacks")
+    parser.add_argument("action", choices=["adopt"])
+    parser.add_argument("folder", help="another checkout's benchmarks/results")
+    args = parser.parse_args()
+    if not Path(args.folder, ".").is_dir():
+        raise SystemExit(f"{args.folder}: no such results folder")
+    added = adopt(args.folder)
+    for bench, n in added.items():
+        print(f"{bench}: {n} run(s) appended")
+    if not added:
+        print(f"{args.folder}: no run that this checkout lacks")

@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from diffmine.datasets.planted import ELEMENT_SIZE  # noqa: E402  (label_learning's runs before --element-size)
+
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
@@ -133,17 +136,17 @@ BENCHMARKS = [
      "shown (from the shipped towns base unless `base` names another), stopped at each step; per point, own-label read-back (chance 0.25) and the own label's gain "
      "over the null prompt (% of the null error) at t = 0.4 T on 100 training and 100 held-out images, "
      "bootstrap intervals over images. Every run is a row (oldest first).",
-     "python benchmarks/label_learning.py --n-train 100 [--base MODEL] --finetune JSON"),
+     "python benchmarks/label_learning.py --n-train 100 [--base MODEL] [--element-size F] --finetune JSON"),
     ("cli_latency", "CLI latency", "`--help` and an argument error, median of 15 runs.",
      "python -m benchmarks.cli_latency"),
 ]
 META_KEYS = {"commit", "date", "args", "command", "protocol", "runs_before", "items", "summary", "machine", "dirty",
              "protocol_file", "protocol_commit", "confirmation"}
 # benchmarks whose every run is a point of a curve: a row per run, these figures as columns
-CURVES = {"label_learning": ("n_train", "base", "finetune", "step", "train_own_lowest_t0.4", "heldout_own_lowest_t0.4",
+CURVES = {"label_learning": ("n_train", "element_size", "base", "finetune", "step", "train_own_lowest_t0.4", "heldout_own_lowest_t0.4",
                              "train_gain_pct_t0.4", "heldout_gain_pct_t0.4", "unet_minutes")}
 # what runs made before a column was recorded ran with (label_learning took no --base then: the shipped tiny)
-CURVE_DEFAULTS = {"label_learning": {"base": "tiny"}}
+CURVE_DEFAULTS = {"label_learning": {"base": "tiny", "element_size": ELEMENT_SIZE}}
 DIRTY = "\u2020"  # a dagger beside a commit: the record was made from a tree with uncommitted changes
 DIRTY_NOTE = (f"{DIRTY} made from a tree with uncommitted changes to tracked files: the commit alone may not "
               "reproduce it.")

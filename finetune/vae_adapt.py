@@ -21,6 +21,7 @@ import torch
 
 from diffmine.core.autoencoders import FAST_DOWNSAMPLINGS
 from diffmine.core.files import output_folder
+from diffmine.core.settings import ConfigError
 from diffmine.core.seeds import stable_seed
 from finetune.vae_train import train_vae
 
@@ -58,7 +59,12 @@ def starting_autoencoder(vae, seed: int, downsampling: int = FAST_DOWNSAMPLINGS[
     `always`: its latent layout is the UNet's)."""
     from diffmine.core.autoencoders import fast_autoencoder
 
-    return fast_autoencoder(seed=seed, downsampling=downsampling) if is_small(vae) else vae
+    if is_small(vae):
+        return fast_autoencoder(seed=seed, downsampling=downsampling)
+    if downsampling != FAST_DOWNSAMPLINGS[0]:  # a large VAE is trained in its own layout: say so, not ignore it
+        raise ConfigError("adapt_vae_downsampling", f"{downsampling} shapes the fast autoencoder of a small base "
+                          "only; this base's VAE is adapted in its own layout: leave the option out")
+    return vae
 
 
 def adapt(vae, images: torch.Tensor, cache: Path, key: tuple, steps: int, seed: int,

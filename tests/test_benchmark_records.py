@@ -227,3 +227,23 @@ def test_planted_elements_summary_is_the_per_label_means_with_intervals_that_hol
         assert low <= s[key] <= high
     assert s["b_pointing_game_ci"] == [1.0, 1.0]  # every b image hit
     json.dumps(s)  # a record holds plain numbers
+
+
+def test_adopting_a_worktrees_results_keeps_the_runs_recorded_here_meanwhile(tmp_path, monkeypatch):
+    """The other checkout's file predates a run recorded here: adopt appends only its new run, renumbered."""
+    rec = _records(tmp_path, monkeypatch)
+    other = tmp_path / "wt" / "benchmarks" / "results"
+    rec.save_run("demo", {"auroc": 0.9}, [{"image": "a"}])  # a run both checkouts hold
+    other.parent.mkdir(parents=True)
+    import shutil
+    shutil.copytree(tmp_path / "results", other)
+    rec.save_run("demo", {"auroc": 0.8}, [{"image": "here"}])  # recorded here after the worktree was made
+    monkeypatch.setattr(rec, "RESULTS", other)
+    rec.save_run("demo", {"auroc": 0.7}, [{"image": "there"}])  # recorded in the worktree
+    monkeypatch.setattr(rec, "RESULTS", tmp_path / "results")
+    assert rec.adopt(other) == {"demo": 1} and rec.adopt(other) == {}  # twice: nothing twice
+    runs = json.loads((tmp_path / "results" / "demo.json").read_text())
+    assert [r["summary"]["auroc"] for r in runs] == [0.9, 0.8, 0.7] and runs[2]["runs_before"] == 2
+    table = tmp_path.parent / runs[2]["items"]  # items paths start at the results folder's grandparent
+    assert table.name.startswith("items-003-") and "there" in table.read_text()
+    assert len(list((tmp_path / "results" / "demo").glob("items-*.csv"))) == 3

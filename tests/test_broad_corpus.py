@@ -102,6 +102,23 @@ def test_planted_set_masks_mark_the_label_element(tmp_path):
         assert len(gt.shared()) >= 2
 
 
+def test_a_larger_planted_element_is_the_labels_only_and_the_default_set_is_the_recorded_one():
+    """--element-size sizes the label's element alone; at the default the images are those every planted
+    record measured (the first held-out ring image's pixels, hashed when the records were made)."""
+    import numpy as np
+
+    from diffmine.datasets.planted import ELEMENT_SIZE, render
+
+    image, _, _ = render(np.random.default_rng([0, 1, 0, 0]), "ring")
+    assert hashlib.sha256(np.asarray(image).tobytes()).hexdigest()[:16] == "dafa07109a05938c"
+    for size in (ELEMENT_SIZE, 0.4):
+        for i in range(8):
+            _, _, elements = render(np.random.default_rng([0, 0, 3, i]), "tile", element_size=size)
+            sides = [e["box"][2] - e["box"][0] for e in elements]
+            assert 0.8 * 64 * size <= sides[0] <= 1.2 * 64 * size + 1  # the label's element
+            assert all(0.8 * 64 * ELEMENT_SIZE <= s <= 1.2 * 64 * ELEMENT_SIZE + 1 for s in sides[1:])
+
+
 def test_the_shipped_broad_base_keeps_images_the_towns_base_loses():
     """`tiny-broad` (make assets RECIPE=broad) on held-out shapes with thin outlines, a domain neither base
     trained on: its fast autoencoder keeps them (28.6 dB over 64 images in its record), the towns VAE

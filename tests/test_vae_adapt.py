@@ -81,6 +81,18 @@ def test_a_finer_autoencoder_gives_the_unet_latents_of_half_the_side_and_typical
         train(_cfg(digits, tmp_path / "ft", max_steps=2, resume=True))
 
 
+def test_a_large_vae_refuses_a_finer_factor_instead_of_ignoring_it(monkeypatch):
+    """SD's VAE is adapted in its own layout: --adapt-vae-downsampling 2 on it is an error naming the flag."""
+    from diffmine.core.tiny import build_tiny_bundle
+    from finetune import vae_adapt
+
+    vae = build_tiny_bundle().vae
+    monkeypatch.setattr(vae_adapt, "SMALL_VAE_PARAMS", 0)  # the tiny VAE stands in for a large one
+    assert vae_adapt.starting_autoencoder(vae, seed=0) is vae
+    with pytest.raises(ConfigError, match="^adapt_vae_downsampling.*small base only"):
+        vae_adapt.starting_autoencoder(vae, seed=0, downsampling=2)
+
+
 def test_the_config_offers_the_factors_the_autoencoder_builds():
     """finetune.config writes the factors out (it must not import torch); they stay those of the autoencoder."""
     from diffmine.core.autoencoders import FAST_DOWNSAMPLINGS

@@ -79,15 +79,17 @@ def _free_box(rng, size: int, side: float, taken: list) -> list[float]:
     return box
 
 
-def render(rng: np.random.Generator, label: str, size: int = 64) -> tuple[Image.Image, Image.Image, list[dict]]:
-    """One image of `label`: (RGB image, L mask, elements)."""
+def render(rng: np.random.Generator, label: str, size: int = 64, element_size: float = ELEMENT_SIZE
+           ) -> tuple[Image.Image, Image.Image, list[dict]]:
+    """One image of `label`: (RGB image, L mask, elements); `element_size` sizes the label's element only
+    (a control with a larger one), the distractors keep ELEMENT_SIZE."""
     img = _background(rng, size)
     mask = Image.new("L", img.size, 0)
     d, m = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     kinds = [(label, label)] + [(str(k), None) for k in rng.choice(DISTRACTORS, int(rng.integers(2, 4)))]
     taken, elements = [], []
     for n, (kind, owner) in enumerate(kinds, start=1):
-        side = size * ELEMENT_SIZE * rng.uniform(0.85, 1.15)
+        side = size * (element_size if owner else ELEMENT_SIZE) * rng.uniform(0.85, 1.15)
         box = _free_box(rng, size, side, taken)
         taken.append(box)
         width = max(SS, int(round(size * SS * rng.uniform(0.02, 0.035))))
@@ -102,13 +104,14 @@ def render(rng: np.random.Generator, label: str, size: int = 64) -> tuple[Image.
 
 
 def generate_planted(out: str | Path, n_train: int = 100, n_test: int = 25, size: int = 64, seed: int = 0,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, element_size: float = ELEMENT_SIZE) -> Path:
     """Write the planted-element set (train/ and test/, n images per label each) to `out`."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     params = {"generator": "diffmine.planted", "version": GENERATOR_VERSION, "labels": list(LABELS),
-              "n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+              "n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
+              **({"element_size": element_size} if element_size != ELEMENT_SIZE else {})}  # old sets stay valid
     if (out / "done.json").is_file() and json.loads((out / "done.json").read_text()) == params:
         return out
     with output_folder(out, owned=None) as tmp:  # a generated dataset: replaced whole
@@ -119,7 +122,7 @@ def generate_planted(out: str | Path, n_train: int = 100, n_test: int = 25, size
             rows = []
             jobs = [(k, lab, i) for k, lab in enumerate(LABELS) for i in range(n)]
             for k, lab, i in tqdm(jobs, desc=f"planted {split}", disable=not progress):
-                image, mask, elements = render(np.random.default_rng([seed, split_id, k, i]), lab, size)
+                image, mask, elements = render(np.random.default_rng([seed, split_id, k, i]), lab, size, element_size)
                 name = f"{lab}_{split}_{i:04d}.png"
                 image.save(folder / "images" / name)
                 mask.save(folder / "masks" / name)
