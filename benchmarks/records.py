@@ -168,9 +168,12 @@ def adopt(source: str | Path) -> dict[str, int]:
     source = Path(source)
     added = {}
     for path in sorted(source.glob("*.json")):
+        theirs = json.loads(path.read_text())
+        if not (isinstance(theirs, list) and all(isinstance(r, dict) and "items" in r for r in theirs)):
+            continue  # not a file of appended runs (a GPU summary, say): nothing to merge
         name, runs = path.stem, previous_runs(path.stem)
         known = {_identity(r) for r in runs}
-        new = [r for r in json.loads(path.read_text()) if _identity(r) not in known]
+        new = [r for r in theirs if _identity(r) not in known]
         for record in new:
             table = source.parent.parent / record["items"]
             target = RESULTS / name / f"items-{len(runs) + 1:03d}-{table.name.split('-', 2)[2]}"

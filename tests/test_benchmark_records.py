@@ -241,6 +241,7 @@ def test_adopting_a_worktrees_results_keeps_the_runs_recorded_here_meanwhile(tmp
     monkeypatch.setattr(rec, "RESULTS", other)
     rec.save_run("demo", {"auroc": 0.7}, [{"image": "there"}])  # recorded in the worktree
     monkeypatch.setattr(rec, "RESULTS", tmp_path / "results")
+    (other / "gpu_summary.json").write_text('{"speed": 1}')  # not a file of runs: left alone
     assert rec.adopt(other) == {"demo": 1} and rec.adopt(other) == {}  # twice: nothing twice
     runs = json.loads((tmp_path / "results" / "demo.json").read_text())
     assert [r["summary"]["auroc"] for r in runs] == [0.9, 0.8, 0.7] and runs[2]["runs_before"] == 2
