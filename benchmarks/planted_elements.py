@@ -15,6 +15,9 @@ pixel patch's distance to the nearest patch of the other labels' training images
 difference (`<figure>_minus_contrast`). The finetune run also records the base's reconstruction PSNR on
 these images. `label_gain_pct`: per held-out image, 100 x its mean typicality over its null error's mean
 (how much the label improves the noise estimate at all; the towns demo's model on its held-out split: 3.8).
+`element_above_distractors`: the share of held-out images whose map is higher on average on the label's
+element than on the distractors (0.5: the map does not tell them apart; per image `map_element`,
+`map_distractors`, `map_background`).
 With --recipe the run follows the README's laptop recipe on train/ (400 images of 4 labels) as a
 user would: `finetune` (the VAE adaptation included), `typicality` at its default draws and `mine`
 with its defaults, each phase timed (`phase_<name>_s`, `recipe_minutes`); the held-out maps above
@@ -44,7 +47,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def summarise(rows: list[dict], labels) -> dict:
-    """Per-image `rows` (pointing, pixel_auroc, label_gain_pct, the baseline's contrast_*) to the run's
+    """Per-image `rows` (pointing, pixel_auroc, label_gain_pct, map_*, the baseline's contrast_*) to the run's
     figures: overall and per label, each mean with its 95 % bootstrap interval over images."""
     from benchmarks.label_contrast import contrast_summary
     from benchmarks.records import mean_interval
@@ -63,6 +66,8 @@ def summarise(rows: list[dict], labels) -> dict:
     summary.update(contrast_summary(rows, digits=3))  # the pairwise pixel-patch baseline on the same images
     summary.update(label_gain_pct=mean([x["label_gain_pct"] for x in rows]),
                    label_gain_pct_ci=mean_interval([x["label_gain_pct"] for x in rows], 3))
+    above = [float(x["map_element"] > x["map_distractors"]) for x in rows]  # the map tells its element from distractors
+    summary.update(element_above_distractors=mean(above), element_above_distractors_ci=mean_interval(above, 3))
     for lab in labels:
         summary.update(maps(f"{lab}_", [x for x in rows if x["label"] == lab]))
     return summary
@@ -148,12 +153,16 @@ def main(argv=None) -> dict:
         label = r.labels[0]
         gt = record_elements(r, 64, test.root)
         mask = gt.union(gt.characteristic([label]))
+        distractors = gt.union(gt.shared())
         mask_shares.append(float(mask.mean()))
         tmap, bmap = store.map(r.image_id, label, 64), baseline[r.image_id]
         err_null, _ = store.error_maps(r.image_id, label)
         rows.append({"image_id": r.image_id, "label": label, "pointing": float(pointing_hit(tmap, mask)),
                      # how much the label changes the UNet's noise estimate at all, against its error
                      "label_gain_pct": float(100 * store.latent_map(r.image_id, label).mean() / np.mean(err_null)),
+                     # where the map puts it: a label that helps, but not on its element, shows here
+                     "map_element": float(tmap[mask].mean()), "map_distractors": float(tmap[distractors].mean()),
+                     "map_background": float(tmap[~(mask | distractors)].mean()),
                      "pixel_auroc": auroc(tmap, mask), "contrast_pointing": float(pointing_hit(bmap, mask)),
                      "contrast_pixel_auroc": auroc(bmap, mask)})
     summary = summarise(rows, LABELS)
@@ -168,7 +177,8 @@ def main(argv=None) -> dict:
                    domain_steps=args.domain_steps,
                    draws=args.draws, t_range=args.t_range, chance_pointing=round(float(np.mean(mask_shares)), 3))
     save_run("planted_elements", summary, [{k: x[k] for k in ("image_id", "label", "pointing", "pixel_auroc",
-                                                              "label_gain_pct", "contrast_pointing",
+                                                              "label_gain_pct", "map_element", "map_distractors",
+                                                              "map_background", "contrast_pointing",
                                                               "contrast_pixel_auroc")}
                                            for x in rows], protocol=vars(args), protocol_file=args.protocol)
     print(json.dumps(summary))

@@ -216,9 +216,10 @@ def test_planted_elements_summary_is_the_per_label_means_with_intervals_that_hol
     from benchmarks.planted_elements import summarise
 
     rows = [{"label": lab, "pointing": p, "pixel_auroc": a, "label_gain_pct": g, "contrast_pointing": 0.0,
-             "contrast_pixel_auroc": 0.5}
+             "contrast_pixel_auroc": 0.5, "map_element": g, "map_distractors": 2.5}
             for lab, p, a, g in (("a", 1.0, 0.8, 1.0), ("a", 0.0, 0.6, 2.0), ("b", 1.0, 0.9, 3.0), ("b", 1.0, 0.7, 4.0))]
     s = summarise(rows, ("a", "b"))
+    assert s["element_above_distractors"] == 0.5  # the b images' maps are higher on their element
     assert (s["pointing_game"], s["pixel_auroc"], s["label_gain_pct"]) == (0.75, 0.75, 2.5)
     assert (s["a_pointing_game"], s["b_pointing_game"], s["a_pixel_auroc"], s["b_pixel_auroc"]) == (0.5, 1.0, 0.7, 0.8)
     assert (s["pointing_game_minus_contrast"], s["pixel_auroc_minus_contrast"]) == (0.75, 0.25)
