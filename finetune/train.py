@@ -414,6 +414,9 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     out = Path(cfg.out)
     unet = unet.to("cpu", torch.float32).eval()
     unet.register_to_config(sample_size=size // bundle.vae_scale_factor)  # the folder says its resolution
+    # the base as named, not where it was read from: the UNet's config (and so the model's fingerprint) is the
+    # same from any checkout, and a resumed finished run leaves typicality stores of the model valid
+    unet.register_to_config(_name_or_path=str(cfg.base))
     bundle.unet = unet
     with output_folder(out, owned=()) as tmp:  # the components swap in together; checkpoints and caches stay
         bundle.save_pretrained(tmp)

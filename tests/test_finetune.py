@@ -131,3 +131,21 @@ def test_random_flip_trains_on_each_images_own_mirror_and_resumes_exactly(color_
     assert blob["mirrored"].shape == blob["latents"].shape
     torch.testing.assert_close(blob["mirrored"], mirrored.float(), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(blob["mirrored"], blob["latents"].flip(-1), atol=1e-3)
+
+
+def test_the_export_names_its_base_as_given_so_its_fingerprint_does_not_depend_on_where_the_base_lies(
+        color_dataset, tmp_path, monkeypatch):
+    """A second checkout (the shipped base elsewhere) exports the same UNet config, so the typicality stores of
+    a model stay valid when a finished run is resumed from there."""
+    import shutil
+
+    from diffmine.core import models
+    from typicality.fingerprints import model_fingerprint
+
+    here = train(_cfg(color_dataset, tmp_path / "here", max_steps=1), progress=False)
+    moved = tmp_path / "checkout" / "tiny-towns-model"
+    shutil.copytree(models.SMALL_BASE_DIR, moved, ignore=shutil.ignore_patterns("*.png", "train_log.jsonl"))
+    monkeypatch.setitem(models.SMALL_BASES, "tiny", (moved, "towns"))
+    there = train(_cfg(color_dataset, tmp_path / "there", max_steps=1), progress=False)
+    assert json.loads((there / "unet" / "config.json").read_text())["_name_or_path"] == "tiny"
+    assert model_fingerprint(here) == model_fingerprint(there)
