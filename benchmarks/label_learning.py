@@ -78,8 +78,7 @@ def main(argv=None) -> list[dict]:
         figures, items = folder_figures(bundle, prompts, labels, {"train": data / "train", "heldout": data / "test"},
                                         args.per_label)
         summary = {"n_train": args.n_train, "element_size": args.element_size, "base": args.base, "finetune": overrides,
-                   "step": steps, "seed": args.seed,
-                   **figures}
+                   "step": steps, "seed": args.seed, **figures}
         summary.update(reconstruction_psnr_db=info.get("reconstruction_psnr_db"),
                        unet_minutes=round(info["train_seconds"] / 60, 1))
         records.append(save_run("label_learning", summary, items, protocol=vars(args)))

@@ -194,7 +194,7 @@ if __name__ == "__main__":
     parser.add_argument("action", choices=["adopt"])
     parser.add_argument("folder", help="another checkout's benchmarks/results")
     args = parser.parse_args()
-    if not Path(args.folder, ".").is_dir():
+    if not Path(args.folder).is_dir():
         raise SystemExit(f"{args.folder}: no such results folder")
     added = adopt(args.folder)
     for bench, n in added.items():

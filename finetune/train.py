@@ -378,6 +378,7 @@ def _adapted_vae(cfg: TrainConfig, bundle: SDBundle, data: LabeledImages, decode
         if cfg.base != SCRATCH_BASE and vae_adapt.wanted(cfg.adapt_vae, bundle.vae, recon):
             steps = cfg.vae_steps if cfg.vae_steps is not None else ADAPT_VAE_STEPS
             key = (cfg.base, size, cfg.seed, steps, decoded.key, vae_adapt.design(cfg.adapt_vae_downsampling))
+            # trained in float32, whatever the runtime's dtype
             fresh = vae_adapt.starting_autoencoder(bundle.vae, cfg.seed, cfg.adapt_vae_downsampling).to(rt.device)
             what = "its VAE" if fresh is bundle.vae else "a fast autoencoder"
             _phase(f"the base reconstructs these images at {recon['reconstruction_psnr_db']:.1f} dB (floor "
@@ -413,10 +414,9 @@ def _export(cfg: TrainConfig, bundle: SDBundle, unet, data: LabeledImages, step:
     drawn on the runtime's device in its dtype."""
     out = Path(cfg.out)
     unet = unet.to("cpu", torch.float32).eval()
-    unet.register_to_config(sample_size=size // bundle.vae_scale_factor)  # the folder says its resolution
-    # the base as named, not where it was read from: the UNet's config (and so the model's fingerprint) is the
-    # same from any checkout, and a resumed finished run leaves typicality stores of the model valid
-    unet.register_to_config(_name_or_path=str(cfg.base))
+    # the folder says its resolution, and its base as named, not where it was read from: the UNet's config (and so
+    # the model's fingerprint) is the same from any checkout, and a resumed finished run keeps its typicality stores
+    unet.register_to_config(sample_size=size // bundle.vae_scale_factor, _name_or_path=str(cfg.base))
     bundle.unet = unet
     with output_folder(out, owned=()) as tmp:  # the components swap in together; checkpoints and caches stay
         bundle.save_pretrained(tmp)

@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -236,7 +237,6 @@ def test_adopting_a_worktrees_results_keeps_the_runs_recorded_here_meanwhile(tmp
     other = tmp_path / "wt" / "benchmarks" / "results"
     rec.save_run("demo", {"auroc": 0.9}, [{"image": "a"}])  # a run both checkouts hold
     other.parent.mkdir(parents=True)
-    import shutil
     shutil.copytree(tmp_path / "results", other)
     rec.save_run("demo", {"auroc": 0.8}, [{"image": "here"}])  # recorded here after the worktree was made
     monkeypatch.setattr(rec, "RESULTS", other)
